@@ -1,0 +1,69 @@
+"""scrub: causal scrubbing of interpretability hypotheses on TransformerLens models.
+
+The pipeline, one module each::
+
+    hypothesis file ──load_hypothesis──▶ Hypothesis (interpretation graph + correspondence)
+        ──bind──▶ BoundHypothesis (checked against a model and a dataset)
+        ──sample_tree──▶ SampledTree (every node's data and other inputs drawn)
+        ──engine──▶ treeified output ──metrics──▶ ScrubResult ──report──▶ table / JSON
+
+Start with :func:`run`; ``scrub run FILE`` is the same from the shell.
+"""
+
+from scrub._bind import BoundHypothesis, bind
+from scrub._components import Component, ModelShape
+from scrub._errors import HypothesisError, ScrubWarning
+from scrub._hypothesis import (
+    Correspondence,
+    Hypothesis,
+    InterpNode,
+    MappedComponent,
+    hypothesis_from_dict,
+    load_hypothesis,
+)
+from scrub._model import ScrubModel, load_model
+from scrub._result import ScrubResult
+from scrub._run import run
+from scrub._samplers import (
+    CondSampler,
+    ExactSampler,
+    FixedSampler,
+    GenerateSampler,
+    UncondSampler,
+    UncondTogetherSampler,
+)
+from scrub._tree import SampledTree, TreeNode, sample_tree, treeify
+from scrub.data import Dataset, make_dataset
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BoundHypothesis",
+    "Component",
+    "CondSampler",
+    "Correspondence",
+    "Dataset",
+    "ExactSampler",
+    "FixedSampler",
+    "GenerateSampler",
+    "Hypothesis",
+    "HypothesisError",
+    "InterpNode",
+    "MappedComponent",
+    "ModelShape",
+    "SampledTree",
+    "ScrubModel",
+    "ScrubResult",
+    "ScrubWarning",
+    "TreeNode",
+    "UncondSampler",
+    "UncondTogetherSampler",
+    "bind",
+    "hypothesis_from_dict",
+    "load_hypothesis",
+    "load_model",
+    "make_dataset",
+    "run",
+    "sample_tree",
+    "treeify",
+]

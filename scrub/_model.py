@@ -1,0 +1,264 @@
+"""Models: loading through TransformerLens 4.x, and the hooks scrub needs.
+
+:func:`load_model` boots a ``TransformerBridge`` from a shipped model name (``induction``), a
+local Hugging Face directory, or a hub name (``gpt2``, for users with the weights in their
+cache), and configures it the way scrub needs it:
+
+- compatibility mode (LayerNorm folded into the following weights, writing weights centred):
+  log-probabilities are unchanged, logits shift by a per-position constant;
+- split q/k/v inputs, so each head reads the residual stream through its own ``q``, ``k`` and
+  ``v`` input (``blocks.L.hook_q_input``, shape ``batch pos head d_model``), and a hook on the MLP
+  input (``blocks.L.hook_mlp_in``).
+
+:class:`ScrubModel` runs forward passes with hooks that patch component outputs, set or read
+component input channels, and read component outputs. Hooks exist only inside the pass.
+
+Pitfall: head outputs are handled through ``hook_z`` (``batch pos head d_head``), and a head's
+residual contribution is ``z @ W_O[layer, head]``. We never turn on per-head results for the whole
+model (``use_attn_result``), which multiplies memory and time on GPT-2 small.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from scrub._components import Channel, Component, ModelShape
+from scrub._errors import HypothesisError
+
+__all__ = ["SHIPPED_MODELS", "OutputPatch", "ScrubModel", "load_model"]
+
+SHIPPED_MODELS = Path(__file__).parent / "models"
+"""Directory of the models shipped with scrub (one HF-format directory each)."""
+
+
+def _shipped_names() -> list[str]:
+    return sorted(p.name for p in SHIPPED_MODELS.iterdir() if (p / "config.json").exists())
+
+
+def load_model(source: str, *, device: str | torch.device = "cpu") -> ScrubModel:
+    """Load a model by shipped name, local HF-format directory, or hub name.
+
+    Raises:
+        HypothesisError: nothing loadable under that name (with the shipped names listed).
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    shipped = SHIPPED_MODELS / source
+    if (shipped / "config.json").exists():
+        path, kind = str(shipped), "shipped"
+    elif Path(source).is_dir():
+        path, kind = str(Path(source)), "local"
+        if not (Path(source) / "config.json").exists():
+            raise HypothesisError(
+                f"model directory {source!r} has no config.json",
+                hint="save a Hugging Face model there with model.save_pretrained(dir)",
+            )
+    else:
+        path, kind = source, "hub"
+    try:
+        bridge = TransformerBridge.boot_transformers(path, device=str(device))
+    except (OSError, ValueError) as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise HypothesisError(
+            f"cannot load model {source!r}: {exc}",
+            hint=f"shipped models: {', '.join(_shipped_names())}; or a local Hugging Face "
+            "directory; hub names like 'gpt2' need the weights in your Hugging Face cache"
+            + (" (HF_HUB_OFFLINE=1 is set)" if offline else ""),
+        ) from exc
+    bridge.enable_compatibility_mode(disable_warnings=True)
+    bridge.set_use_split_qkv_input(True)
+    bridge.set_use_hook_mlp_in(True)
+    bridge.eval()
+    return ScrubModel(bridge, source=source, kind=kind, path=path)
+
+
+@dataclass(frozen=True)
+class OutputPatch:
+    """Overwrite a component's output at given positions (an activation patch).
+
+    Attributes:
+        component: the component whose output is replaced.
+        positions: ``(batch, K)`` positions in the patched rows.
+        values: ``(batch, K, d)`` new outputs (``d_head`` wide ``z`` for heads, else ``d_model``).
+    """
+
+    component: Component
+    positions: Int[Tensor, "batch k"]
+    values: Float[Tensor, "batch k d"]
+
+
+class ScrubModel:
+    """A TransformerBridge configured for scrubbing, with the hooks scrub needs.
+
+    Attributes:
+        bridge: the underlying ``TransformerBridge``.
+        shape: layers, heads, context and vocabulary sizes.
+        source: what it was loaded from (name or path), ``kind``: shipped / local / hub.
+    """
+
+    def __init__(self, bridge, *, source: str, kind: str, path: str) -> None:
+        self.bridge = bridge
+        self.source = source
+        self.kind = kind
+        self.path = path
+        cfg = bridge.cfg
+        self.shape = ModelShape(
+            name=f"model {source!r}",
+            n_layers=cfg.n_layers,
+            n_heads=cfg.n_heads,
+            n_ctx=cfg.n_ctx,
+            d_vocab=cfg.d_vocab,
+        )
+        self.W_O: Float[Tensor, "layer head d_head d_model"] = bridge.W_O.detach()
+        self.device = self.W_O.device
+
+    def __repr__(self) -> str:
+        s = self.shape
+        return (
+            f"ScrubModel({self.source!r}, layers={s.n_layers}, heads={s.n_heads}, "
+            f"n_ctx={s.n_ctx}, vocab={s.d_vocab})"
+        )
+
+    def checkpoint_sha256(self) -> str | None:
+        """Hash of the weights file for shipped and local models (provenance)."""
+        weights = Path(self.path) / "model.safetensors"
+        if self.kind == "hub" or not weights.exists():
+            return None
+        return hashlib.sha256(weights.read_bytes()).hexdigest()
+
+    # -- hook points --------------------------------------------------------------------------
+    @staticmethod
+    def output_hook(comp: Component) -> str:
+        if comp.kind == "tok_embed":
+            return "hook_embed"
+        if comp.kind == "pos_embed":
+            return "hook_pos_embed"
+        if comp.kind == "head":
+            return f"blocks.{comp.layer}.attn.hook_z"
+        if comp.kind == "mlp":
+            return f"blocks.{comp.layer}.hook_mlp_out"
+        raise ValueError(f"{comp.name} has no output inside the model")
+
+    @staticmethod
+    def input_hook(comp: Component, channel: Channel) -> str:
+        if comp.kind == "head":
+            return f"blocks.{comp.layer}.hook_{channel}_input"
+        if comp.kind == "mlp":
+            return f"blocks.{comp.layer}.hook_mlp_in"
+        if comp.kind == "logits":
+            return "ln_final.hook_in"
+        raise ValueError(f"{comp.name} reads no input channel")
+
+    def contribution(
+        self, comp: Component, output: Float[Tensor, "batch pos d"]
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """A component's raw output (``z`` for heads) as its residual-stream contribution."""
+        if comp.kind == "head":
+            return output @ self.W_O[comp.layer, comp.head]
+        return output
+
+    # -- forward passes -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def run(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        *,
+        patches: Iterable[OutputPatch] = (),
+        set_inputs: Mapping[tuple[Component, Channel], Tensor] | None = None,
+        read_inputs: Iterable[tuple[Component, Channel]] = (),
+        read_outputs: Iterable[Component] = (),
+    ) -> tuple[Float[Tensor, "batch pos vocab"], dict, dict]:
+        """One forward pass with patches, set inputs and reads.
+
+        Args:
+            tokens: the input tokens.
+            patches: activation patches of component outputs.
+            set_inputs: (component, channel) → ``(batch, pos, d_model)`` residual input that
+                replaces what the component would read through that channel.
+            read_inputs: (component, channel) pairs whose input to record.
+            read_outputs: components whose raw outputs (after patches) to record.
+
+        Returns:
+            logits, the recorded inputs and the recorded outputs.
+        """
+        set_inputs = set_inputs or {}
+        hooks: dict[str, list[Callable]] = {}
+        inputs: dict[tuple[Component, Channel], Tensor] = {}
+        outputs: dict[Component, Tensor] = {}
+
+        def add(name: str, fn: Callable) -> None:
+            hooks.setdefault(name, []).append(fn)
+
+        for patch in patches:
+            add(self.output_hook(patch.component), _patch_hook(patch))
+        for comp in read_outputs:
+            add(self.output_hook(comp), _read_output_hook(comp, outputs))
+        for (comp, ch), value in set_inputs.items():
+            add(self.input_hook(comp, ch), _set_input_hook(comp, value))
+        for comp, ch in read_inputs:
+            add(self.input_hook(comp, ch), _read_input_hook(comp, ch, inputs))
+
+        fwd_hooks = [(name, _chain(fns)) for name, fns in hooks.items()]
+        with self.bridge.hooks(fwd_hooks=fwd_hooks):
+            logits = self.bridge(tokens.to(self.device))
+        return logits, inputs, outputs
+
+
+def _chain(fns: list[Callable]) -> Callable:
+    def hook(tensor: Tensor, hook) -> Tensor:
+        for fn in fns:
+            tensor = fn(tensor)
+        return tensor
+
+    return hook
+
+
+def _patch_hook(patch: OutputPatch) -> Callable:
+    comp = patch.component
+
+    def fn(t: Tensor) -> Tensor:
+        t = t.clone()
+        rows = torch.arange(t.shape[0], device=t.device)[:, None]
+        if comp.kind == "head":
+            t[rows, patch.positions, comp.head] = patch.values.to(t.dtype)
+        else:
+            t[rows, patch.positions] = patch.values.to(t.dtype)
+        return t
+
+    return fn
+
+
+def _read_output_hook(comp: Component, store: dict) -> Callable:
+    def fn(t: Tensor) -> Tensor:
+        store[comp] = (t[:, :, comp.head] if comp.kind == "head" else t).clone()
+        return t
+
+    return fn
+
+
+def _set_input_hook(comp: Component, value: Tensor) -> Callable:
+    def fn(t: Tensor) -> Tensor:
+        t = t.clone()
+        if comp.kind == "head":
+            t[:, :, comp.head] = value.to(t.dtype)
+        else:
+            t[...] = value.to(t.dtype)
+        return t
+
+    return fn
+
+
+def _read_input_hook(comp: Component, ch: Channel, store: dict) -> Callable:
+    def fn(t: Tensor) -> Tensor:
+        store[comp, ch] = (t[:, :, comp.head] if comp.kind == "head" else t).clone()
+        return t
+
+    return fn

@@ -1,0 +1,153 @@
+"""Scrub results: the three metric means, the fraction recovered, CIs, draws and provenance.
+
+**Fraction recovered** = (scrubbed − baseline) / (clean − baseline), where each term is the mean
+of the per-example metric over the same reference examples. It is 1 when the hypothesis keeps
+all of the metric, 0 when it keeps none of it (the baseline names what "none" is: by default the
+fully resampled model, everything on the root's other inputs).
+
+Confidence intervals come from ``scipy.stats.bootstrap`` over reference examples, resampling the
+three per-example arrays **together** (``paired=True``), BCa where it is defined and the
+percentile method where BCa degenerates (e.g. every example recovered exactly).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+__all__ = ["ScrubResult", "bootstrap_ci", "recovered_of"]
+
+
+def recovered_of(clean, baseline, scrubbed, axis: int = -1):
+    """Fraction recovered from per-example arrays (vectorised over leading axes)."""
+    c, b, s = (np.mean(a, axis=axis) for a in (clean, baseline, scrubbed))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (s - b) / (c - b)
+
+
+def bootstrap_ci(
+    data: tuple[np.ndarray, ...],
+    statistic,
+    *,
+    rng: np.random.Generator,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+) -> tuple[float, float]:
+    """A paired bootstrap CI of ``statistic(*data, axis=-1)``; ``(nan, nan)`` if undefined."""
+    if len(data[0]) < 2:
+        return (math.nan, math.nan)
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = stats.bootstrap(
+                data,
+                statistic,
+                paired=True,
+                vectorized=True,
+                confidence_level=confidence,
+                n_resamples=n_resamples,
+                method=method,
+                random_state=rng,
+            )
+        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        if math.isfinite(low) and math.isfinite(high):
+            return (low, high)
+    value = float(statistic(*data, axis=-1))
+    if math.isfinite(value) and all(np.all(d == d[0]) for d in data):
+        return (value, value)  # constant data: the interval is the point
+    return (math.nan, math.nan)
+
+
+def _mean(a, axis=-1):
+    return np.mean(a, axis=axis)
+
+
+@dataclass
+class ScrubResult:
+    """The outcome of one scrub.
+
+    Attributes:
+        hypothesis: the hypothesis's name; ``hypothesis_file`` / ``hypothesis_sha256`` where
+            it came from.
+        model, model_sha256: the model source and a hash of its weights file.
+        dataset: generator and params.
+        metric: the metric spec.
+        n, seed, engine: how it was run.
+        baseline_kind: what ``baseline`` means.
+        clean, baseline, scrubbed: mean metric; ``*_ci`` their CIs.
+        recovered, recovered_ci: fraction of the metric recovered, and its CI.
+        per_example, per_example_clean, per_example_baseline: per-example metric values.
+        reference: the reference rows.
+        draws: tree node → dataset rows of its data; ``node.other`` → rows of its other inputs.
+        warnings: everything the run warned about.
+        versions: package versions.
+    """
+
+    hypothesis: str
+    hypothesis_file: str | None
+    hypothesis_sha256: str
+    model: str
+    model_sha256: str | None
+    dataset: dict[str, Any]
+    metric: dict[str, Any]
+    n: int
+    seed: int
+    engine: str
+    baseline_kind: str
+    clean: float
+    baseline: float
+    scrubbed: float
+    clean_ci: tuple[float, float]
+    baseline_ci: tuple[float, float]
+    scrubbed_ci: tuple[float, float]
+    recovered: float
+    recovered_ci: tuple[float, float]
+    confidence: float
+    per_example: list[float]
+    per_example_clean: list[float]
+    per_example_baseline: list[float]
+    reference: list[int]
+    draws: dict[str, list[int]]
+    warnings: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        lo, hi = self.recovered_ci
+        return (
+            f"ScrubResult({self.hypothesis!r}, {self.metric['kind']}: clean={self.clean:.4g}, "
+            f"baseline={self.baseline:.4g}, scrubbed={self.scrubbed:.4g}, "
+            f"recovered={self.recovered:.3f} [{lo:.3f}, {hi:.3f}], n={self.n}, seed={self.seed})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: NaN becomes ``None``, tuples become lists."""
+        return _clean_nan(asdict(self))
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScrubResult:
+        restored = {k: (math.nan if v is None and k in _FLOATS else v) for k, v in data.items()}
+        for key in ("clean_ci", "baseline_ci", "scrubbed_ci", "recovered_ci"):
+            restored[key] = tuple(math.nan if v is None else v for v in restored[key])
+        return cls(**restored)
+
+
+_FLOATS = {"clean", "baseline", "scrubbed", "recovered"}
+
+
+def _clean_nan(value: Any) -> Any:
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, dict):
+        return {k: _clean_nan(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean_nan(v) for v in value]
+    return value

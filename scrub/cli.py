@@ -1,0 +1,93 @@
+"""The ``scrub`` command: ``scrub run FILE`` and ``scrub check FILE``.
+
+Exit codes: 0 success, 1 invalid hypothesis (the message names the file, key and fix), 2 bad
+command-line usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from scrub._errors import HypothesisError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scrub", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="scrub a hypothesis and print how much it recovers")
+    run.add_argument("file", type=Path, help="hypothesis YAML file")
+    run.add_argument("--model", help="model: shipped name, local HF directory or hub name")
+    run.add_argument("--n", type=int, help="number of reference examples")
+    run.add_argument("--seed", type=int, help="seed of every random draw")
+    run.add_argument("--engine", default="reference", choices=["reference"])
+    run.add_argument("--out", type=Path, help="write the result as JSON here")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    check = sub.add_parser("check", help="validate a hypothesis against its model and dataset")
+    check.add_argument("file", type=Path, help="hypothesis YAML file")
+    check.add_argument("--model", help="model: shipped name, local HF directory or hub name")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``scrub`` command."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check":
+            return _check(args)
+        return _run(args)
+    except HypothesisError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _check(args: argparse.Namespace) -> int:
+    from scrub._bind import bind
+    from scrub._hypothesis import load_hypothesis
+    from scrub._model import load_model
+    from scrub._tree import stream, treeify
+    from scrub.data import make_dataset
+
+    hyp = load_hypothesis(args.file)
+    model = load_model(args.model or hyp.spec.model)
+    spec = hyp.spec
+    dataset = make_dataset(
+        spec.dataset.generator, spec.dataset.params, stream(spec.defaults.seed, "dataset")
+    )
+    bind(hyp, model, dataset)
+    tree = treeify(hyp)
+    print(
+        f"ok: {args.file}: hypothesis {hyp.name!r}, {hyp.graph.number_of_nodes()} nodes "
+        f"({sum(1 for _ in tree.walk())} after treeifying), model {model.source!r}, "
+        f"dataset {dataset.name!r} ({dataset.n_base} examples)"
+    )
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from scrub._report import format_result
+    from scrub._run import run
+
+    result = run(
+        args.file,
+        model=args.model,
+        n=args.n,
+        seed=args.seed,
+        engine=args.engine,
+        progress=not args.quiet,
+    )
+    print(format_result(result))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(result.to_json() + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
