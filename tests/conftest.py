@@ -1,0 +1,55 @@
+"""Shared fixtures: offline random GPT-2-shaped models and the induction dataset."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np
+import pytest
+
+import scrub
+from scrub.testing import save_random_gpt2
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A random 2-layer, 4-head, d_model 32 GPT-2 with the induction vocabulary (128)."""
+    return save_random_gpt2(tmp_path_factory.mktemp("tiny"), init_std=0.2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    return scrub.load_model(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def one_layer_model(tmp_path_factory):
+    d = save_random_gpt2(tmp_path_factory.mktemp("one"), n_layers=1, init_std=0.2, seed=1)
+    return scrub.load_model(str(d))
+
+
+@pytest.fixture
+def dataset():
+    return scrub.make_dataset("induction", {"size": 200}, np.random.default_rng(0))
+
+
+def base_spec(model_dir, **overrides) -> dict:
+    """A valid hypothesis dict on the induction dataset; ``nodes`` must be given."""
+    spec = {
+        "model": str(model_dir),
+        "dataset": {"generator": "induction", "params": {"size": 200}},
+        "metric": {"kind": "loss", "positions": "REP", "labels": "next"},
+        "defaults": {"n": 24, "seed": 0},
+    }
+    spec.update(overrides)
+    return spec
+
+
+def all_components(n_layers: int, n_heads: int) -> list[str]:
+    comps = ["embed"]
+    for layer in range(n_layers):
+        comps += [f"a{layer}.h{h}" for h in range(n_heads)] + [f"m{layer}"]
+    return comps

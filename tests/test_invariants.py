@@ -1,0 +1,107 @@
+"""The method's invariants (DESIGN.md): full == clean, empty == baseline, seeds reproduce."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import scrub
+from tests.conftest import all_components, base_spec
+
+
+def full(model_dir, paths: str) -> scrub.Hypothesis:
+    nodes = {
+        "out": {"components": ["logits"], "inputs": [{"node": "all", "paths": paths}]},
+        "all": {"components": all_components(2, 4), "sampler": "exact"},
+    }
+    return scrub.hypothesis_from_dict(base_spec(model_dir, nodes=nodes), default_name="full")
+
+
+def layered_full(model_dir) -> scrub.Hypothesis:
+    """Every component and every path, as a DAG: each layer reads every earlier one."""
+    nodes = {
+        "out": {
+            "components": ["logits"],
+            "inputs": [{"node": n, "paths": "direct"} for n in ("L1", "L0", "E")],
+        },
+        "L1": {
+            "components": ["a1.h0", "a1.h1", "a1.h2", "a1.h3", "m1"],
+            "inputs": [{"node": "L0", "paths": "all"}, {"node": "E", "paths": "all"}],
+        },
+        "L0": {
+            "components": ["a0.h0", "a0.h1", "a0.h2", "a0.h3", "m0"],
+            "inputs": [{"node": "E", "paths": "all"}],
+        },
+        "E": {"components": ["embed"]},
+    }
+    return scrub.hypothesis_from_dict(base_spec(model_dir, nodes=nodes), default_name="layered")
+
+
+def empty(model_dir) -> scrub.Hypothesis:
+    nodes = {"out": {"components": ["logits"]}}
+    return scrub.hypothesis_from_dict(base_spec(model_dir, nodes=nodes), default_name="empty")
+
+
+def test_full_hypothesis_all_paths_is_exactly_clean(tiny_model_dir, tiny_model):
+    with pytest.warns(scrub.ScrubWarning, match="equals the clean model's exactly"):
+        result = scrub.run(full(tiny_model_dir, "all"), model=tiny_model)
+    assert result.per_example == result.per_example_clean
+    assert result.recovered == 1.0
+    assert result.baseline != result.clean
+
+
+def test_full_hypothesis_direct_paths_matches_clean(tiny_model_dir, tiny_model):
+    result = scrub.run(full(tiny_model_dir, "direct"), model=tiny_model)
+    np.testing.assert_allclose(result.per_example, result.per_example_clean, atol=1e-4)
+    assert result.recovered == pytest.approx(1.0, abs=1e-3)
+
+
+def test_full_hypothesis_as_treeified_dag_matches_clean(tiny_model_dir, tiny_model):
+    result = scrub.run(layered_full(tiny_model_dir), model=tiny_model)
+    assert {"L1", "out>L0", "L1>L0", "out>E", "L1>E", "out>L0>E", "L1>L0>E"} <= set(result.draws)
+    np.testing.assert_allclose(result.per_example, result.per_example_clean, atol=1e-4)
+
+
+def test_empty_hypothesis_is_exactly_baseline(tiny_model_dir, tiny_model):
+    with pytest.warns(scrub.ScrubWarning, match="equals the baseline exactly"):
+        result = scrub.run(empty(tiny_model_dir), model=tiny_model)
+    assert result.per_example == result.per_example_baseline
+    assert result.recovered == 0.0
+    assert result.recovered_ci == (0.0, 0.0)
+
+
+def test_same_seed_gives_identical_json(tiny_model_dir, tiny_model):
+    hyp = full(tiny_model_dir, "direct")
+    nodes = {
+        "out": {"components": ["logits"], "inputs": [{"node": "h", "channels": "in"}]},
+        "h": {
+            "components": ["a1.h0", "a1.h2"],
+            "sampler": "uncond",
+            "inputs": [{"node": "p", "channels": "k"}],
+        },
+        "p": {"components": ["a0.h1"], "sampler": {"kind": "generate", "feature": "segment"}},
+    }
+    hyp = scrub.hypothesis_from_dict(base_spec(tiny_model_dir, nodes=nodes))
+    a = scrub.run(hyp, model=tiny_model, seed=3).to_json()
+    b = scrub.run(hyp, model=tiny_model, seed=3).to_json()
+    c = scrub.run(hyp, model=tiny_model, seed=4).to_json()
+    assert a == b
+    assert json.loads(a)["draws"] != json.loads(c)["draws"]
+
+
+def test_hypotheses_sharing_a_node_share_its_draws(tiny_model_dir, tiny_model):
+    def hyp(extra_heads):
+        nodes = {
+            "out": {"components": ["logits"], "inputs": [{"node": "h"}]},
+            "h": {"components": ["a1.h0", *extra_heads], "sampler": "uncond"},
+        }
+        return scrub.hypothesis_from_dict(base_spec(tiny_model_dir, nodes=nodes))
+
+    a = scrub.run(hyp([]), model=tiny_model)
+    b = scrub.run(hyp(["a1.h3"]), model=tiny_model)
+    assert a.reference == b.reference
+    assert a.draws == b.draws
+    assert a.per_example_baseline == b.per_example_baseline
+    assert a.per_example != b.per_example
