@@ -33,7 +33,7 @@ def _labels(name: str, ds: Dataset, reference: np.ndarray, ref_pos: np.ndarray) 
     values = np.asarray(ds.fields[name][reference])
     if values.ndim == 1:
         values = np.broadcast_to(values[:, None], ref_pos.shape)
-    return torch.as_tensor(np.ascontiguousarray(values), dtype=torch.long)
+    return torch.tensor(values, dtype=torch.long)
 
 
 def _at(logits: Tensor, pos: np.ndarray) -> Tensor:

@@ -87,7 +87,7 @@ def resolve_positions(spec: PositionSpec, dataset: Dataset, rows: np.ndarray) ->
     seq_len = dataset.seq_len
     n = len(rows)
     if spec is None:
-        return np.broadcast_to(np.arange(seq_len, dtype=np.int64), (n, seq_len))
+        return np.tile(np.arange(seq_len, dtype=np.int64), (n, 1))
     parts: list[np.ndarray] = []
     for item in spec:
         if isinstance(item, int):
