@@ -1,4 +1,4 @@
-"""The ``scrub`` command: ``scrub run FILE`` and ``scrub check FILE``.
+"""The ``scrub`` command: ``scrub run FILE``, ``scrub check FILE`` and ``scrub graph FILE``.
 
 Exit codes: 0 success, 1 invalid hypothesis (the message names the file, key and fix), 2 bad
 command-line usage.
@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a hypothesis against its model and dataset")
     check.add_argument("file", type=Path, help="hypothesis YAML file")
     check.add_argument("--model", help="model: shipped name, local HF directory or hub name")
+    graph = sub.add_parser("graph", help="draw the interpretation graph (Graphviz)")
+    graph.add_argument("file", type=Path, help="hypothesis YAML file")
+    graph.add_argument("--out", type=Path, help="a .dot, .svg or .png file (default: print DOT)")
     return parser
 
 
@@ -40,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args)
+        if args.command == "graph":
+            return _graph(args)
         return _run(args)
     except HypothesisError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -66,6 +71,22 @@ def _check(args: argparse.Namespace) -> int:
         f"({sum(1 for _ in tree.walk())} after treeifying), model {model.source!r}, "
         f"dataset {dataset.name!r} ({dataset.n_base} examples)"
     )
+    return 0
+
+
+def _graph(args: argparse.Namespace) -> int:
+    from scrub._hypothesis import load_hypothesis
+    from scrub._render import render, to_dot
+
+    hyp = load_hypothesis(args.file)
+    if args.out is None:
+        print(to_dot(hyp).source)
+        return 0
+    try:
+        print(f"wrote {render(hyp, args.out)}")
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
