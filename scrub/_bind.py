@@ -26,9 +26,9 @@ from scrub._imports import import_object
 from scrub._model import ScrubModel
 from scrub._positions import format_positions, resolve_positions
 from scrub._samplers import CondSampler, GenerateSampler
-from scrub.data import Dataset
+from scrub.data import Dataset, make_dataset
 
-__all__ = ["BoundHypothesis", "bind"]
+__all__ = ["BoundHypothesis", "bind", "make_dataset_for"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,21 @@ class BoundHypothesis:
 
     def __repr__(self) -> str:
         return f"BoundHypothesis({self.hypothesis.name!r}, {self.model!r}, {self.dataset!r})"
+
+
+def make_dataset_for(hypothesis: Hypothesis, *, seed: int) -> Dataset:
+    """Make the dataset a hypothesis file names, drawing from the run's ``seed``.
+
+    Raises:
+        HypothesisError: located at the file's ``dataset`` key.
+    """
+    from scrub._tree import stream
+
+    spec = hypothesis.spec.dataset
+    try:
+        return make_dataset(spec.generator, spec.params, stream(seed, "dataset"))
+    except HypothesisError as exc:
+        raise exc.with_context(file=hypothesis.file, key_prefix=("dataset",)) from None
 
 
 def bind(hypothesis: Hypothesis, model: ScrubModel, dataset: Dataset) -> BoundHypothesis:
@@ -81,11 +96,20 @@ def _check(hyp: Hypothesis, model: ScrubModel, ds: Dataset) -> None:
             except HypothesisError as exc:
                 raise exc.with_context(key_prefix=key) from None
         for role, sampler in (("sampler", node.sampler), ("other", node.other)):
-            features = ()
+            features: tuple[str, ...] = ()
             if isinstance(sampler, CondSampler):
                 features = sampler.features
             elif isinstance(sampler, GenerateSampler):
                 features = (sampler.feature,)
+                if sampler.feature not in ds.generators:
+                    raise HypothesisError(
+                        f"node {name!r}: dataset {ds.name!r} cannot generate examples "
+                        f"matching feature {sampler.feature!r}",
+                        key=("nodes", name, role),
+                        hint="it can generate for: "
+                        + (", ".join(sorted(ds.generators)) or "no feature")
+                        + "; or use a 'cond' sampler",
+                    )
             for feature in features:
                 _register_feature(feature, hyp, ds, key=("nodes", name, role))
     for child, parent in hyp.graph.edges:

@@ -226,7 +226,9 @@ def hypothesis_from_dict(
 def _from_validation_error(
     exc: pydantic.ValidationError, data: dict, file: str | None
 ) -> HypothesisError:
-    err = exc.errors()[0]
+    # An unknown key explains a missing one next to it (a typo), so report unknown keys first.
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    err = errors[0]
     loc = tuple(err["loc"])
     # Drop the discriminated union's tag from the location: ('sampler', 'cond', 'rows').
     key = tuple(
@@ -267,7 +269,11 @@ def _model_at(key: tuple) -> type[pydantic.BaseModel] | None:
     """The schema model that lives at YAML key path ``key`` (for listing allowed keys)."""
     from scrub._schema import DatasetSpec, DefaultsSpec, EdgeSpec, MetricSpec
 
-    top = {"dataset": DatasetSpec, "metric": MetricSpec, "defaults": DefaultsSpec}
+    top: dict[str, type[pydantic.BaseModel]] = {
+        "dataset": DatasetSpec,
+        "metric": MetricSpec,
+        "defaults": DefaultsSpec,
+    }
     if not key:
         return HypothesisSpec
     if len(key) == 1:
@@ -397,8 +403,7 @@ def _build_graph(spec: HypothesisSpec) -> tuple[nx.DiGraph, str]:
     for parent, node_spec in spec.nodes.items():
         parent_node: InterpNode = graph.nodes[parent]["interp"]
         for i, edge in enumerate(node_spec.inputs):
-            key = ("nodes", parent, "inputs", i)
-            _add_edge(graph, parent_node, edge, key, spec)
+            _add_edge(graph, parent_node, edge, ("nodes", parent, "inputs", i))
 
     if not nx.is_directed_acyclic_graph(graph):
         cycle = nx.find_cycle(graph)
@@ -408,6 +413,9 @@ def _build_graph(spec: HypothesisSpec) -> tuple[nx.DiGraph, str]:
             key=("nodes",),
             hint="inputs must point to nodes upstream in the model; remove one of these inputs",
         )
+    for parent, node_spec in spec.nodes.items():
+        for i, edge in enumerate(node_spec.inputs):
+            _check_upstream(graph, edge.node, parent, ("nodes", parent, "inputs", i))
     for name in graph:
         if name != root and not nx.has_path(graph, name, root):
             raise HypothesisError(
@@ -418,9 +426,27 @@ def _build_graph(spec: HypothesisSpec) -> tuple[nx.DiGraph, str]:
     return graph, root
 
 
-def _add_edge(
-    graph: nx.DiGraph, parent: InterpNode, edge: Any, key: tuple, spec: HypothesisSpec
-) -> None:
+def _check_upstream(graph: nx.DiGraph, child_name: str, parent_name: str, key: tuple) -> None:
+    """Every child component must write before every parent component it feeds reads."""
+    child: InterpNode = graph.nodes[child_name]["interp"]
+    parent: InterpNode = graph.nodes[parent_name]["interp"]
+    channels = graph.edges[child_name, parent_name]["corr"].channels
+    for cmc in child.components:
+        for pmc in parent.components:
+            if not any(ch in pmc.component.channels for ch in channels):
+                continue
+            if not cmc.component.order(10**6) < pmc.component.order(10**6):
+                raise HypothesisError(
+                    f"{cmc.component.name} (node {child_name!r}) is not upstream of "
+                    f"{pmc.component.name} (node {parent_name!r}): a child's components must "
+                    "write into the residual stream before its parent's read it",
+                    key=(*key, "node"),
+                    hint="a head of layer L reads layers < L; the MLP of layer L also reads "
+                    "layer L's heads",
+                )
+
+
+def _add_edge(graph: nx.DiGraph, parent: InterpNode, edge: Any, key: tuple) -> None:
     child_name = edge.node
     if child_name not in graph:
         close = difflib.get_close_matches(child_name, list(graph), n=1)
@@ -442,6 +468,13 @@ def _add_edge(
     if child.is_output:
         raise HypothesisError(f"the root {child_name!r} cannot be an input", key=(*key, "node"))
     parent_channels = {ch for mc in parent.components for ch in mc.component.channels}
+    if not parent_channels:
+        raise HypothesisError(
+            f"node {parent.name!r} maps only embeddings, which read no input, so it cannot "
+            f"have inputs (it lists {child_name!r})",
+            key=(*key, "node"),
+            hint=f"remove this input, or make {child_name!r} an input of a node that reads it",
+        )
     channels = edge.channels or tuple(c for c in ("q", "k", "v", "in") if c in parent_channels)
     for ch in channels:
         if ch not in parent_channels:
@@ -460,19 +493,6 @@ def _add_edge(
                     f"from those of its component {mc}",
                     key=(*key, "positions"),
                     hint="give positions on the component or on the input, not both",
-                )
-    for cmc in child.components:
-        for pmc in parent.components:
-            if not any(ch in pmc.component.channels for ch in channels):
-                continue
-            if not (cmc.component.order(10**6) < pmc.component.order(10**6)):
-                raise HypothesisError(
-                    f"{cmc.component.name} (node {child_name!r}) is not upstream of "
-                    f"{pmc.component.name} (node {parent.name!r}): a child's components must "
-                    "write into the residual stream before its parent's read it",
-                    key=(*key, "node"),
-                    hint="a head of layer L reads layers < L; the MLP of layer L also reads "
-                    "layer L's heads",
                 )
     graph.add_edge(
         child_name,

@@ -134,7 +134,9 @@ class ScrubResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScrubResult:
-        restored = {k: (math.nan if v is None and k in _FLOATS else v) for k, v in data.items()}
+        restored: dict[str, Any] = {
+            k: (math.nan if v is None and k in _FLOATS else v) for k, v in data.items()
+        }
         for key in ("clean_ci", "baseline_ci", "scrubbed_ci", "recovered_ci"):
             restored[key] = tuple(math.nan if v is None else v for v in restored[key])
         return cls(**restored)

@@ -17,14 +17,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from scrub._bind import bind
+from scrub._bind import bind, make_dataset_for
 from scrub._errors import ScrubWarning
 from scrub._hypothesis import Hypothesis, load_hypothesis
 from scrub._metrics import per_example_metric
 from scrub._model import ScrubModel, load_model
 from scrub._result import ScrubResult, _mean, bootstrap_ci, recovered_of
 from scrub._tree import SampledTree, TreeNode, sample_tree, stream
-from scrub.data import Dataset, make_dataset
+from scrub.data import Dataset
 from scrub.engine import evaluate_reference
 
 __all__ = ["ENGINES", "run"]
@@ -73,7 +73,7 @@ def run(
     if not isinstance(model, ScrubModel):
         model = load_model(model or spec.model)
     if dataset is None:
-        dataset = make_dataset(spec.dataset.generator, spec.dataset.params, stream(seed, "dataset"))
+        dataset = make_dataset_for(hyp, seed=seed)
     bound = bind(hyp, model, dataset)
     tree = sample_tree(bound, n=n, seed=seed)
     messages = list(tree.warnings)

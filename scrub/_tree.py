@@ -62,6 +62,12 @@ class TreeNode:
     children: list[TreeNode] = field(default_factory=list)
 
     @property
+    def corr(self) -> Correspondence:
+        """The correspondence to the parent (the root has none)."""
+        assert self.edge is not None, f"{self.name} is the root"
+        return self.edge
+
+    @property
     def is_leaf(self) -> bool:
         return not self.children
 

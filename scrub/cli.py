@@ -52,18 +52,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from scrub._bind import bind
+    from scrub._bind import bind, make_dataset_for
     from scrub._hypothesis import load_hypothesis
     from scrub._model import load_model
-    from scrub._tree import stream, treeify
-    from scrub.data import make_dataset
+    from scrub._tree import treeify
 
     hyp = load_hypothesis(args.file)
     model = load_model(args.model or hyp.spec.model)
-    spec = hyp.spec
-    dataset = make_dataset(
-        spec.dataset.generator, spec.dataset.params, stream(spec.defaults.seed, "dataset")
-    )
+    dataset = make_dataset_for(hyp, seed=hyp.spec.defaults.seed)
     bind(hyp, model, dataset)
     tree = treeify(hyp)
     print(

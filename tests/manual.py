@@ -29,7 +29,24 @@ class Manual:
         b = scrub_model.bridge
         self.w = {
             n: getattr(b, n).detach().double()
-            for n in ["W_E", "W_pos", "W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O", "b_O", "W_in", "b_in", "W_out", "b_out", "W_U", "b_U"]
+            for n in [
+                "W_E",
+                "W_pos",
+                "W_Q",
+                "b_Q",
+                "W_K",
+                "b_K",
+                "W_V",
+                "b_V",
+                "W_O",
+                "b_O",
+                "W_in",
+                "b_in",
+                "W_out",
+                "b_out",
+                "W_U",
+                "b_U",
+            ]
         }
         self.n_layers, self.n_heads = b.cfg.n_layers, b.cfg.n_heads
 

@@ -205,13 +205,6 @@ def _rename(mapping: dict, old: str, new: str) -> None:
     mapping[new] = mapping.pop(old)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: a typo of a *required* key is reported as 'missing required key' "
-    "(pydantic lists the 'missing' error before 'extra_forbidden', and "
-    "scrub/_hypothesis.py:_from_validation_error reports only exc.errors()[0]), "
-    "so the unknown key and its 'did you mean' hint are never shown",
-)
 @pytest.mark.parametrize(
     ("where", "typo", "right"),
     [
@@ -403,12 +396,7 @@ def test_input_names_unknown_node(tmp_path: Path, base: dict) -> None:
 
 
 def test_cycle(tmp_path: Path, base: dict) -> None:
-    # The upstream check rules out every cycle except through a node that reads nothing (an
-    # embedding): that node takes inputs without any channel (see
-    # test_input_into_node_that_reads_nothing below). If such inputs become an error, the
-    # cycle check becomes unreachable from a file and this case should expect that error.
-    nodes(base)["emb"] = {"components": ["embed"], "inputs": [{"node": "prev"}]}
-    nodes(base)["prev"]["inputs"] = [{"node": "emb"}]
+    nodes(base)["prev"]["inputs"] = [{"node": "ind"}]
     path = write(tmp_path, base)
     err = load_error(path)
     assert_located(
@@ -418,7 +406,7 @@ def test_cycle(tmp_path: Path, base: dict) -> None:
         "the interpretation graph has a cycle",
         hint="remove one of these inputs",
     )
-    assert "emb -> prev -> emb" in err.problem or "prev -> emb -> prev" in err.problem
+    assert "ind -> prev -> ind" in err.problem or "prev -> ind -> prev" in err.problem
 
 
 def test_self_input(tmp_path: Path, base: dict) -> None:
@@ -432,12 +420,6 @@ def test_self_input(tmp_path: Path, base: dict) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: an input into a node whose components read nothing (embed) is "
-    "accepted with no channels (scrub/_hypothesis.py:_add_edge: parent_channels is empty, so "
-    "channels == () and both the channel and the upstream checks are skipped)",
-)
 def test_input_into_node_that_reads_nothing(tmp_path: Path, base: dict) -> None:
     # a1.h0 feeding the embedding: meaningless, and not upstream either.
     nodes(base)["emb"] = {"components": ["embed"], "inputs": [{"node": "late"}]}
@@ -788,12 +770,6 @@ def test_unknown_feature_in_other(tmp_path: Path, base: dict, model: scrub.Scrub
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: scrub/_bind.py:_check only checks that a 'generate' sampler's feature "
-    "exists, not that the dataset has a generator for it; the error comes only when sampling "
-    "(scrub/_samplers.py GenerateSampler.sample), and then with neither file nor key",
-)
 def test_generate_for_feature_without_generator(
     tmp_path: Path, base: dict, model: scrub.ScrubModel
 ) -> None:
@@ -909,12 +885,6 @@ def test_bad_dataset_is_a_hypothesis_error(
         assert hint in info.value.hint
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: make_dataset's HypothesisError is never located: scrub/cli.py:_check "
-    "(and scrub/_run.py:run) call make_dataset without exc.with_context(file=..., "
-    "key_prefix=('dataset', ...)), so the message names neither the file nor 'dataset.*'",
-)
 @pytest.mark.parametrize(("dataset", "key", "fragment", "hint"), DATASET_CASES)
 def test_bad_dataset_error_names_file_and_key(
     tmp_path: Path,

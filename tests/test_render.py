@@ -22,10 +22,8 @@ NODES = {
 def test_dot_shows_nodes_samplers_and_edges(tiny_model_dir):
     hyp = scrub.hypothesis_from_dict(base_spec(tiny_model_dir, nodes=NODES), default_name="g")
     source = to_dot(hyp).source
-    assert (
-        "a1.h0@REP" in source
-        and "CondSampler(features=[&#x27;s1&#x27;])" in source
-        or ("CondSampler(features=['s1'])" in source)
+    assert ("a1.h0@REP" in source and "CondSampler(features=[&#x27;s1&#x27;])" in source) or (
+        "CondSampler(features=['s1'])" in source
     )
     assert "prev -> ind" in source and 'label="k @all (all)"' in source and "style=dashed" in source
     assert "ind -> out" in source and "doubleoctagon" in source

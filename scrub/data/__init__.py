@@ -35,10 +35,14 @@ def make_dataset(generator: str, params: Mapping[str, Any], rng: np.random.Gener
         if ":" not in generator:
             raise HypothesisError(
                 f"unknown dataset generator {generator!r}",
+                key=("generator",),
                 hint=f"registered generators: {', '.join(sorted(GENERATORS))}; "
                 "or name your own as 'package.module:function'",
             )
-        fn = import_object(generator, what="dataset generator")
+        try:
+            fn = import_object(generator, what="dataset generator")
+        except HypothesisError as exc:
+            raise exc.with_context(key_prefix=("generator",)) from None
     accepted = {
         name
         for name, p in inspect.signature(fn).parameters.items()
@@ -48,11 +52,12 @@ def make_dataset(generator: str, params: Mapping[str, Any], rng: np.random.Gener
     if unknown:
         raise HypothesisError(
             f"dataset generator {generator!r} has no parameter {unknown[0]!r}",
+            key=("params", unknown[0]),
             hint=f"its parameters are: {', '.join(sorted(accepted))}",
         )
     try:
         return fn(rng=rng, **params)
     except (TypeError, ValueError) as exc:
         raise HypothesisError(
-            f"dataset generator {generator!r} rejected its params: {exc}"
+            f"dataset generator {generator!r} rejected its params: {exc}", key=("params",)
         ) from exc

@@ -92,7 +92,7 @@ class _Evaluator:
             key = tuple(
                 (child.name, mc.component)
                 for child in node.children
-                if child.edge.paths == "all" and target[1] in child.edge.channels
+                if child.corr.paths == "all" and target[1] in child.corr.channels
                 for mc in child.interp.components
             )
             groups.setdefault(key, []).append(target)
@@ -106,7 +106,7 @@ class _Evaluator:
                 target: [
                     (child, mc)
                     for child in node.children
-                    if child.edge.paths == "direct" and target[1] in child.edge.channels
+                    if child.corr.paths == "direct" and target[1] in child.corr.channels
                     for mc in child.interp.components
                 ]
                 for target in group
@@ -119,7 +119,7 @@ class _Evaluator:
             for target in group:
                 resid = inputs[target]
                 for child, mc in direct[target]:
-                    spec = child.edge.splice_positions(mc)
+                    spec = child.corr.splice_positions(mc)
                     src, dst = self.positions(spec, child), self.positions(spec, node)
                     d = mc.component
                     new = self.model.contribution(d, child_outs[child.name][d][self.batch, src])
@@ -144,6 +144,6 @@ class _Evaluator:
     ) -> OutputPatch:
         child = next(c for c in node.children if c.name == child_name)
         mc = next(m for m in child.interp.components if m.component == comp)
-        spec = child.edge.splice_positions(mc)
+        spec = child.corr.splice_positions(mc)
         src, dst = self.positions(spec, child), self.positions(spec, node)
         return OutputPatch(comp, dst, child_outs[child_name][comp][self.batch, src])
