@@ -426,9 +426,13 @@ def test_input_into_node_that_reads_nothing(tmp_path: Path, base: dict) -> None:
     nodes(base)["late"] = {"components": ["a1.h0"]}
     nodes(base)["prev"]["inputs"] = [{"node": "emb"}]
     path = write(tmp_path, base)
-    err = load_error(path)
-    assert Path(err.file) == path
-    assert err.key[:4] == ("nodes", "emb", "inputs", 0), err.key
+    assert_located(
+        load_error(path),
+        path,
+        ("nodes", "emb", "inputs", 0, "node"),
+        "node 'emb' maps only embeddings, which read no input",
+        hint="remove this input",
+    )
 
 
 # --------------------------------------------------------------------------------------------
