@@ -287,7 +287,10 @@ def _model_at(key: tuple) -> type[pydantic.BaseModel] | None:
 
 
 # --------------------------------------------------------------------------------------------
-def _sampler(spec: Any, node: str, feature: str | None, key: tuple) -> Sampler:
+def _sampler(
+    spec: Any, node: str, feature: str | None, key: tuple, aliases: dict[str, str]
+) -> Sampler:
+    """Build a sampler; feature names go through the file's ``features:`` aliases."""
     if isinstance(spec, ExactSpec):
         return ExactSampler()
     if isinstance(spec, UncondSpec):
@@ -297,7 +300,11 @@ def _sampler(spec: Any, node: str, feature: str | None, key: tuple) -> Sampler:
     if isinstance(spec, FixedSpec):
         return FixedSampler(spec.rows)
     if isinstance(spec, CondSpec):
-        features = spec.features or ((feature,) if feature else None)
+        features = (
+            tuple(aliases.get(f, f) for f in spec.features)
+            if spec.features
+            else ((feature,) if feature else None)
+        )
         if not features:
             raise HypothesisError(
                 f"node {node!r}: a 'cond' sampler needs a feature",
@@ -306,7 +313,7 @@ def _sampler(spec: Any, node: str, feature: str | None, key: tuple) -> Sampler:
             )
         return CondSampler(tuple(features))
     if isinstance(spec, GenerateSpec):
-        feat = spec.feature or feature
+        feat = aliases.get(spec.feature, spec.feature) if spec.feature else feature
         if not feat:
             raise HypothesisError(
                 f"node {node!r}: a 'generate' sampler needs a feature",
@@ -382,8 +389,12 @@ def _build_graph(spec: HypothesisSpec) -> tuple[nx.DiGraph, str]:
         sampler = None
         if not is_root:
             sampler_spec = node_spec.sampler or ExactSpec()
-            sampler = _sampler(sampler_spec, name, feature, ("nodes", name, "sampler"))
-        other = _sampler(node_spec.other or UncondSpec(), name, feature, ("nodes", name, "other"))
+            sampler = _sampler(
+                sampler_spec, name, feature, ("nodes", name, "sampler"), spec.features
+            )
+        other = _sampler(
+            node_spec.other or UncondSpec(), name, feature, ("nodes", name, "other"), spec.features
+        )
         graph.add_node(
             name,
             interp=InterpNode(name, comps, feature, sampler, other, node_spec.description),

@@ -111,3 +111,21 @@ def test_sampler_reprs():
     assert repr(scrub.ExactSampler()) == "ExactSampler()"
     assert repr(scrub.FixedSampler((1, 2))) == "FixedSampler(rows=[1, 2])"
     assert repr(scrub.GenerateSampler("segment")) == "GenerateSampler(feature='segment')"
+
+
+def test_feature_aliases_reach_the_samplers(tiny_model_dir):
+    from tests.conftest import base_spec
+
+    spec = base_spec(
+        tiny_model_dir,
+        features={"start": "s1", "seg": "segment"},
+        nodes={
+            "out": {"components": ["logits"], "inputs": [{"node": "a"}, {"node": "b"}]},
+            "a": {"components": ["a1.h0"], "sampler": {"kind": "cond", "features": ["start"]}},
+            "b": {"components": ["a1.h1"], "feature": "seg", "sampler": "generate"},
+        },
+    )
+    hyp = scrub.hypothesis_from_dict(spec)
+    assert hyp.node("a").sampler == scrub.CondSampler(("s1",))
+    assert hyp.node("b").sampler == scrub.GenerateSampler("segment")
+    assert hyp.node("b").feature == "segment"
