@@ -21,7 +21,6 @@ import yaml
 
 import scrub
 import scrub.cli
-from scrub.testing import save_random_gpt2
 
 N_LAYERS = 2
 N_HEADS = 4
@@ -31,23 +30,15 @@ N_HEADS = 4
 # Fixtures and helpers
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("random-gpt2")
-    return save_random_gpt2(
-        directory,
-        n_layers=N_LAYERS,
-        n_heads=N_HEADS,
-        d_model=32,
-        d_vocab=128,
-        n_ctx=64,
-        init_std=0.2,
-    )
+@pytest.fixture
+def model_dir(tiny_model_dir: Path) -> Path:
+    """The session's random model: N_LAYERS layers of N_HEADS heads."""
+    return tiny_model_dir
 
 
-@pytest.fixture(scope="module")
-def model(model_dir: Path) -> scrub.ScrubModel:
-    return scrub.load_model(str(model_dir))
+@pytest.fixture
+def model(tiny_model: scrub.ScrubModel) -> scrub.ScrubModel:
+    return tiny_model
 
 
 @pytest.fixture
