@@ -28,7 +28,7 @@ def recovered_of(clean, baseline, scrubbed, axis: int = -1):
     """Fraction recovered from per-example arrays (vectorised over leading axes)."""
     c, b, s = (np.mean(a, axis=axis) for a in (clean, baseline, scrubbed))
     with np.errstate(divide="ignore", invalid="ignore"):
-        return (s - b) / (c - b)
+        return (s - b) / (c - b) + 0.0  # + 0.0 turns -0.0 (nothing recovered) into 0.0
 
 
 def bootstrap_ci(

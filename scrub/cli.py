@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
-from scrub._errors import HypothesisError
+from scrub._errors import HypothesisError, ScrubWarning
 
 __all__ = ["main"]
 
@@ -90,14 +91,16 @@ def _run(args: argparse.Namespace) -> int:
     from scrub._report import format_result
     from scrub._run import run
 
-    result = run(
-        args.file,
-        model=args.model,
-        n=args.n,
-        seed=args.seed,
-        engine=args.engine,
-        progress=not args.quiet,
-    )
+    with warnings.catch_warnings():  # the table lists them; don't print them twice
+        warnings.simplefilter("ignore", ScrubWarning)
+        result = run(
+            args.file,
+            model=args.model,
+            n=args.n,
+            seed=args.seed,
+            engine=args.engine,
+            progress=not args.quiet,
+        )
     print(format_result(result))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
