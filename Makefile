@@ -27,3 +27,4 @@ test-all: setup
 lint: setup
 	$(BIN)/ruff check scrub tests benchmarks scripts
 	$(BIN)/ruff format --check scrub tests benchmarks scripts
+	$(BIN)/mypy scrub
