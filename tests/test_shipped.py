@@ -16,7 +16,7 @@ INDUCTION = Path(__file__).parent.parent / "hypotheses" / "induction"
 
 def test_there_are_shipped_hypotheses():
     names = {p.name for p in INDUCTION.glob("*.yaml")}
-    assert {"full.yaml", "empty.yaml", "kcomp.yaml", "naive.yaml"} <= names
+    assert {"full.yaml", "empty.yaml", "kcomp.yaml", "kcomp_all_heads.yaml", "naive.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", HYPOTHESES, ids=lambda p: p.stem)
