@@ -138,6 +138,7 @@ class Hypothesis:
         root: the node that maps ``logits``.
         file: where it was loaded from, if anywhere.
         sha256: hash of the file's bytes (or of the canonical spec), for provenance.
+        dataset_file: the dataset spec file, when ``dataset:`` names one.
     """
 
     name: str
@@ -146,6 +147,7 @@ class Hypothesis:
     root: str
     file: str | None
     sha256: str
+    dataset_file: str | None = None
 
     def node(self, name: str) -> InterpNode:
         return self.graph.nodes[name]["interp"]
@@ -203,10 +205,14 @@ def hypothesis_from_dict(
             file=file,
             hint="start with 'model:', 'dataset:', 'metric:' and 'nodes:' keys",
         )
+    dataset_file = None
+    if isinstance(data.get("dataset"), str):
+        dataset_file, dataset = _load_dataset_file(data["dataset"], file)
+        data = {**data, "dataset": dataset}
     try:
         spec = HypothesisSpec.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise _from_validation_error(exc, data, file) from None
+        raise _from_validation_error(exc, file) from None
     try:
         graph, root = _build_graph(spec)
     except HypothesisError as exc:
@@ -220,12 +226,43 @@ def hypothesis_from_dict(
         root=root,
         file=file,
         sha256=sha256,
+        dataset_file=dataset_file,
     )
 
 
+def _load_dataset_file(ref: str, file: str | None) -> tuple[str, dict]:
+    """Read a dataset spec file named by ``dataset: PATH`` (relative to the hypothesis file)."""
+    from scrub._schema import DatasetSpec
+
+    base = Path(file).parent if file else Path.cwd()
+    path = (base / ref).resolve() if not Path(ref).is_absolute() else Path(ref)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise HypothesisError(
+            f"cannot read dataset spec {ref!r} ({path}): {exc.strerror}",
+            file=file,
+            key=("dataset",),
+            hint="'dataset:' is a mapping (generator, params) or the path of a dataset spec "
+            "file, relative to this hypothesis file",
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise HypothesisError(f"not valid YAML: {exc}", file=path) from exc
+    if not isinstance(data, dict):
+        raise HypothesisError(
+            "a dataset spec file must be a mapping with 'generator' and 'params'", file=path
+        )
+    try:
+        DatasetSpec.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise _from_validation_error(exc, str(path), prefix=("dataset",)) from None
+    return str(path), data
+
+
 def _from_validation_error(
-    exc: pydantic.ValidationError, data: dict, file: str | None
+    exc: pydantic.ValidationError, file: str | None, *, prefix: tuple = ()
 ) -> HypothesisError:
+    """One located error from pydantic's; ``prefix`` locates a sub-file in the schema."""
     # An unknown key explains a missing one next to it (a typo), so report unknown keys first.
     errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     err = errors[0]
@@ -239,7 +276,7 @@ def _from_validation_error(
     kind = err["type"]
     hint = None
     if kind == "extra_forbidden":
-        parent = _model_at(key[:-1])
+        parent = _model_at((*prefix, *key[:-1]))
         allowed = sorted(parent.model_fields) if parent else []
         close = difflib.get_close_matches(str(key[-1]), allowed, n=1)
         problem = f"unknown key {key[-1]!r}"

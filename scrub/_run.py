@@ -122,7 +122,11 @@ def run(
         hypothesis_sha256=hyp.sha256,
         model=model.source,
         model_sha256=model.checkpoint_sha256(),
-        dataset={"generator": spec.dataset.generator, "params": dict(dataset.params)},
+        dataset={
+            "generator": spec.dataset.generator,
+            "params": dict(dataset.params),
+            "spec_file": hyp.dataset_file,
+        },
         metric=spec.metric.model_dump(),
         n=n,
         seed=seed,

@@ -185,7 +185,12 @@ class NodeSpec(_Frozen):
 
 
 class DatasetSpec(_Frozen):
-    """Which dataset to scrub on: a generator and its parameters."""
+    """Which dataset to scrub on: a generator and its parameters.
+
+    In a hypothesis file, ``dataset:`` is either this mapping or the path of a YAML file holding
+    it (relative to the hypothesis file, e.g. ``../../datasets/induction.yaml``), so that
+    competing hypotheses share one definition.
+    """
 
     generator: str
     params: dict[str, Any] = Field(default_factory=dict)

@@ -941,3 +941,35 @@ def test_errors_do_not_depend_on_key_order(tmp_path: Path, base: dict) -> None:
     first = load_error(write(tmp_path, base, name="a.yaml"))
     second = load_error(write(tmp_path, reordered, name="b.yaml"))
     assert (first.key, first.problem, first.hint) == (second.key, second.problem, second.hint)
+
+
+# --------------------------------------------------------------------------------------------
+# dataset spec files (dataset: PATH)
+
+
+def test_dataset_spec_file_is_read_relative_to_the_hypothesis(tmp_path: Path, base: dict) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "d.yaml").write_text("generator: induction\nparams: {size: 50}\n")
+    (tmp_path / "hyp").mkdir()
+    base["dataset"] = "../data/d.yaml"
+    hyp = scrub.load_hypothesis(write(tmp_path / "hyp", base))
+    assert hyp.spec.dataset.params == {"size": 50}
+    assert hyp.dataset_file == str((tmp_path / "data" / "d.yaml").resolve())
+
+
+def test_missing_dataset_spec_file(tmp_path: Path, base: dict) -> None:
+    base["dataset"] = "nope.yaml"
+    path = write(tmp_path, base)
+    assert_located(
+        load_error(path), path, ("dataset",), "cannot read dataset spec 'nope.yaml'",
+        hint="relative to this hypothesis file",
+    )  # fmt: skip
+
+
+def test_bad_key_in_dataset_spec_file_is_located_there(tmp_path: Path, base: dict) -> None:
+    data = tmp_path / "d.yaml"
+    data.write_text("generatr: induction\n")
+    base["dataset"] = "d.yaml"
+    err = load_error(write(tmp_path, base))
+    assert err.file == str(data.resolve()) and err.key == ("generatr",)
+    assert "unknown key 'generatr'" in err.problem and "did you mean 'generator'" in err.hint
