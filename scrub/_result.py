@@ -64,10 +64,6 @@ def bootstrap_ci(
     return (math.nan, math.nan)
 
 
-def _mean(a, axis=-1):
-    return np.mean(a, axis=axis)
-
-
 @dataclass
 class ScrubResult:
     """The outcome of one scrub.

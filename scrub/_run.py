@@ -22,7 +22,7 @@ from scrub._errors import ScrubWarning
 from scrub._hypothesis import Hypothesis, load_hypothesis
 from scrub._metrics import per_example_metric
 from scrub._model import ScrubModel, load_model
-from scrub._result import ScrubResult, _mean, bootstrap_ci, recovered_of
+from scrub._result import ScrubResult, bootstrap_ci, recovered_of
 from scrub._tree import SampledTree, TreeNode, sample_tree, stream
 from scrub.data import Dataset
 from scrub.engine import evaluate_reference
@@ -115,7 +115,10 @@ def run(
         )
 
     rng = stream(seed, "bootstrap")
-    ci = lambda a: bootstrap_ci((a,), _mean, rng=rng, confidence=confidence)  # noqa: E731
+
+    def ci(values: np.ndarray) -> tuple[float, float]:
+        return bootstrap_ci((values,), np.mean, rng=rng, confidence=confidence)
+
     result = ScrubResult(
         hypothesis=hyp.name,
         hypothesis_file=hyp.file,
