@@ -142,3 +142,15 @@ def test_metric_kinds_on_the_clean_model(tiny_model_dir, tiny_model):
             warnings.simplefilter("ignore", scrub.ScrubWarning)
             result = scrub.run(scrub.hypothesis_from_dict(spec), model=tiny_model, n=8)
         assert check(result.clean), metric
+
+
+def test_a_scrub_that_changes_nothing_is_reported(tiny_model_dir, tiny_model):
+    """Cond on an injective feature returns the reference rows: warned and kept in the JSON."""
+    spec = partial_hypothesis(tiny_model_dir)
+    spec["nodes"]["p"]["sampler"] = {"kind": "cond", "features": ["segment"]}
+    with pytest.warns(scrub.ScrubWarning, match="found only the reference example itself"):
+        result = scrub.run(scrub.hypothesis_from_dict(spec), model=tiny_model, n=10)
+    assert any(
+        "node 'p'" in w and "100% of rows" in w for w in json.loads(result.to_json())["warnings"]
+    )
+    assert result.draws["p"] == result.draws["h"]
