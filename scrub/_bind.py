@@ -101,15 +101,10 @@ def _check(hyp: Hypothesis, model: ScrubModel, ds: Dataset) -> None:
                 features = sampler.features
             elif isinstance(sampler, GenerateSampler):
                 features = (sampler.feature,)
-                if sampler.feature not in ds.generators:
-                    raise HypothesisError(
-                        f"node {name!r}: dataset {ds.name!r} cannot generate examples "
-                        f"matching feature {sampler.feature!r}",
-                        key=("nodes", name, role),
-                        hint="it can generate for: "
-                        + (", ".join(sorted(ds.generators)) or "no feature")
-                        + "; or use a 'cond' sampler",
-                    )
+                try:
+                    ds.generator(sampler.feature)
+                except HypothesisError as exc:
+                    raise exc.with_context(key_prefix=("nodes", name, role)) from None
             for feature in features:
                 _register_feature(feature, hyp, ds, key=("nodes", name, role))
     for child, parent in hyp.graph.edges:

@@ -206,15 +206,10 @@ class GenerateSampler:
 
     def sample(self, parent_rows: np.ndarray, ctx: SampleContext) -> np.ndarray:
         ds = ctx.dataset
-        generator = ds.generators.get(self.feature)
-        if generator is None:
-            raise HypothesisError(
-                f"node {ctx.node!r}: dataset {ds.name!r} cannot generate examples matching "
-                f"feature {self.feature!r}",
-                hint="it can generate for: "
-                + (", ".join(sorted(ds.generators)) or "no feature")
-                + "; or use a 'cond' sampler",
-            )
+        try:
+            generator = ds.generator(self.feature)
+        except HypothesisError as exc:
+            raise HypothesisError(f"node {ctx.node!r}: {exc.problem}", hint=exc.hint) from None
         return ds.extend(generator(ds, parent_rows, ctx.rng))
 
     def __repr__(self) -> str:

@@ -53,12 +53,9 @@ def save_random_gpt2(
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for name, param in model.named_parameters():
-                if name.endswith("weight") and param.ndim == 2:
-                    param.copy_(torch.randn(param.shape, generator=generator) * init_std)
-                elif "ln" in name:
+                if "ln" in name:  # LayerNorms keep their identity init
                     continue
-                else:
-                    param.copy_(torch.randn(param.shape, generator=generator) * init_std)
+                param.copy_(torch.randn(param.shape, generator=generator) * init_std)
     directory = Path(directory)
     model.save_pretrained(directory)
     return directory

@@ -110,6 +110,17 @@ class Dataset:
             "as 'package.module:function' taking (dataset, rows)",
         )
 
+    def generator(self, feature: str) -> Generator:
+        """The generator that makes examples sharing ``feature``."""
+        if feature in self.generators:
+            return self.generators[feature]
+        raise HypothesisError(
+            f"dataset {self.name!r} cannot generate examples matching feature {feature!r}",
+            hint="it can generate for: "
+            + (", ".join(sorted(self.generators)) or "no feature")
+            + "; or use a 'cond' sampler",
+        )
+
     # -- growth by generators -----------------------------------------------------------------
     def extend(self, new: Dataset) -> np.ndarray:
         """Append ``new``'s examples (made by a generator); return their row indices."""
