@@ -32,6 +32,7 @@ from scrub._samplers import (
     UncondSampler,
     UncondTogetherSampler,
 )
+from scrub._tokenizer import gpt2_tokenizer
 from scrub._tree import SampledTree, TreeNode, sample_tree, treeify
 from scrub.data import Dataset, make_dataset
 
@@ -59,6 +60,7 @@ __all__ = [
     "UncondSampler",
     "UncondTogetherSampler",
     "bind",
+    "gpt2_tokenizer",
     "hypothesis_from_dict",
     "load_hypothesis",
     "load_model",
