@@ -17,10 +17,11 @@ from scrub._errors import HypothesisError
 from scrub._imports import import_object
 from scrub.data._dataset import Dataset, Feature, Generator
 from scrub.data.induction import induction
+from scrub.data.parens import parens
 
 __all__ = ["GENERATORS", "Dataset", "Feature", "Generator", "make_dataset"]
 
-GENERATORS: Mapping[str, Callable[..., Dataset]] = {"induction": induction}
+GENERATORS: Mapping[str, Callable[..., Dataset]] = {"induction": induction, "parens": parens}
 """The registered dataset generators."""
 
 
