@@ -17,11 +17,17 @@ from scrub._errors import HypothesisError
 from scrub._imports import import_object
 from scrub.data._dataset import Dataset, Feature, Generator
 from scrub.data.induction import induction
+from scrub.data.ioi import ioi, ioi_abc
 from scrub.data.parens import parens
 
 __all__ = ["GENERATORS", "Dataset", "Feature", "Generator", "make_dataset"]
 
-GENERATORS: Mapping[str, Callable[..., Dataset]] = {"induction": induction, "parens": parens}
+GENERATORS: Mapping[str, Callable[..., Dataset]] = {
+    "induction": induction,
+    "parens": parens,
+    "ioi": ioi,
+    "ioi_abc": ioi_abc,
+}
 """The registered dataset generators."""
 
 
