@@ -101,7 +101,9 @@ def kind_of(count_ok: np.ndarray, horizon_ok: np.ndarray) -> np.ndarray:
 # -- drawing strings ---------------------------------------------------------------------------
 
 
-def _arrangements(n: np.ndarray, n_open: np.ndarray, width: int, rng: np.random.Generator):
+def _arrangements(
+    n: np.ndarray, n_open: np.ndarray, width: int, rng: np.random.Generator
+) -> np.ndarray:
     """Uniform arrangements of ``n_open[i]`` opens among ``n[i]`` characters; ``±1`` steps."""
     keys = rng.random((len(n), width))
     cols = np.arange(width)
@@ -118,19 +120,33 @@ def _min_elevation(steps: np.ndarray, n: np.ndarray) -> np.ndarray:
     return elev.min(axis=1)
 
 
-def _rejection(
-    n: np.ndarray,
-    width: int,
-    draw: Callable[[np.ndarray, np.random.Generator], np.ndarray],
-    accept: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    rng: np.random.Generator,
+def _draw_kind(
+    kind: int, n: np.ndarray, width: int, *, near_miss: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """Draw ``steps`` rows with ``draw(rows, rng)`` until ``accept(steps, rows)`` holds for each."""
+    """Steps of ``len(n)`` strings of one kind: draw, and redraw the rows that miss the kind."""
+    if kind == 1:  # ends at h > 0: the smallest h of n's parity with probability 1/2, ...
+        h0 = np.where(n % 2 == 0, 2, 1)
+        h = h0 + 2 * np.minimum(rng.geometric(0.5, size=len(n)) - 1, (n - h0) // 2)
+        n_open = (n + h) // 2
+    else:
+        n_open = n // 2
+    dip = rng.random(len(n)) < near_miss if kind == 2 else np.zeros(len(n), dtype=bool)
     steps = np.zeros((len(n), width), dtype=np.int64)
     todo = np.arange(len(n))
     while len(todo):
-        cand = draw(todo, rng)
-        ok = accept(cand, todo)
+        nt = n[todo]
+        if kind == 3:
+            cand = np.where(rng.random((len(todo), width)) < 0.5, 1, -1)
+            cand[np.arange(width)[None, :] >= nt[:, None]] = 0
+        else:
+            cand = _arrangements(nt, n_open[todo], width, rng)
+        low = _min_elevation(cand, nt)
+        if kind == 3:
+            ok = (cand.sum(axis=1) != 0) & (low < 0)
+        elif kind == 2:
+            ok = np.where(dip[todo], low == -1, low < 0)
+        else:
+            ok = low >= 0
         steps[todo[ok]] = cand[ok]
         todo = todo[~ok]
     return steps
@@ -142,52 +158,10 @@ def _draw_steps(
     """``(N, max n)`` steps (+1 open, −1 close, 0 padding) of strings of the given kinds."""
     width = int(n.max(initial=1))
     steps = np.zeros((len(n), width), dtype=np.int64)
-    # The choices of each kind are drawn in a fixed order: kind 0, 1, 2, 3.
-    for kind in range(4):
+    for kind in range(4):  # a fixed order, so the draws are reproducible
         rows = np.flatnonzero(kinds == kind)
-        if not len(rows):
-            continue
-        nr = n[rows]
-        if kind == 0:
-
-            def draw(idx, g, nr=nr):
-                return _arrangements(nr[idx], nr[idx] // 2, width, g)
-
-            def accept(s, idx, nr=nr):
-                return _min_elevation(s, nr[idx]) >= 0
-
-        elif kind == 1:
-            h0 = np.where(nr % 2 == 0, 2, 1)
-            extra = np.minimum(rng.geometric(0.5, size=len(rows)) - 1, (nr - h0) // 2)
-            h = h0 + 2 * extra
-
-            def draw(idx, g, nr=nr, h=h):
-                return _arrangements(nr[idx], (nr[idx] + h[idx]) // 2, width, g)
-
-            def accept(s, idx, nr=nr):
-                return _min_elevation(s, nr[idx]) >= 0
-
-        elif kind == 2:
-            dip = rng.random(len(rows)) < near_miss
-
-            def draw(idx, g, nr=nr):
-                return _arrangements(nr[idx], nr[idx] // 2, width, g)
-
-            def accept(s, idx, nr=nr, dip=dip):
-                m = _min_elevation(s, nr[idx])
-                return np.where(dip[idx], m == -1, m < 0)
-
-        else:
-
-            def draw(idx, g, nr=nr):
-                s = np.where(g.random((len(idx), width)) < 0.5, 1, -1)
-                s[np.arange(width)[None, :] >= nr[idx][:, None]] = 0
-                return s
-
-            def accept(s, idx, nr=nr):
-                return (s.sum(axis=1) != 0) & (_min_elevation(s, nr[idx]) < 0)
-
-        steps[rows] = _rejection(nr, width, draw, accept, rng)
+        if len(rows):
+            steps[rows] = _draw_kind(kind, n[rows], width, near_miss=near_miss, rng=rng)
     return steps
 
 
@@ -289,18 +263,22 @@ _GENERATED = ("kind", "balanced", "count_ok", "horizon_ok", "length", "kind_leng
 
 def _table_values(name: str, table: np.ndarray) -> np.ndarray:
     """The value of feature ``name`` in each cell ``[kind, length]`` of the table."""
-    kinds, lengths = np.indices(table.shape)
+    grid = np.indices(table.shape)
+    kinds, lengths = grid[0], grid[1]
+    out: np.ndarray
     if name == "kind":
-        return kinds
-    if name == "balanced":
-        return kinds == 0
-    if name == "count_ok":
-        return _COUNT_OK[kinds]
-    if name == "horizon_ok":
-        return _HORIZON_OK[kinds]
-    if name == "length":
-        return lengths
-    return kinds * table.shape[1] + lengths  # kind_length
+        out = kinds
+    elif name == "balanced":
+        out = np.equal(kinds, 0)
+    elif name == "count_ok":
+        out = _COUNT_OK[kinds]
+    elif name == "horizon_ok":
+        out = _HORIZON_OK[kinds]
+    elif name == "length":
+        out = lengths
+    else:  # kind_length
+        out = kinds * table.shape[1] + lengths
+    return out
 
 
 def _generator(name: str) -> Callable[[Dataset, np.ndarray, np.random.Generator], Dataset]:
