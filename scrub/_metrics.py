@@ -1,8 +1,9 @@
 """Metrics: one number per reference example, from the root's output.
 
 The metric reads the output at ``metric.positions``, resolved on the rows the output was computed
-on (the root's rows), and compares with labels taken from the **reference** examples at their own
-positions (rank-aligned, like every named position). Per example, values are averaged over the
+on (the root's rows): the engines return the logits at those positions only. It compares them
+with labels taken from the **reference** examples at their own positions (rank-aligned, like
+every named position). Per example, values are averaged over the
 metric positions.
 
 - ``loss``: cross-entropy of the label token (lower is better);
@@ -36,33 +37,25 @@ def _labels(name: str, ds: Dataset, reference: np.ndarray, ref_pos: np.ndarray) 
     return torch.tensor(values, dtype=torch.long)
 
 
-def _at(logits: Tensor, pos: np.ndarray) -> Tensor:
-    rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
-    return logits[rows, torch.as_tensor(pos, device=logits.device)].double()
-
-
 def per_example_metric(
     spec: MetricSpec,
-    logits: Float[Tensor, "batch pos vocab"],
+    logits: Float[Tensor, "batch k vocab"],
     *,
-    rows: np.ndarray,
     reference: np.ndarray,
     dataset: Dataset,
-    clean_logits: Float[Tensor, "batch pos vocab"] | None = None,
+    clean_logits: Float[Tensor, "batch k vocab"] | None = None,
 ) -> np.ndarray:
     """The metric for each reference example, shape ``(batch,)``, float64.
 
     Args:
         spec: the metric.
-        logits: output computed on dataset ``rows``.
-        rows: the dataset rows the logits were computed on (the root's rows).
+        logits: the output at the metric's positions, resolved on the rows it was computed on.
         reference: the reference examples (labels come from these).
-        dataset: the dataset both index.
-        clean_logits: the clean model's logits on ``reference`` (needed for ``kl``).
+        dataset: the dataset the reference indexes.
+        clean_logits: the clean model's logits at the metric's positions (needed for ``kl``).
     """
-    read_pos = resolve_positions(spec.positions, dataset, rows)
     ref_pos = resolve_positions(spec.positions, dataset, reference)
-    out = _at(logits, read_pos)  # (batch, k, vocab)
+    out = logits.double()  # (batch, k, vocab)
     if spec.kind in ("loss", "accuracy"):
         assert spec.labels is not None
         labels = _labels(spec.labels, dataset, reference, ref_pos).to(out.device)
@@ -79,6 +72,6 @@ def per_example_metric(
         )
     else:  # kl
         assert clean_logits is not None, "kl needs the clean logits"
-        clean = _at(clean_logits, ref_pos).log_softmax(-1)
+        clean = clean_logits.double().log_softmax(-1)
         values = (clean.exp() * (clean - out.log_softmax(-1))).sum(-1)
     return values.mean(-1).cpu().numpy()

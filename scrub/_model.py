@@ -157,6 +157,22 @@ class ScrubModel:
             return "ln_final.hook_in"
         raise ValueError(f"{comp.name} reads no input channel")
 
+    def output_width(self, comp: Component) -> int:
+        """Width of a component's raw output: ``d_head`` for heads (``z``), else ``d_model``."""
+        cfg = self.bridge.cfg
+        return cfg.d_head if comp.kind == "head" else cfg.d_model
+
+    def stop_layer(self, comp: Component) -> int:
+        """The ``stop_at_layer`` after which ``comp``'s output and inputs are known.
+
+        Embeddings: 0; a head or MLP of layer L: L + 1; the logits: ``n_layers``.
+        """
+        if comp.kind in ("tok_embed", "pos_embed"):
+            return 0
+        if comp.kind == "logits":
+            return self.shape.n_layers
+        return comp.layer + 1
+
     def contribution(
         self, comp: Component, output: Float[Tensor, "batch pos d"]
     ) -> Float[Tensor, "batch pos d_model"]:
@@ -175,6 +191,7 @@ class ScrubModel:
         set_inputs: Mapping[tuple[Component, Channel], Tensor] | None = None,
         read_inputs: Iterable[tuple[Component, Channel]] = (),
         read_outputs: Iterable[Component] = (),
+        stop_at_layer: int | None = None,
     ) -> tuple[Float[Tensor, "batch pos vocab"], dict, dict]:
         """One forward pass with patches, set inputs and reads.
 
@@ -185,9 +202,12 @@ class ScrubModel:
                 replaces what the component would read through that channel.
             read_inputs: (component, channel) pairs whose input to record.
             read_outputs: components whose raw outputs (after patches) to record.
+            stop_at_layer: stop before this block and return the residual stream instead of
+                the logits (``None`` or ``n_layers``: run the whole model).
 
         Returns:
-            logits, the recorded inputs and the recorded outputs.
+            logits (or the residual stream when stopped early), the recorded inputs and the
+            recorded outputs.
         """
         set_inputs = set_inputs or {}
         hooks: dict[str, list[Callable]] = {}
@@ -208,7 +228,10 @@ class ScrubModel:
 
         fwd_hooks = [(name, _chain(fns)) for name, fns in hooks.items()]
         with self.bridge.hooks(fwd_hooks=fwd_hooks):
-            logits = self.bridge(tokens.to(self.device))
+            if stop_at_layer is None or stop_at_layer >= self.shape.n_layers:
+                logits = self.bridge(tokens.to(self.device))
+            else:
+                logits = self.bridge(tokens.to(self.device), stop_at_layer=stop_at_layer)
         return logits, inputs, outputs
 
 

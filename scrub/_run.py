@@ -3,12 +3,17 @@
 The clean model runs on the reference batch; the baseline is the same engine on the root alone
 (everything on ``O_root``), so an empty hypothesis scores exactly 0; the scrubbed model is the
 engine on the whole tree. All three share the reference batch and the root's other inputs.
+
+Logits are only needed where the metric reads them, so the engines are asked for those
+positions only. With a shared :class:`~scrub.engine.ActivationCache` (and a shared dataset),
+competing hypotheses reuse the clean and baseline outputs and every cached leaf activation.
 """
 
 from __future__ import annotations
 
 import platform
 import warnings
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -22,15 +27,18 @@ from scrub._errors import ScrubWarning
 from scrub._hypothesis import Hypothesis, load_hypothesis
 from scrub._metrics import per_example_metric
 from scrub._model import ScrubModel, load_model
+from scrub._positions import resolve_positions
 from scrub._result import ScrubResult, bootstrap_ci, recovered_of
 from scrub._tree import SampledTree, TreeNode, sample_tree, stream
 from scrub.data import Dataset
-from scrub.engine import evaluate_reference
+from scrub.engine import ActivationCache, FastEngine, evaluate_reference
 
 __all__ = ["ENGINES", "run"]
 
-ENGINES = {"reference": evaluate_reference}
-"""Evaluators by name: ``engine(model, tree, *, on_pass) -> logits``."""
+ENGINES = ("fast", "reference")
+"""The evaluators ``run`` accepts by name (``fast``: :class:`FastEngine`, the default)."""
+
+Evaluate = Callable[..., Tensor]
 
 BASELINE_KIND = "resample_all"
 
@@ -42,7 +50,9 @@ def run(
     dataset: Dataset | None = None,
     n: int | None = None,
     seed: int | None = None,
-    engine: str = "reference",
+    engine: str = "fast",
+    cache: ActivationCache | None = None,
+    max_batch_rows: int = 4096,
     confidence: float = 0.95,
     progress: bool = False,
 ) -> ScrubResult:
@@ -54,7 +64,11 @@ def run(
         dataset: a dataset to use instead of making the file's (it may grow).
         n: number of reference examples (default: the file's ``defaults.n``).
         seed: the seed every draw derives from (default: the file's ``defaults.seed``).
-        engine: the evaluator (``reference``).
+        engine: the evaluator, ``fast`` (default) or ``reference``; they agree to 1e-4.
+        cache: activations to reuse across runs on the same model and dataset (fast engine);
+            pass the same ``dataset`` too.
+        max_batch_rows: most rows in one forward pass (fast engine); results do not depend
+            on it beyond float rounding.
         confidence: confidence level of the bootstrap intervals.
         progress: show a progress bar on stderr.
 
@@ -70,6 +84,8 @@ def run(
     seed = spec.defaults.seed if seed is None else seed
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; engines: {', '.join(ENGINES)}")
+    if cache is None:
+        cache = ActivationCache(max_batch_rows=max_batch_rows)
     if not isinstance(model, ScrubModel):
         model = load_model(model or spec.model)
     if dataset is None:
@@ -78,26 +94,42 @@ def run(
     tree = sample_tree(bound, n=n, seed=seed)
     messages = list(tree.warnings)
 
-    evaluate = ENGINES[engine]
+    evaluate: Evaluate = (
+        FastEngine(cache=cache, max_batch_rows=max_batch_rows)
+        if engine == "fast"
+        else _gathering(evaluate_reference)
+    )
+    x = tree.reference
+    o_root = tree.rows(tree.root)
+    clean_pos = resolve_positions(spec.metric.positions, dataset, x)
+    root_pos = resolve_positions(spec.metric.positions, dataset, o_root)
     bar = tqdm(desc=f"scrub {hyp.name}", unit="pass", disable=not progress, leave=False)
     try:
-        x = tree.reference
-        clean_logits = model.run(dataset.tokens[torch.as_tensor(x)])[0]
+        clean_logits = cache.memo(
+            model,
+            dataset,
+            ("clean", x.tobytes(), clean_pos.tobytes()),
+            lambda: _clean(model, dataset, x, clean_pos, max_batch_rows),
+        )
         bar.update()
-        baseline_logits = evaluate(model, _root_only(tree), on_pass=bar.update)
-        scrubbed_logits = evaluate(model, tree, on_pass=bar.update)
+        baseline_logits = cache.memo(
+            model,
+            dataset,
+            ("baseline", engine, o_root.tobytes(), root_pos.tobytes()),
+            lambda: evaluate(model, _root_only(tree), positions=root_pos, on_pass=bar.update),
+        )
+        scrubbed_logits = evaluate(model, tree, positions=root_pos, on_pass=bar.update)
     finally:
         bar.close()
 
-    def metric(logits: Tensor, rows: np.ndarray) -> np.ndarray:
+    def metric(logits: Tensor) -> np.ndarray:
         return per_example_metric(
-            spec.metric, logits, rows=rows, reference=x, dataset=dataset, clean_logits=clean_logits
+            spec.metric, logits, reference=x, dataset=dataset, clean_logits=clean_logits
         )
 
-    o_root = tree.rows(tree.root)
-    clean = metric(clean_logits, x)
-    baseline = metric(baseline_logits, o_root)
-    scrubbed = metric(scrubbed_logits, o_root)
+    clean = metric(clean_logits)
+    baseline = metric(baseline_logits)
+    scrubbed = metric(scrubbed_logits)
 
     if torch.equal(scrubbed_logits, clean_logits):
         messages.append(
@@ -157,6 +189,32 @@ def run(
     for message in messages:
         warnings.warn(message, ScrubWarning, stacklevel=2)
     return result
+
+
+def _clean(
+    model: ScrubModel, dataset: Dataset, rows: np.ndarray, positions: np.ndarray, chunk: int
+) -> Tensor:
+    """The clean model's logits on ``rows`` at ``positions``: ``(batch, K, vocab)``."""
+    pieces = []
+    for start in range(0, len(rows), chunk):
+        part = slice(start, start + chunk)
+        logits = model.run(dataset.tokens[torch.as_tensor(rows[part])])[0]
+        pieces.append(_gather(logits, positions[part]))
+    return torch.cat(pieces)
+
+
+def _gather(logits: Tensor, positions: np.ndarray) -> Tensor:
+    batch = torch.arange(logits.shape[0], device=logits.device)[:, None]
+    return logits[batch, torch.as_tensor(positions, device=logits.device)]
+
+
+def _gathering(evaluate: Callable[..., Tensor]) -> Evaluate:
+    """An engine that returns full logits, asked for some positions only."""
+
+    def gathered(model, tree, *, positions, on_pass) -> Tensor:
+        return _gather(evaluate(model, tree, on_pass=on_pass), positions)
+
+    return gathered
 
 
 def _root_only(tree: SampledTree) -> SampledTree:

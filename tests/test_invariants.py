@@ -1,4 +1,7 @@
-"""The method's invariants (DESIGN.md): full == clean, empty == baseline, seeds reproduce."""
+"""The method's invariants (DESIGN.md): full == clean, empty == baseline, seeds reproduce.
+
+Each holds for both engines.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ import pytest
 
 import scrub
 from tests.conftest import all_components, base_spec
+
+engines = pytest.mark.parametrize("engine", ["fast", "reference"])
 
 
 def full(model_dir, paths: str) -> scrub.Hypothesis:
@@ -44,35 +49,40 @@ def empty(model_dir) -> scrub.Hypothesis:
     return scrub.hypothesis_from_dict(base_spec(model_dir, nodes=nodes), default_name="empty")
 
 
-def test_full_hypothesis_all_paths_is_exactly_clean(tiny_model_dir, tiny_model):
+@engines
+def test_full_hypothesis_all_paths_is_exactly_clean(tiny_model_dir, tiny_model, engine):
     with pytest.warns(scrub.ScrubWarning, match="equals the clean model's exactly"):
-        result = scrub.run(full(tiny_model_dir, "all"), model=tiny_model)
+        result = scrub.run(full(tiny_model_dir, "all"), model=tiny_model, engine=engine)
     assert result.per_example == result.per_example_clean
     assert result.recovered == 1.0
     assert result.baseline != result.clean
 
 
-def test_full_hypothesis_direct_paths_matches_clean(tiny_model_dir, tiny_model):
-    result = scrub.run(full(tiny_model_dir, "direct"), model=tiny_model)
+@engines
+def test_full_hypothesis_direct_paths_matches_clean(tiny_model_dir, tiny_model, engine):
+    result = scrub.run(full(tiny_model_dir, "direct"), model=tiny_model, engine=engine)
     np.testing.assert_allclose(result.per_example, result.per_example_clean, atol=1e-4)
     assert result.recovered == pytest.approx(1.0, abs=1e-3)
 
 
-def test_full_hypothesis_as_treeified_dag_matches_clean(tiny_model_dir, tiny_model):
-    result = scrub.run(layered_full(tiny_model_dir), model=tiny_model)
+@engines
+def test_full_hypothesis_as_treeified_dag_matches_clean(tiny_model_dir, tiny_model, engine):
+    result = scrub.run(layered_full(tiny_model_dir), model=tiny_model, engine=engine)
     assert {"L1", "out>L0", "L1>L0", "out>E", "L1>E", "out>L0>E", "L1>L0>E"} <= set(result.draws)
     np.testing.assert_allclose(result.per_example, result.per_example_clean, atol=1e-4)
 
 
-def test_empty_hypothesis_is_exactly_baseline(tiny_model_dir, tiny_model):
+@engines
+def test_empty_hypothesis_is_exactly_baseline(tiny_model_dir, tiny_model, engine):
     with pytest.warns(scrub.ScrubWarning, match="equals the baseline exactly"):
-        result = scrub.run(empty(tiny_model_dir), model=tiny_model)
+        result = scrub.run(empty(tiny_model_dir), model=tiny_model, engine=engine)
     assert result.per_example == result.per_example_baseline
     assert result.recovered == 0.0
     assert result.recovered_ci == (0.0, 0.0)
 
 
-def test_same_seed_gives_identical_json(tiny_model_dir, tiny_model):
+@engines
+def test_same_seed_gives_identical_json(tiny_model_dir, tiny_model, engine):
     hyp = full(tiny_model_dir, "direct")
     nodes = {
         "out": {"components": ["logits"], "inputs": [{"node": "h", "channels": "in"}]},
@@ -84,14 +94,15 @@ def test_same_seed_gives_identical_json(tiny_model_dir, tiny_model):
         "p": {"components": ["a0.h1"], "sampler": {"kind": "generate", "feature": "segment"}},
     }
     hyp = scrub.hypothesis_from_dict(base_spec(tiny_model_dir, nodes=nodes))
-    a = scrub.run(hyp, model=tiny_model, seed=3).to_json()
-    b = scrub.run(hyp, model=tiny_model, seed=3).to_json()
-    c = scrub.run(hyp, model=tiny_model, seed=4).to_json()
+    a = scrub.run(hyp, model=tiny_model, engine=engine, seed=3).to_json()
+    b = scrub.run(hyp, model=tiny_model, engine=engine, seed=3).to_json()
+    c = scrub.run(hyp, model=tiny_model, engine=engine, seed=4).to_json()
     assert a == b
     assert json.loads(a)["draws"] != json.loads(c)["draws"]
 
 
-def test_hypotheses_sharing_a_node_share_its_draws(tiny_model_dir, tiny_model):
+@engines
+def test_hypotheses_sharing_a_node_share_its_draws(tiny_model_dir, tiny_model, engine):
     def hyp(extra_heads):
         nodes = {
             "out": {"components": ["logits"], "inputs": [{"node": "h"}]},
@@ -99,8 +110,8 @@ def test_hypotheses_sharing_a_node_share_its_draws(tiny_model_dir, tiny_model):
         }
         return scrub.hypothesis_from_dict(base_spec(tiny_model_dir, nodes=nodes))
 
-    a = scrub.run(hyp([]), model=tiny_model)
-    b = scrub.run(hyp(["a1.h3"]), model=tiny_model)
+    a = scrub.run(hyp([]), model=tiny_model, engine=engine)
+    b = scrub.run(hyp(["a1.h3"]), model=tiny_model, engine=engine)
     assert a.reference == b.reference
     assert a.draws == b.draws
     assert a.per_example_baseline == b.per_example_baseline

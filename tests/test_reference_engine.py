@@ -1,4 +1,4 @@
-"""The reference evaluator against splices computed by hand (tests/manual.py)."""
+"""Both engines against splices computed by hand (tests/manual.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import scrub
-from scrub.engine import evaluate_reference
+from scrub.engine import FastEngine, evaluate_reference
 from tests.conftest import base_spec
 from tests.manual import Manual
 
@@ -29,8 +29,15 @@ def toks(tree, name, *, other=False):
     return tree.dataset.tokens[torch.as_tensor(rows)]
 
 
-def engine_logits(model, tree):
-    return evaluate_reference(model, tree).double()
+@pytest.fixture(params=["reference", "fast"])
+def engine_logits(request):
+    """Full logits of the treeified model from one engine."""
+    engine = evaluate_reference if request.param == "reference" else FastEngine()
+
+    def logits(model, tree):
+        return engine(model, tree).double()
+
+    return logits
 
 
 def close(a, b):
@@ -44,7 +51,7 @@ def test_manual_model_matches_the_bridge(one_layer_model, tiny_model, dataset):
         close(Manual(model).forward(tokens)["logits"], model.run(tokens)[0].double())
 
 
-def test_direct_splice_into_logits(one_layer_model):
+def test_direct_splice_into_logits(one_layer_model, engine_logits):
     model, man = one_layer_model, Manual(one_layer_model)
     nodes = {
         "out": {"components": ["logits"], "inputs": [{"node": "A", "channels": "in"}]},
@@ -57,7 +64,7 @@ def test_direct_splice_into_logits(one_layer_model):
     close(engine_logits(model, tree), man.logits(resid))
 
 
-def test_all_paths_is_an_activation_patch(tiny_model):
+def test_all_paths_is_an_activation_patch(tiny_model, engine_logits):
     model, man = tiny_model, Manual(tiny_model)
     nodes = {
         "out": {"components": ["logits"], "inputs": [{"node": "A", "paths": "all"}]},
@@ -69,7 +76,7 @@ def test_all_paths_is_an_activation_patch(tiny_model):
     close(engine_logits(model, tree), patched["logits"])
 
 
-def test_q_channel_splice_through_an_intermediate_node(tiny_model):
+def test_q_channel_splice_through_an_intermediate_node(tiny_model, engine_logits):
     """out <- B (a1.h0, direct) <- C (embed, through q only)."""
     model, man = tiny_model, Manual(tiny_model)
     nodes = {
@@ -93,7 +100,7 @@ def test_q_channel_splice_through_an_intermediate_node(tiny_model):
     close(engine_logits(model, tree), man.logits(resid))
 
 
-def test_named_positions_are_resolved_per_example(tiny_model):
+def test_named_positions_are_resolved_per_example(tiny_model, engine_logits):
     """With random offsets, the child's REP values land on the parent example's REP."""
     model, man = tiny_model, Manual(tiny_model)
     nodes = {
@@ -117,7 +124,7 @@ def test_named_positions_are_resolved_per_example(tiny_model):
     close(engine_logits(model, tree), man.logits(resid))
 
 
-def test_components_of_one_node_see_each_other_on_other_inputs(tiny_model):
+def test_components_of_one_node_see_each_other_on_other_inputs(tiny_model, engine_logits):
     """N maps a0.h0 and a1.h1; its child feeds both through q. The path a0.h0 -> a1.h1 inside N
     is not mapped, so a1.h1 must read a0.h0's output on O_N, not its treeified output."""
     model, man = tiny_model, Manual(tiny_model)
@@ -148,7 +155,7 @@ def test_components_of_one_node_see_each_other_on_other_inputs(tiny_model):
     close(engine_logits(model, tree), man.logits(resid))
 
 
-def test_mlp_in_channel_and_all_paths_into_a_channel(tiny_model):
+def test_mlp_in_channel_and_all_paths_into_a_channel(tiny_model, engine_logits):
     """out <- M (m1) <- H (a0.h3, all paths, into 'in'): m1 reads resid_mid with a0.h3 patched."""
     model, man = tiny_model, Manual(tiny_model)
     nodes = {
@@ -170,7 +177,7 @@ def test_mlp_in_channel_and_all_paths_into_a_channel(tiny_model):
 
 
 @pytest.mark.parametrize("paths", ["direct", "all"])
-def test_exact_leaf_under_exact_parent_reads_reference(tiny_model, paths):
+def test_exact_leaf_under_exact_parent_reads_reference(tiny_model, paths, engine_logits):
     """A leaf's components run on its own data: with exact samplers that is the reference."""
     model, man = tiny_model, Manual(tiny_model)
     nodes = {

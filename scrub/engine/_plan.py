@@ -1,0 +1,226 @@
+"""The fast engine's plan: which row groups a sampled tree needs, and what each hook does.
+
+Context: DESIGN.md's evaluation stacks one **row group** per non-leaf node (its other inputs
+``O_n``, or ``O_root`` for the root) and one per leaf (``D_n``), and runs them in one forward pass
+in layer order. Leaves are plain forward passes, so here they are served from the
+:class:`~scrub.engine.cache.ActivationCache` instead of being stacked.
+
+For a non-leaf node n, each of its components' input channels is *assembled* exactly as the
+reference evaluator does it: the residual stream of a pass on ``O_n`` in which the all-paths
+inputs reaching that channel are activation patches, plus, for every direct input,
+``out_d(child) − out_d(this pass)`` at the spliced positions. Channels that different all-paths
+patches reach need different passes, so a node gets one **reading group** per distinct set of
+all-paths patches.
+
+Pitfall (isolation): two components of one node see each other's *plain* outputs on ``O_n``,
+not their treeified ones (the path between them is not mapped). If a node's treeified output
+were written into its reading group, a later component or a later read in that group would see
+it. So a node's components are treeified *in* its reading group (``fused``) only when nothing in
+that group reads after them: one reading group, and all its components at the same point of the
+residual stream (the same layer's heads, one MLP, or the logits). Otherwise the node gets an
+**output group** on ``O_n`` whose components' inputs are *set* to the assembled values, and
+whose other activations are never read.
+
+Every group stops after the last layer it is read at (``stop``). Groups are evaluated in passes
+by increasing ``stop``: a child's groups never stop later than its parent's, so everything a
+pass reads from another group was computed by then.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scrub._components import Channel, Component
+from scrub._model import ScrubModel
+from scrub._positions import PositionSpec
+from scrub._tree import SampledTree, TreeNode
+
+__all__ = ["Group", "Move", "Plan", "Source", "make_plan"]
+
+Target = tuple[Component, Channel]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a child's treeified component outputs are: a leaf's cached rows, or a group.
+
+    Attributes:
+        node: the child tree node.
+        rows: the dataset rows its outputs were computed on.
+        group: the group that computes them, or ``None`` for a leaf (served from the cache).
+    """
+
+    node: TreeNode
+    rows: np.ndarray
+    group: int | None
+
+
+@dataclass(frozen=True)
+class Move:
+    """One child component's output moved into a group: a patch (all paths) or a splice.
+
+    Attributes:
+        component: the child's component.
+        source: where its treeified output is.
+        spec: positions, resolved on the source's rows and on the group's rows.
+    """
+
+    component: Component
+    source: Source
+    spec: PositionSpec
+
+
+@dataclass
+class Group:
+    """One row group of the stacked batch.
+
+    Attributes:
+        gid: its index; children's groups have smaller indices than their parents'.
+        node: the tree node it belongs to.
+        rows: the dataset rows (``O_n``), one per reference example.
+        patches: all-paths patches applied in this group, in the reference's order.
+        splices: direct splices added to each assembled target.
+        fused: the node's components are treeified in this group.
+        sets: (output group) target → the reading group whose assembled value it takes.
+        feeds: (reading group) output groups that take assembled values from here.
+        record: components whose outputs (after patches) later hooks read from this group.
+        stop: ``stop_at_layer`` after which nothing more is read from this group.
+    """
+
+    gid: int
+    node: TreeNode
+    rows: np.ndarray
+    patches: list[Move] = field(default_factory=list)
+    splices: dict[Target, list[Move]] = field(default_factory=dict)
+    fused: bool = False
+    sets: dict[Target, int] = field(default_factory=dict)
+    feeds: list[int] = field(default_factory=list)
+    record: set[Component] = field(default_factory=set)
+    stop: int = 0
+
+    @property
+    def targets(self) -> list[Target]:
+        """Targets assembled in this group (reading groups) or set in it (output groups)."""
+        return list(self.splices) if not self.sets else list(self.sets)
+
+    def __repr__(self) -> str:
+        role = "fused" if self.fused else ("output" if self.sets else "reading")
+        return f"Group({self.gid}, {self.node.name!r}, {role}, stop={self.stop})"
+
+
+@dataclass
+class Plan:
+    """Row groups and the leaves they read, for one sampled tree.
+
+    Attributes:
+        groups: every group, children's before parents'.
+        root: the root's group (fused: it assembles the final residual stream).
+        leaves: (leaf node, component) pairs served from the activation cache.
+        passes: groups by ``stop``, in increasing order.
+    """
+
+    groups: list[Group]
+    root: int
+    leaves: list[tuple[Source, Component]]
+    passes: list[tuple[int, list[int]]]
+
+
+def make_plan(model: ScrubModel, tree: SampledTree) -> Plan:
+    """Plan the row groups of ``tree`` (see the module docstring)."""
+    n_layers = model.shape.n_layers
+    groups: list[Group] = []
+    outputs: dict[str, Source] = {}
+    leaves: list[tuple[Source, Component]] = []
+
+    def new_group(node: TreeNode) -> Group:
+        group = Group(gid=len(groups), node=node, rows=tree.rows(node))
+        groups.append(group)
+        return group
+
+    def need(source: Source, comp: Component) -> None:
+        if source.group is None:
+            if (source, comp) not in leaves:
+                leaves.append((source, comp))
+        else:
+            groups[source.group].record.add(comp)
+
+    def visit(node: TreeNode) -> None:
+        for child in node.children:
+            visit(child)
+        if node.is_leaf and node.edge is not None:
+            outputs[node.name] = Source(node, tree.rows(node), None)
+            return
+        comps = [mc.component for mc in node.interp.components]
+        by_patches: dict[tuple, list[Target]] = {}
+        for target in [(c, ch) for c in comps for ch in c.channels]:
+            key = tuple(
+                (child.name, mc.component)
+                for child in node.children
+                if child.corr.paths == "all" and target[1] in child.corr.channels
+                for mc in child.interp.components
+            )
+            by_patches.setdefault(key, []).append(target)
+
+        def moves(child: TreeNode) -> list[Move]:
+            source = outputs[child.name]
+            out = []
+            for mc in child.interp.components:
+                out.append(Move(mc.component, source, child.corr.splice_positions(mc)))
+                need(source, mc.component)
+            return out
+
+        reading: list[Group] = []
+        for targets in by_patches.values():
+            group = new_group(node)
+            channel = targets[0][1]
+            for child in node.children:
+                if child.corr.paths == "all" and channel in child.corr.channels:
+                    group.patches += moves(child)
+            for target in targets:
+                group.splices[target] = [
+                    move
+                    for child in node.children
+                    if child.corr.paths == "direct" and target[1] in child.corr.channels
+                    for move in moves(child)
+                ]
+                for move in group.splices[target]:
+                    group.record.add(move.component)  # "this pass"'s output, subtracted
+            group.stop = max(model.stop_layer(c) for c, _ in targets)
+            reading.append(group)
+
+        orders = {c.order(n_layers) for c in comps}
+        if len(reading) == 1 and len(orders) == 1:
+            out = reading[0]
+            out.fused = True
+        else:
+            out = new_group(node)
+            for group in reading:
+                group.feeds.append(out.gid)
+                for target in group.splices:
+                    out.sets[target] = group.gid
+            out.stop = max(model.stop_layer(c) for c in comps)
+            for group in reading:  # the output group takes their values in the same pass
+                group.stop = out.stop
+        outputs[node.name] = Source(node, out.rows, out.gid)
+
+    visit(tree.root)
+    root = outputs[tree.root.name].group
+    assert root is not None
+    _check_stops(groups, n_layers)
+    stops = sorted({g.stop for g in groups})
+    passes = [(stop, [g.gid for g in groups if g.stop == stop]) for stop in stops]
+    return Plan(groups=groups, root=root, leaves=leaves, passes=passes)
+
+
+def _check_stops(groups: list[Group], n_layers: int) -> None:
+    """Internal invariant: every group a group reads from stops no later than it."""
+    for group in groups:
+        moves = group.patches + [m for ms in group.splices.values() for m in ms]
+        for move in moves:
+            if move.source.group is not None:
+                assert groups[move.source.group].stop <= group.stop, (group, move)
+        for gid in group.sets.values():
+            assert groups[gid].stop == group.stop, (group, gid)
+        assert 0 <= group.stop <= n_layers

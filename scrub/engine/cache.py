@@ -1,0 +1,121 @@
+"""The activation cache: component outputs of plain forward passes on dataset rows.
+
+A leaf of the tree is computed entirely on its own data ``D_n``: its components' outputs are
+those of a plain forward pass on dataset rows, whatever the rest of the hypothesis says. So they
+can be computed once per (model, dataset, row, component) and served to every tree that needs
+them: the leaves of one tree that share rows, the trees of competing hypotheses scored on one
+dataset, and the same hypothesis under several seeds.
+
+The cache also memoises whole results by key (the clean logits and the baseline of a reference
+batch), which competing hypotheses share.
+
+Pitfall: the cache belongs to one model and one dataset object. Handing it another resets it,
+so a stale activation is never served. Datasets only grow (generated examples are appended), so
+a row's tokens never change under the cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from scrub._components import Component
+from scrub._model import ScrubModel
+from scrub.data import Dataset
+
+__all__ = ["ActivationCache"]
+
+
+class ActivationCache:
+    """Outputs (``z`` for heads) of components on dataset rows, computed on demand.
+
+    Args:
+        max_batch_rows: most rows in one forward pass when filling the cache.
+    """
+
+    def __init__(self, *, max_batch_rows: int = 4096) -> None:
+        if max_batch_rows < 1:
+            raise ValueError(f"max_batch_rows must be at least 1, not {max_batch_rows}")
+        self.max_batch_rows = max_batch_rows
+        self._owner: tuple[int, int] | None = None
+        self._values: dict[Component, Tensor] = {}
+        self._have: dict[Component, np.ndarray] = {}
+        self._memo: dict[Any, Any] = {}
+        self.rows_computed = 0
+        """How many (row, forward pass) computations filled the cache so far (for benchmarks)."""
+
+    def __repr__(self) -> str:
+        rows = {c.name: int(h.sum()) for c, h in self._have.items()}
+        return f"ActivationCache(components={rows}, memo={len(self._memo)})"
+
+    def _bind(self, model: ScrubModel, dataset: Dataset) -> None:
+        owner = (id(model), id(dataset))
+        if owner != self._owner:
+            self._owner = owner
+            self._values.clear()
+            self._have.clear()
+            self._memo.clear()
+
+    def memo(self, model: ScrubModel, dataset: Dataset, key: Any, compute: Callable[[], Any]):
+        """``compute()``, remembered under ``key`` for this model and dataset."""
+        self._bind(model, dataset)
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def outputs(
+        self,
+        model: ScrubModel,
+        dataset: Dataset,
+        needs: Iterable[tuple[Component, np.ndarray]],
+        *,
+        on_pass: Callable[[], None] | None = None,
+    ) -> list[Tensor]:
+        """The outputs of each ``(component, rows)``: ``(len(rows), pos, d)`` tensors.
+
+        Rows not yet cached are computed in plain forward passes that stop after the last layer
+        any requested component is in.
+        """
+        self._bind(model, dataset)
+        needs = list(needs)
+        missing: set[int] = set()
+        for comp, rows in needs:
+            have = self._grow(comp, len(dataset), model, dataset)
+            missing.update(np.unique(rows[~have[rows]]).tolist())
+        if missing:
+            self._fill(model, dataset, sorted({c for c, _ in needs}), np.array(sorted(missing)))
+            if on_pass:
+                on_pass()
+        return [self._values[comp][torch.as_tensor(rows)] for comp, rows in needs]
+
+    def _grow(self, comp: Component, n: int, model: ScrubModel, dataset: Dataset) -> np.ndarray:
+        have = self._have.get(comp)
+        if have is None or len(have) < n:
+            old = 0 if have is None else len(have)
+            grown = np.zeros(n, dtype=bool)
+            if have is not None:
+                grown[:old] = have
+            self._have[comp] = grown
+            width = model.output_width(comp)
+            values = torch.zeros(n, dataset.seq_len, width, device=model.device)
+            if old:
+                values[:old] = self._values[comp]
+            self._values[comp] = values
+        return self._have[comp]
+
+    def _fill(
+        self, model: ScrubModel, dataset: Dataset, comps: list[Component], rows: np.ndarray
+    ) -> None:
+        stop = max(model.stop_layer(c) for c in comps)
+        for start in range(0, len(rows), self.max_batch_rows):
+            chunk = rows[start : start + self.max_batch_rows]
+            tokens = dataset.tokens[torch.as_tensor(chunk)]
+            _, _, outs = model.run(tokens, read_outputs=comps, stop_at_layer=stop)
+            self.rows_computed += len(chunk)
+            for comp in comps:
+                self._values[comp][torch.as_tensor(chunk)] = outs[comp]
+                self._have[comp][chunk] = True

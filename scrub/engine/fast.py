@@ -1,0 +1,302 @@
+"""The fast evaluator: the treeified model as a few batched forward passes over row groups.
+
+Intuition: every splice of the treeified model moves row r of a child's data into row r of its
+parent's, so the whole tree is a stack of row groups (:mod:`scrub.engine._plan`) evaluated side
+by side, in layer order, in one forward pass. At each hook, every group's patches and splices
+read what other groups computed at earlier hooks of the same pass (or of an earlier pass, for
+groups that stopped sooner):
+
+- a component's **output hook** (``hook_z`` for heads, ``hook_mlp_out``, the embeddings): apply
+  the all-paths patches, children's groups first, then record the outputs later hooks read;
+- an **input hook** (``hook_q_input`` / ``k`` / ``v``, ``hook_mlp_in``, ``ln_final.hook_in``):
+  assemble each target (residual + direct-path deltas), write it where the node's components are
+  treeified (the fused group, or the output group);
+- the logits are computed from the root's final residual stream only at the positions the metric
+  reads (the unembedding is a large share of a small model's cost).
+
+What makes it fast, beyond batching: leaves come from an :class:`ActivationCache` (computed once
+per dataset row and shared across hypotheses and seeds); each group stops after the last layer
+it is read at; per-head outputs are computed only for the heads a hypothesis maps (from ``z`` and
+``W_O``), never for the whole model. ``max_batch_rows`` chunks the reference batch (every group
+is row-aligned with it), so memory is capped without changing any result.
+
+It must agree with :func:`scrub.engine.evaluate_reference` to 1e-4 on every hypothesis; the
+tests check it on every shipped hypothesis and on random ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from scrub._components import Channel, Component
+from scrub._model import ScrubModel
+from scrub._positions import PositionSpec, resolve_positions
+from scrub._tree import SampledTree
+from scrub.engine._plan import Group, Move, Plan, make_plan
+from scrub.engine.cache import ActivationCache
+
+__all__ = ["FastEngine"]
+
+
+class _Stop(Exception):
+    """Raised at the final residual stream: the engine unembeds only what it needs."""
+
+
+@dataclass
+class FastEngine:
+    """The batched evaluator (see the module docstring).
+
+    Attributes:
+        cache: leaf activations (and memoised clean/baseline outputs); shared across calls to
+            reuse them, e.g. when comparing hypotheses on one dataset. A fresh one by default.
+        max_batch_rows: most rows in one forward pass; the reference batch is chunked to fit.
+    """
+
+    cache: ActivationCache | None = None
+    max_batch_rows: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.max_batch_rows < 1:
+            raise ValueError(f"max_batch_rows must be at least 1, not {self.max_batch_rows}")
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        model: ScrubModel,
+        tree: SampledTree,
+        *,
+        positions: np.ndarray | None = None,
+        on_pass: Callable[[], None] | None = None,
+    ) -> Tensor:
+        """The treeified model's logits on the root's rows.
+
+        Args:
+            model: the model.
+            tree: the sampled tree.
+            positions: ``(batch, K)`` positions (in the root's rows) to compute logits at; the
+                result is then ``(batch, K, vocab)``. ``None``: every position.
+            on_pass: called after every forward pass (for progress bars).
+        """
+        tick = on_pass or (lambda: None)
+        cache = self.cache or ActivationCache(max_batch_rows=self.max_batch_rows)
+        plan = make_plan(model, tree)
+        leaf_values = cache.outputs(
+            model,
+            tree.dataset,
+            [(comp, src.rows) for src, comp in plan.leaves],
+            on_pass=tick,
+        )
+        leaves = {
+            (src.node.name, comp): values
+            for (src, comp), values in zip(plan.leaves, leaf_values, strict=True)
+        }
+        widest = max(len(gids) for _, gids in plan.passes)
+        chunk = max(1, self.max_batch_rows // widest)
+        n = len(tree.reference)
+        pieces = []
+        for start in range(0, n, chunk):
+            rows = slice(start, min(n, start + chunk))
+            chunk_leaves = {key: v[rows] for key, v in leaves.items()}
+            run = _ChunkRun(model, tree, plan, rows, chunk_leaves, positions)
+            pieces.append(run.evaluate(tick))
+        return torch.cat(pieces)
+
+
+class _ChunkRun:
+    """The passes of one chunk of reference rows."""
+
+    def __init__(
+        self,
+        model: ScrubModel,
+        tree: SampledTree,
+        plan: Plan,
+        rows: slice,
+        leaves: dict[tuple[str, Component], Tensor],
+        positions: np.ndarray | None,
+    ) -> None:
+        self.model = model
+        self.dataset = tree.dataset
+        self.plan = plan
+        self.rows = rows
+        self.leaves = leaves
+        self.positions = None if positions is None else positions[rows]
+        self.size = rows.stop - rows.start
+        self.batch = torch.arange(self.size, device=model.device)[:, None]
+        self.store: dict[tuple[int, Component], Tensor] = {}
+        self.where: dict[int, slice] = {}  # gid -> its rows in the current pass
+        self._resolved: dict[tuple[PositionSpec, int], Tensor] = {}
+
+    # -- helpers ----------------------------------------------------------------------------
+    def resolve(self, spec: PositionSpec, rows: np.ndarray) -> Tensor:
+        key = (spec, id(rows))
+        if key not in self._resolved:
+            pos = resolve_positions(spec, self.dataset, rows[self.rows])
+            self._resolved[key] = torch.as_tensor(
+                np.ascontiguousarray(pos), device=self.model.device
+            )
+        return self._resolved[key]
+
+    def source_output(self, move: Move, live: Tensor | None) -> Tensor:
+        """The child's treeified output of ``move.component``, ``(rows, pos, d)``."""
+        src = move.source
+        if src.group is None:
+            return self.leaves[src.node.name, move.component]
+        if live is not None and src.group in self.where:
+            return _select(live, self.where[src.group], move.component)
+        return self.store[src.group, move.component]
+
+    # -- passes -----------------------------------------------------------------------------
+    def evaluate(self, tick: Callable[[], None]) -> Tensor:
+        logits: Tensor | None = None
+        for stop, gids in self.plan.passes:
+            self.where = {
+                gid: slice(i * self.size, (i + 1) * self.size) for i, gid in enumerate(gids)
+            }
+            groups = [self.plan.groups[g] for g in gids]
+            tokens = torch.cat(
+                [self.dataset.tokens[torch.as_tensor(g.rows[self.rows])] for g in groups]
+            )
+            final = stop >= self.model.shape.n_layers
+            hooks = self.hooks(groups, final=final)
+            bridge = self.model.bridge
+            try:
+                with bridge.hooks(fwd_hooks=list(hooks.items())):
+                    if final:
+                        bridge(tokens.to(self.model.device))
+                        raise AssertionError("the final pass did not reach ln_final")
+                    bridge(tokens.to(self.model.device), stop_at_layer=stop)
+            except _Stop:
+                pass
+            tick()
+            if final:
+                logits = self.unembed(self.final_resid)
+        assert logits is not None
+        return logits
+
+    def unembed(self, resid: Tensor) -> Tensor:
+        if self.positions is not None:
+            pos = torch.as_tensor(self.positions, device=resid.device)
+            resid = resid[self.batch, pos]
+        bridge = self.model.bridge
+        return bridge.unembed(bridge.ln_final(resid))
+
+    def hooks(self, groups: list[Group], *, final: bool) -> dict[str, Callable]:
+        """Hook functions by hook name for one pass over ``groups``."""
+        model = self.model
+        outputs: dict[str, set[Component]] = {}
+        inputs: dict[str, set[tuple[Component, Channel]]] = {}
+        for group in groups:
+            for move in group.patches:
+                outputs.setdefault(model.output_hook(move.component), set()).add(move.component)
+            for comp in group.record:
+                outputs.setdefault(model.output_hook(comp), set()).add(comp)
+            for comp, ch in group.targets:
+                if comp.kind != "logits":
+                    inputs.setdefault(model.input_hook(comp, ch), set()).add((comp, ch))
+        hooks: dict[str, Callable] = {}
+        for name, comps in outputs.items():
+            hooks[name] = self._output_hook(groups, comps)
+        for name, targets in inputs.items():
+            hooks[name] = self._input_hook(groups, targets)
+        if final:
+            hooks["ln_final.hook_in"] = self._final_hook(groups)
+        return hooks
+
+    def _output_hook(self, groups: list[Group], comps: set[Component]) -> Callable:
+        def hook(t: Tensor, hook=None) -> Tensor:
+            t = t.clone()
+            for group in groups:  # children's groups first
+                dst_rows = self.where[group.gid]
+                for move in group.patches:
+                    if move.component not in comps:
+                        continue
+                    src = self.resolve(move.spec, move.source.rows)
+                    dst = self.resolve(move.spec, group.rows)
+                    value = self.source_output(move, t)[self.batch, src]
+                    _assign(t, dst_rows, move.component, self.batch, dst, value)
+            for group in groups:
+                for comp in group.record & comps:
+                    self.store[group.gid, comp] = _select(t, self.where[group.gid], comp).clone()
+            return t
+
+        return hook
+
+    def assemble(self, group: Group, target: tuple[Component, Channel], resid: Tensor) -> Tensor:
+        """A target's input in a reading group: its residual plus the direct-path deltas."""
+        value = resid
+        for move in group.splices[target]:
+            src = self.resolve(move.spec, move.source.rows)
+            dst = self.resolve(move.spec, group.rows)
+            comp = move.component
+            new = self.model.contribution(comp, self.source_output(move, None)[self.batch, src])
+            old = self.model.contribution(comp, self.store[group.gid, comp][self.batch, dst])
+            value = value.index_put((self.batch.expand_as(dst), dst), new - old, accumulate=True)
+        return value
+
+    def _input_hook(self, groups: list[Group], targets: set[tuple[Component, Channel]]) -> Callable:
+        def hook(t: Tensor, hook=None) -> Tensor:
+            t = t.clone()
+            assembled: dict[tuple[int, Component, Channel], Tensor] = {}
+            for group in groups:
+                if group.sets:
+                    continue
+                for target in group.splices:
+                    if target not in targets:
+                        continue
+                    comp, ch = target
+                    resid = _select(t, self.where[group.gid], comp)
+                    assembled[group.gid, comp, ch] = self.assemble(group, target, resid)
+            for group in groups:
+                for target in group.targets:
+                    if target not in targets:
+                        continue
+                    comp, ch = target
+                    if group.sets:
+                        value = assembled[group.sets[target], comp, ch]
+                    elif group.fused:
+                        value = assembled[group.gid, comp, ch]
+                    else:
+                        continue
+                    _write(t, self.where[group.gid], comp, value)
+            return t
+
+        return hook
+
+    def _final_hook(self, groups: list[Group]) -> Callable:
+        root = self.plan.groups[self.plan.root]
+        (key,) = [t for t in root.splices if t[0].kind == "logits"]
+
+        def hook(t: Tensor, hook=None) -> Tensor:
+            resid = t[self.where[root.gid]]
+            self.final_resid = self.assemble(root, key, resid)
+            raise _Stop
+
+        return hook
+
+
+def _select(t: Tensor, rows: slice, comp: Component) -> Tensor:
+    """A group's slice of a hooked tensor, for one component (heads: one head)."""
+    return t[rows, :, comp.head] if comp.kind == "head" else t[rows]
+
+
+def _write(t: Tensor, rows: slice, comp: Component, value: Tensor) -> None:
+    if comp.kind == "head":
+        t[rows, :, comp.head] = value
+    else:
+        t[rows] = value
+
+
+def _assign(
+    t: Tensor, rows: slice, comp: Component, batch: Tensor, pos: Tensor, value: Tensor
+) -> None:
+    """Overwrite a group's component output at per-row positions."""
+    view = t[rows]
+    if comp.kind == "head":
+        view[batch, pos, comp.head] = value
+    else:
+        view[batch, pos] = value

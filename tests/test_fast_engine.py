@@ -1,0 +1,183 @@
+"""The fast engine against the reference engine, and its caching and chunking.
+
+The backbone: on every shipped hypothesis and on random hypotheses (random trees of nodes mapping
+random heads, MLPs and embeddings at random positions through random channels, direct and all
+paths, every sampler kind), the two engines agree to 1e-4 on log-probabilities.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import scrub
+from scrub._bind import make_dataset_for
+from scrub.engine import ActivationCache, FastEngine, evaluate_reference
+from scrub.engine._plan import make_plan
+from scrub.testing import save_random_gpt2
+from tests.conftest import base_spec
+from tests.random_hypotheses import random_nodes
+
+ATOL = 1e-4
+HYPOTHESES = sorted((Path(__file__).parent.parent / "hypotheses").rglob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def deep_model(tmp_path_factory):
+    """A random 3-layer, 3-head GPT-2 with MLPs: more layers for longer paths."""
+    d = save_random_gpt2(
+        tmp_path_factory.mktemp("deep"), n_layers=3, n_heads=3, d_model=24, init_std=0.2, seed=2
+    )
+    return scrub.load_model(str(d))
+
+
+def logprobs(t: torch.Tensor) -> torch.Tensor:
+    return t.double().log_softmax(-1)
+
+
+def sampled(model, nodes, *, n=8, seed=0):
+    hyp = scrub.hypothesis_from_dict(base_spec(model.path, nodes=nodes))
+    ds = make_dataset_for(hyp, seed=seed)
+    return scrub.sample_tree(scrub.bind(hyp, model, ds), n=n, seed=seed)
+
+
+def assert_engines_agree(model, tree, **fast_options):
+    ref = evaluate_reference(model, tree)
+    fast = FastEngine(**fast_options)(model, tree)
+    torch.testing.assert_close(logprobs(fast), logprobs(ref), atol=ATOL, rtol=0)
+
+
+def _random_case(models, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    model = models[seed % len(models)]
+    nodes = random_nodes(rng, model.shape, max_depth=int(rng.integers(1, 4)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scrub.ScrubWarning)
+        tree = sampled(model, nodes, seed=seed)
+    assert_engines_agree(model, tree, max_batch_rows=int(rng.choice([5, 64, 4096])))
+
+
+@pytest.mark.parametrize("seed", range(36))
+def test_fast_equals_reference_on_random_hypotheses(tiny_model, one_layer_model, deep_model, seed):
+    _random_case([tiny_model, one_layer_model, deep_model], seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(36, 400))
+def test_fast_equals_reference_on_random_hypotheses_slow(
+    tiny_model, one_layer_model, deep_model, seed
+):
+    _random_case([tiny_model, one_layer_model, deep_model], seed)
+
+
+@pytest.mark.parametrize("path", HYPOTHESES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_fast_equals_reference_on_shipped_hypotheses(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scrub.ScrubWarning)
+        fast = scrub.run(path, n=24, engine="fast")
+        ref = scrub.run(path, n=24, engine="reference")
+    assert fast.draws == ref.draws
+    np.testing.assert_allclose(fast.per_example, ref.per_example, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(fast.per_example_baseline, ref.per_example_baseline, atol=ATOL)
+    assert fast.per_example_clean == ref.per_example_clean
+
+
+MULTI_LAYER = {
+    "out": {"components": ["logits"], "inputs": [{"node": "h", "channels": "in"}]},
+    "h": {
+        "components": ["a1.h1", "a1.h2", "m1"],
+        "sampler": "uncond",
+        "inputs": [{"node": "p", "channels": ["k", "in"]}],
+    },
+    "p": {"components": ["a0.h3"], "sampler": "uncond"},
+}
+
+
+def test_a_node_across_layers_gets_an_output_group_and_stays_isolated(tiny_model):
+    tree = sampled(tiny_model, MULTI_LAYER)
+    plan = make_plan(tiny_model, tree)
+    roles = [(g.node.name, g.fused, bool(g.sets)) for g in plan.groups]
+    assert roles == [("h", False, False), ("h", False, True), ("out", True, False)]
+    assert [src.node.name for src, _ in plan.leaves] == ["p"]
+    assert_engines_agree(tiny_model, tree)
+
+
+def test_groups_stop_after_the_last_layer_they_are_read_at(deep_model):
+    nodes = {
+        "out": {"components": ["logits"], "inputs": [{"node": "a", "channels": "in"}]},
+        "a": {"components": ["a1.h0"], "sampler": "uncond", "inputs": [{"node": "b"}]},
+        "b": {"components": ["a0.h2"], "sampler": "uncond"},
+    }
+    tree = sampled(deep_model, nodes)
+    plan = make_plan(deep_model, tree)
+    assert [(stop, [plan.groups[g].node.name for g in gids]) for stop, gids in plan.passes] == [
+        (2, ["a"]),
+        (3, ["out"]),
+    ]
+    assert_engines_agree(deep_model, tree)
+
+
+def test_chunk_sizes_do_not_change_results(tiny_model):
+    tree = sampled(tiny_model, MULTI_LAYER, n=13)
+    whole = FastEngine()(tiny_model, tree)
+    for rows in (4, 7, 26):
+        chunked = FastEngine(max_batch_rows=rows)(tiny_model, tree)
+        # Identical up to float32 rounding of differently shaped matrix products.
+        torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
+
+
+def test_max_batch_rows_caps_every_forward_pass(tiny_model):
+    tree = sampled(tiny_model, MULTI_LAYER, n=13)
+    sizes: list[int] = []
+    hook = tiny_model.bridge.register_forward_pre_hook(
+        lambda module, args, kwargs: sizes.append(args[0].shape[0]), with_kwargs=True
+    )
+    try:
+        FastEngine(max_batch_rows=6)(tiny_model, tree)
+    finally:
+        hook.remove()
+    assert sizes and max(sizes) <= 6
+
+
+def test_positions_only_logits_match_full_logits(tiny_model):
+    tree = sampled(tiny_model, MULTI_LAYER)
+    pos = np.stack([np.arange(3) + i for i in range(len(tree.reference))])
+    full = FastEngine()(tiny_model, tree)
+    some = FastEngine()(tiny_model, tree, positions=pos)
+    batch = torch.arange(len(pos))[:, None]
+    torch.testing.assert_close(some, full[batch, torch.as_tensor(pos)], atol=1e-5, rtol=0)
+
+
+def test_shared_cache_serves_leaves_and_gives_identical_results(tiny_model_dir, tiny_model):
+    hyp = scrub.hypothesis_from_dict(base_spec(tiny_model_dir, nodes=MULTI_LAYER))
+    ds = make_dataset_for(hyp, seed=0)
+    cache = ActivationCache()
+    first = scrub.run(hyp, model=tiny_model, dataset=ds, cache=cache, seed=1)
+    computed = cache.rows_computed
+    assert computed > 0
+    again = scrub.run(hyp, model=tiny_model, dataset=ds, cache=cache, seed=1)
+    assert cache.rows_computed == computed  # every leaf row served from the cache
+    assert again.to_json() == first.to_json()
+    alone = scrub.run(hyp, model=tiny_model, dataset=ds, seed=1)
+    assert alone.to_json() == first.to_json()
+
+
+def test_cache_resets_for_another_dataset(tiny_model_dir, tiny_model):
+    hyp = scrub.hypothesis_from_dict(base_spec(tiny_model_dir, nodes=MULTI_LAYER))
+    cache = ActivationCache()
+    a = scrub.run(hyp, model=tiny_model, dataset=make_dataset_for(hyp, seed=0), cache=cache)
+    b = scrub.run(hyp, model=tiny_model, dataset=make_dataset_for(hyp, seed=5), cache=cache)
+    c = scrub.run(hyp, model=tiny_model, dataset=make_dataset_for(hyp, seed=5))
+    assert b.to_json() == c.to_json()
+    assert a.per_example != b.per_example
+
+
+def test_fast_engine_rejects_a_zero_batch():
+    with pytest.raises(ValueError, match="max_batch_rows must be at least 1"):
+        FastEngine(max_batch_rows=0)
+    with pytest.raises(ValueError, match="max_batch_rows must be at least 1"):
+        ActivationCache(max_batch_rows=0)
