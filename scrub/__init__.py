@@ -21,6 +21,7 @@ from scrub._hypothesis import (
     hypothesis_from_dict,
     load_hypothesis,
 )
+from scrub._means import ComponentMeans, component_means
 from scrub._model import ScrubModel, load_model
 from scrub._result import ScrubResult
 from scrub._run import run
@@ -41,6 +42,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BoundHypothesis",
     "Component",
+    "ComponentMeans",
     "CondSampler",
     "Correspondence",
     "Dataset",
@@ -60,6 +62,7 @@ __all__ = [
     "UncondSampler",
     "UncondTogetherSampler",
     "bind",
+    "component_means",
     "gpt2_tokenizer",
     "hypothesis_from_dict",
     "load_hypothesis",

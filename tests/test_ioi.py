@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 import scrub
@@ -373,3 +374,68 @@ def test_hypothesis_errors_name_ioi_positions(gpt2_vocab_model):
     ds = scrub._bind.make_dataset_for(hyp, seed=0)
     with pytest.raises(scrub.HypothesisError, match="IO2"):
         scrub.bind(hyp, model, ds)
+
+
+# -- means for mean ablation ---------------------------------------------------------------------
+def test_component_means_per_position_class(gpt2_vocab_model):
+    from scrub._components import Component
+    from scrub._means import component_means
+
+    _, model = gpt2_vocab_model
+    ref = ioi_abc(rng=np.random.default_rng(4), size=40)
+    comps = [Component("head", 1, 0), Component("mlp", 0), Component("tok_embed")]
+    classes = ("END", "S2", "IO")
+    means = component_means(
+        model, ref, ["a1.h0", "m0", "tok_embed"], classes=classes, batch_size=16
+    )
+    assert means.classes == (*classes, "other") and list(means.means) == comps
+    _, _, outs = model.run(ref.tokens, read_outputs=comps)
+    for comp in comps:
+        out = outs[comp].double().numpy()
+        buckets: dict[str, list] = {k: [] for k in means.classes}
+        for r in range(len(ref)):
+            for t in range(ref.fields["length"][r]):  # padding is left out
+                k = next((k for k in classes if ref.positions[k][r, 0] == t), "other")
+                buckets[k].append(out[r, t])
+        for i, k in enumerate(means.classes):
+            assert means.counts[i] == len(buckets[k])
+            want = np.mean(buckets[k], axis=0)
+            np.testing.assert_allclose(means.means[comp][i].numpy(), want, rtol=1e-5, atol=1e-6)
+    assert list(means.counts[:3]) == [40, 40, 40]
+    assert means.means[comps[0]].shape == (4, 8)  # d_head = 16 / 2 heads
+
+
+def test_mean_patches_write_each_examples_class_mean(gpt2_vocab_model, ds):
+    from scrub._components import Component
+    from scrub._means import component_means
+
+    _, model = gpt2_vocab_model
+    ref = ioi_abc(rng=np.random.default_rng(4), size=20)
+    means = component_means(model, ref, ["a0.h1", "m1"], classes=["END", "S2"])
+    rows = np.arange(6)
+    patches = means.patches(ds, rows)
+    head = Component("head", 0, 1)
+    _, _, outs = model.run(ds.tokens[rows], patches=patches, read_outputs=[head])
+    got = outs[head]
+    table = means.means[head]
+    for r in rows:
+        end, s2 = col(ds, "END")[r], col(ds, "S2")[r]
+        assert torch.equal(got[r, end], table[0]) and torch.equal(got[r, s2], table[1])
+        for t in set(range(ds.seq_len)) - {end, s2}:  # the rest, padding included
+            assert torch.equal(got[r, t], table[2])
+
+
+def test_component_means_errors(gpt2_vocab_model, ds):
+    from scrub._means import component_means
+
+    _, model = gpt2_vocab_model
+    small = ds.subset(np.arange(8))
+    with pytest.raises(scrub.HypothesisError, match="IO2"):
+        component_means(model, small, ["m0"], classes=["IO2"])
+    with pytest.raises(scrub.HypothesisError, match="distinct"):
+        component_means(model, small, ["m0"], classes=["END", "other"])
+    abc_small = ioi_abc(rng=np.random.default_rng(0), size=4)
+    with pytest.raises(scrub.HypothesisError, match="'S' has no position"):  # S is S2
+        component_means(model, abc_small, ["m0"], classes=["S2", "S"])
+    with pytest.raises(scrub.HypothesisError, match="logits"):
+        component_means(model, small, ["logits"])
