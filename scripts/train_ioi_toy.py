@@ -69,7 +69,7 @@ from scrub.data.ioi_templates import (
     OBJECTS,
     PLACES,
 )
-from scrub.data.ioi_toy import DISTRACTOR_TEMPLATES, ORDERS, Vocab, ioi_toy, render
+from scrub.data.ioi_toy import DISTRACTOR_TEMPLATES, Vocab, ioi_toy, render
 
 N_POSITIONS = 64
 P_PREFIX = 0.3
@@ -316,14 +316,14 @@ def evaluate(args: argparse.Namespace) -> dict:
     }
     max_diff = 0.0
     for i, (names, templates) in enumerate(SPLITS):
-        for j, order in enumerate(ORDERS):
+        for j, order in enumerate(("ABBA", "BABA")):
             rng = np.random.default_rng([args.eval_seed, i, j])
             ds = ioi_toy(
                 rng=rng,
                 size=args.eval_examples,
                 names=names,
                 templates=templates,
-                order=order,
+                prompt_type=order,
                 vocab=vocab_path,
             )
             rows = torch.arange(len(ds))

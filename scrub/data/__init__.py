@@ -18,6 +18,7 @@ from scrub._imports import import_object
 from scrub.data._dataset import Dataset, Feature, Generator
 from scrub.data.induction import induction
 from scrub.data.ioi import ioi, ioi_abc
+from scrub.data.ioi_toy import ioi_toy
 from scrub.data.parens import parens
 
 __all__ = ["GENERATORS", "Dataset", "Feature", "Generator", "make_dataset"]
@@ -27,6 +28,7 @@ GENERATORS: Mapping[str, Callable[..., Dataset]] = {
     "parens": parens,
     "ioi": ioi,
     "ioi_abc": ioi_abc,
+    "ioi_toy": ioi_toy,
 }
 """The registered dataset generators."""
 

@@ -14,25 +14,30 @@ before the answer (the IO name). Templates differ in length, so examples are rig
 every example a generator makes, has the same length). The model is causal, so padding after
 ``END`` never changes the prediction at ``END``.
 
-Named positions (``(N, 1)`` each, per example, as in the GPT-2 IOI dataset): ``IO`` (the IO name
-in the opening clause), ``S1`` (the first S), ``S1+1`` (the token after it), ``S2`` (the second
-S), ``END`` (the last prompt token, where the IO name is predicted).
+The dataset follows the conventions of the GPT-2 IOI dataset (:mod:`scrub.data.ioi`), so that a
+hypothesis written for one reads the same on the other:
 
-Fields (also features): ``io``, ``s`` (token ids of the two names: the metric
-``{kind: logit_diff, positions: END, correct: io, wrong: s}`` is the IOI logit difference),
-``template`` (index into :data:`~scrub.data.ioi_templates.BABA_TEMPLATES`; the ABBA template of
-the same index is the same sentence with the first two names swapped), ``order`` (``"ABBA"`` or
-``"BABA"``), ``place``, ``object`` (token ids; drawn for every example, in the prompt only where
-the template has that placeholder).
+**Named positions**, ``(N, 1)`` each, per example: ``BOS`` (0), ``IO`` (the IO name in the
+opening clause), ``S1`` (the first S), ``S1+1`` (the token after it), ``S2`` (the second S),
+``END`` (the last prompt token, where the IO name is predicted).
 
-Features beyond the fields: ``io_s`` (the (IO, S) pair of token ids).
+**Fields** (also features): ``io``, ``s``, ``s2`` (token ids at IO, S1 and S2; ``s2 == s``
+always here; ``metric: {kind: logit_diff, positions: END, correct: io, wrong: s}`` is the IOI
+logit difference), ``template`` (index into :data:`~scrub.data.ioi_templates.BABA_TEMPLATES`;
+the ABBA template of the same index is the same sentence with the first two names swapped),
+``order`` (0: ABBA, IO first; 1: BABA, S first), ``place``, ``object`` (token ids; drawn for every
+example, in the prompt only where the template has that placeholder), ``length`` (tokens
+including BOS; padding starts there).
 
-Generators (for ``{kind: generate, feature: F}`` samplers) make a fresh prompt per row that keeps
-one feature and draws everything else anew from the dataset's own splits: ``io`` (same IO name),
-``s`` (same S name), ``io_s`` (same IO and S names; template, order, place and object fresh),
-``template`` (same template *and* order, so the same token layout) and ``order`` (same ABBA/BABA
-order). Use them where a ``cond`` sampler would find only the reference example itself (an
-(IO, S) pair is nearly unique in a pool of a few thousand prompts).
+Extra **features**: ``io_name`` / ``s_name`` (aliases of ``io`` / ``s``), ``s_duplicated``
+(always true here) and ``positions`` (the ``(IO, S1, S2)`` positions).
+
+**Generators** (for ``{kind: generate, feature: F}`` samplers) make a fresh prompt per row that
+keeps one feature and draws everything else anew from the dataset's own splits and prompt type:
+``io`` (same IO name), ``s`` (same S name), ``names`` (same IO and S names; template, order, place
+and object fresh), ``template`` (same template *and* order, so the same token layout) and
+``order`` (same order). Use them where a ``cond`` sampler would find only the reference example
+itself (an (IO, S) pair is nearly unique in a pool of a few thousand prompts).
 
 Train / held-out splits: the model was trained on IOI prompts built from some templates and some
 names only (the split is saved in ``word_vocab.json``). ``names`` and ``templates`` choose
@@ -45,6 +50,8 @@ Pitfalls:
   IOI dataset is ``scrub.data.ioi``).
 - ``labels: next`` at ``END`` reads a ``<pad>``: the answer is not in the sequence; use the
   ``io`` field.
+- The vocabulary file is ``word_vocab.json``, not ``vocab.json``: in a model directory the
+  TransformerBridge loader would read a ``vocab.json`` as a GPT-2 BPE tokenizer and fail.
 - Held-out names are held out of the IOI *task* only: the model saw them in distractor sentences
   (so their embeddings are trained), never as the IO or S of an IOI prompt.
 """
@@ -74,9 +81,9 @@ from scrub.data.ioi_templates import (
 __all__ = [
     "BOS",
     "DISTRACTOR_TEMPLATES",
-    "ORDERS",
     "PAD",
     "PLACEHOLDERS",
+    "PROMPT_TYPES",
     "VOCAB_FILE",
     "Vocab",
     "ioi_toy",
@@ -91,8 +98,8 @@ BOS = "<bos>"
 PAD = "<pad>"
 """The padding token (id 1), only after the prompt."""
 
-ORDERS = ("ABBA", "BABA")
-"""The two IOI orders: IO first (ABBA) or S first (BABA)."""
+PROMPT_TYPES = {"ABBA": (0,), "BABA": (1,), "mixed": (0, 1)}
+"""Prompt type → the orders it draws (0: ABBA, IO first; 1: BABA, S first)."""
 
 PLACEHOLDERS = ("[A]", "[B]", "[C]", "[PLACE]", "[OBJECT]")
 """The placeholders a template may contain (see :mod:`scrub.data.ioi_templates`)."""
@@ -315,6 +322,7 @@ def _pick(split: str, items: Iterable, held: Any, *, what: str) -> tuple:
 
 # -- the dataset --------------------------------------------------------------------------------
 _COLUMNS = ("template", "order", "io", "s", "place", "object")
+_FAMILIES = (ABBA_TEMPLATES, BABA_TEMPLATES)  # indexed by order
 
 
 @dataclass(frozen=True)
@@ -325,10 +333,9 @@ class _Layout:
     where: Mapping[str, tuple[int, ...]]
 
 
-def _layouts() -> dict[tuple[int, str], _Layout]:
+def _layouts() -> dict[tuple[int, int], _Layout]:
     out = {}
-    families = {"ABBA": ABBA_TEMPLATES, "BABA": BABA_TEMPLATES}
-    for order, family in families.items():
+    for order, family in enumerate(_FAMILIES):
         for t, template in enumerate(family):
             pieces = split_words(template)
             where: dict[str, list[int]] = {}
@@ -357,7 +364,7 @@ def _draw(
     vocab: Vocab,
     names: str,
     templates: str,
-    orders: tuple[str, ...],
+    orders: tuple[int, ...],
     keep: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Columns of ``n`` examples: kept columns copied, the others drawn from the splits."""
@@ -368,7 +375,7 @@ def _draw(
         raise ValueError(f"the {names!r} names / {templates!r} templates split is too small")
     cols: dict[str, np.ndarray] = {}
     cols["template"] = keep.get("template", rng.choice(template_ids, size=n))
-    cols["order"] = keep.get("order", rng.choice(np.array(orders), size=n))
+    cols["order"] = keep.get("order", rng.choice(np.array(orders, dtype=np.int64), size=n))
     if "io" in keep:
         cols["io"] = keep["io"]
         cols["s"] = keep.get("s", _draw_distinct(rng, name_ids, cols["io"]))
@@ -391,7 +398,7 @@ def _build(cols: Mapping[str, np.ndarray], *, vocab: Vocab, params: dict) -> Dat
     values["[OBJECT]"] = cols["object"]
     layouts = _layouts()
     for t, order in sorted(
-        {(int(t), str(o)) for t, o in zip(cols["template"], cols["order"], strict=True)}
+        {(int(t), int(o)) for t, o in zip(cols["template"], cols["order"], strict=True)}
     ):
         layout = layouts[t, order]
         rows = np.flatnonzero((cols["template"] == t) & (cols["order"] == order))
@@ -406,26 +413,35 @@ def _build(cols: Mapping[str, np.ndarray], *, vocab: Vocab, params: dict) -> Dat
         positions["S1+1"][rows] = layout.where["[B]"][0] + 1
         positions["S2"][rows] = layout.where["[B]"][1]
         positions["END"][rows] = len(layout.words)
+    positions["BOS"] = np.zeros((n, 1), dtype=np.int64)
+    fields = {k: np.asarray(cols[k]) for k in _COLUMNS}
+    fields["s2"] = fields["s"].copy()
+    fields["length"] = positions["END"][:, 0] + 1
     return Dataset(
         name="ioi_toy",
         params=params,
         tokens=torch.from_numpy(tokens),
         positions=positions,
-        fields={k: np.asarray(cols[k]) for k in _COLUMNS},
-        features={"io_s": _io_s},
+        fields=fields,
+        features={
+            "io_name": lambda ds, rows: ds.fields["io"][rows],
+            "s_name": lambda ds, rows: ds.fields["s"][rows],
+            "s_duplicated": lambda ds, rows: ds.fields["s"][rows] == ds.fields["s2"][rows],
+            "positions": _positions_feature,
+        },
         generators={
             "io": _keeping("io"),
-            "io_s": _keeping("io", "s"),
             "s": _keeping("s"),
+            "names": _keeping("io", "s"),
             "template": _keeping("template", "order"),
             "order": _keeping("order"),
         },
     )
 
 
-def _io_s(ds: Dataset, rows: np.ndarray) -> np.ndarray:
-    """The feature ``io_s``: the (IO, S) token-id pair of each row, shape ``(len(rows), 2)``."""
-    return np.stack([ds.fields["io"][rows], ds.fields["s"][rows]], axis=1)
+def _positions_feature(ds: Dataset, rows: np.ndarray) -> np.ndarray:
+    """The ``(IO, S1, S2)`` positions of each row, shape ``(len(rows), 3)``."""
+    return np.concatenate([ds.positions[k][rows] for k in ("IO", "S1", "S2")], axis=1)
 
 
 def _keeping(*kept: str):
@@ -441,7 +457,7 @@ def _keeping(*kept: str):
             vocab=vocab,
             names=p["names"],
             templates=p["templates"],
-            orders=_orders(p["order"]),
+            orders=_orders(p["prompt_type"]),
             keep=keep,
         )
         return _build(cols, vocab=vocab, params=dict(p))
@@ -450,12 +466,10 @@ def _keeping(*kept: str):
     return generate
 
 
-def _orders(order: str) -> tuple[str, ...]:
-    if order == "both":
-        return ORDERS
-    if order in ORDERS:
-        return (order,)
-    raise ValueError(f"order must be 'both', 'ABBA' or 'BABA', not {order!r}")
+def _orders(prompt_type: str) -> tuple[int, ...]:
+    if prompt_type not in PROMPT_TYPES:
+        raise ValueError(f"prompt_type must be 'mixed', 'ABBA' or 'BABA', not {prompt_type!r}")
+    return PROMPT_TYPES[prompt_type]
 
 
 def ioi_toy(
@@ -464,7 +478,7 @@ def ioi_toy(
     size: int = 2000,
     names: str = "train",
     templates: str = "train",
-    order: str = "both",
+    prompt_type: str = "mixed",
     vocab: str | None = None,
 ) -> Dataset:
     """Make ``size`` IOI prompts for the IOI-toy model (see the module docstring).
@@ -475,11 +489,12 @@ def ioi_toy(
         names: IO and S names from the model's ``"train"`` names, its ``"heldout"`` names, or
             ``"all"``.
         templates: templates from the model's ``"train"``, ``"heldout"`` or ``"all"`` templates.
-        order: ``"both"`` (each example ABBA or BABA at random), ``"ABBA"`` or ``"BABA"``.
+        prompt_type: ``"mixed"`` (each example ABBA or BABA at random), ``"ABBA"`` or
+            ``"BABA"``.
         vocab: path of a ``word_vocab.json`` (default: the shipped model's).
 
     Raises:
-        ValueError: an unknown split or order, or a non-positive size.
+        ValueError: an unknown split or prompt type, or a non-positive size.
     """
     if size <= 0:
         raise ValueError(f"size must be positive, not {size}")
@@ -488,10 +503,10 @@ def ioi_toy(
         "size": size,
         "names": names,
         "templates": templates,
-        "order": order,
+        "prompt_type": prompt_type,
         "vocab": vocab,
     }
     cols = _draw(
-        size, rng, vocab=vocab_obj, names=names, templates=templates, orders=_orders(order)
+        size, rng, vocab=vocab_obj, names=names, templates=templates, orders=_orders(prompt_type)
     )
     return _build(cols, vocab=vocab_obj, params=params)
