@@ -31,6 +31,28 @@ def one_layer_model(tmp_path_factory):
     return scrub.load_model(str(d))
 
 
+@pytest.fixture(scope="session")
+def gpt2_shaped_dir(tmp_path_factory):
+    """A random stand-in for GPT-2 small: its layers, heads, context and vocabulary, but narrow.
+
+    Hypothesis files written for ``model: gpt2`` are checked and run on it (mechanics only).
+    """
+    return save_random_gpt2(
+        tmp_path_factory.mktemp("gpt2_shaped"),
+        n_layers=12,
+        n_heads=12,
+        d_model=48,
+        d_vocab=50257,
+        n_ctx=1024,
+        seed=3,
+    )
+
+
+def stand_in(path, gpt2_shaped_dir) -> str | None:
+    """The model to run a shipped hypothesis file on offline: ``None`` for its own model."""
+    return str(gpt2_shaped_dir) if scrub.load_hypothesis(path).spec.model == "gpt2" else None
+
+
 @pytest.fixture
 def dataset():
     return scrub.make_dataset("induction", {"size": 200}, np.random.default_rng(0))

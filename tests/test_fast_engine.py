@@ -19,7 +19,7 @@ from scrub._bind import make_dataset_for
 from scrub.engine import ActivationCache, FastEngine, evaluate_reference
 from scrub.engine._plan import make_plan
 from scrub.testing import save_random_gpt2
-from tests.conftest import base_spec
+from tests.conftest import base_spec, stand_in
 from tests.random_hypotheses import random_nodes
 
 ATOL = 1e-4
@@ -75,11 +75,14 @@ def test_fast_equals_reference_on_random_hypotheses_slow(
 
 
 @pytest.mark.parametrize("path", HYPOTHESES, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_fast_equals_reference_on_shipped_hypotheses(path):
+def test_fast_equals_reference_on_shipped_hypotheses(path, gpt2_shaped_dir):
+    model = scrub.load_model(
+        stand_in(path, gpt2_shaped_dir) or scrub.load_hypothesis(path).spec.model
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", scrub.ScrubWarning)
-        fast = scrub.run(path, n=24, engine="fast")
-        ref = scrub.run(path, n=24, engine="reference")
+        fast = scrub.run(path, n=24, model=model, engine="fast")
+        ref = scrub.run(path, n=24, model=model, engine="reference")
     assert fast.draws == ref.draws
     np.testing.assert_allclose(fast.per_example, ref.per_example, atol=ATOL, rtol=0)
     np.testing.assert_allclose(fast.per_example_baseline, ref.per_example_baseline, atol=ATOL)
