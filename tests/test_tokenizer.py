@@ -22,8 +22,10 @@ def test_vocabulary_files_are_gpt2s():
         "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
         "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
     }
-    for name, digest in pinned.items():
+    for name, digest in pinned.items():  # OpenAI's published files (tiktoken pins these)
         assert hashlib.sha256(paths[name].read_bytes()).hexdigest() == digest
+    assert paths["encoder.json"].stat().st_size == 1_042_301
+    assert paths["vocab.bpe"].stat().st_size == 456_318
     vocab = json.loads(paths["encoder.json"].read_text(encoding="utf-8"))
     assert len(vocab) == 50257 and sorted(vocab.values()) == list(range(50257))
     lines = paths["vocab.bpe"].read_text(encoding="utf-8").splitlines()
