@@ -104,11 +104,16 @@ class ComponentMeans:
         dataset: Dataset,
         rows: np.ndarray,
         components: Iterable[Component] | None = None,
+        *,
+        device: str | torch.device | None = None,
     ) -> list[OutputPatch]:
-        """Patches that mean-ablate ``components`` (default: all) at every position of ``rows``."""
+        """Patches that mean-ablate ``components`` (default: all) at every position of ``rows``.
+
+        ``device``: where the patches' tensors go (the model's device, e.g. ``model.device``).
+        """
         comps = list(self.means) if components is None else list(components)
-        positions = torch.arange(dataset.seq_len).expand(len(rows), -1)
-        return [OutputPatch(c, positions, self.values(c, dataset, rows)) for c in comps]
+        positions = torch.arange(dataset.seq_len, device=device).expand(len(rows), -1)
+        return [OutputPatch(c, positions, self.values(c, dataset, rows).to(device)) for c in comps]
 
 
 def _components(components: Iterable[Component | str]) -> list[Component]:

@@ -413,7 +413,7 @@ def test_mean_patches_write_each_examples_class_mean(gpt2_vocab_model, ds):
     ref = ioi_abc(rng=np.random.default_rng(4), size=20)
     means = component_means(model, ref, ["a0.h1", "m1"], classes=["END", "S2"])
     rows = np.arange(6)
-    patches = means.patches(ds, rows)
+    patches = means.patches(ds, rows, device=model.device)
     head = Component("head", 0, 1)
     _, _, outs = model.run(ds.tokens[rows], patches=patches, read_outputs=[head])
     got = outs[head]
