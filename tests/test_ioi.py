@@ -382,7 +382,7 @@ def test_component_means_per_position_class(gpt2_vocab_model):
     from scrub._means import component_means
 
     _, model = gpt2_vocab_model
-    ref = ioi_abc(rng=np.random.default_rng(4), size=40)
+    ref = ioi_abc(rng=np.random.default_rng(4), size=24)
     comps = [Component("head", 1, 0), Component("mlp", 0), Component("tok_embed")]
     classes = ("END", "S2", "IO")
     means = component_means(
@@ -401,7 +401,7 @@ def test_component_means_per_position_class(gpt2_vocab_model):
             assert means.counts[i] == len(buckets[k])
             want = np.mean(buckets[k], axis=0)
             np.testing.assert_allclose(means.means[comp][i].numpy(), want, rtol=1e-5, atol=1e-6)
-    assert list(means.counts[:3]) == [40, 40, 40]
+    assert list(means.counts[:3]) == [24, 24, 24]
     assert means.means[comps[0]].shape == (4, 8)  # d_head = 16 / 2 heads
 
 
@@ -439,3 +439,16 @@ def test_component_means_errors(gpt2_vocab_model, ds):
         component_means(model, abc_small, ["m0"], classes=["S2", "S"])
     with pytest.raises(scrub.HypothesisError, match="logits"):
         component_means(model, small, ["logits"])
+
+
+@pytest.mark.slow
+def test_ioi_hypothesis_runs_with_generated_prompts(gpt2_vocab_model, tmp_path):
+    """Generated prompts (other templates, other positions) go through both engines alike."""
+    model_dir, model = gpt2_vocab_model
+    spec = ioi_spec(model_dir)
+    spec["dataset"] = {"generator": "ioi", "params": {"size": 200}}
+    hyp = scrub.hypothesis_from_dict(spec)
+    fast = scrub.run(hyp, model=model, n=12)
+    ref = scrub.run(hyp, model=model, n=12, engine="reference")
+    np.testing.assert_allclose(fast.per_example, ref.per_example, atol=1e-4)
+    assert fast.metric["kind"] == "logit_diff" and len(fast.per_example) == 12
