@@ -169,6 +169,27 @@ def test_shared_cache_serves_leaves_and_gives_identical_results(tiny_model_dir, 
     assert alone.to_json() == first.to_json()
 
 
+def test_shared_subtrees_are_computed_once_and_served_from_the_cache(tiny_model_dir, tiny_model):
+    def hyp(extra):
+        nodes = {**MULTI_LAYER, "out": {"components": ["logits"], "inputs": [
+            {"node": "h", "channels": "in"}, *([{"node": "e", "channels": "in"}] if extra else [])
+        ]}}  # fmt: skip
+        if extra:
+            nodes["e"] = {"components": ["a0.h0"], "sampler": "uncond"}
+        return scrub.hypothesis_from_dict(base_spec(tiny_model_dir, nodes=nodes))
+
+    ds = make_dataset_for(hyp(False), seed=0)
+    cache = ActivationCache()
+    scrub.run(hyp(False), model=tiny_model, dataset=ds, cache=cache)
+    tree = scrub.sample_tree(scrub.bind(hyp(True), tiny_model, ds), n=24, seed=0)
+    plan = make_plan(tiny_model, tree, known=lambda sig: cache.knows(tiny_model, ds, sig))
+    assert [g.node.name for g in plan.groups] == ["out"]  # h's subtree is known: only the root
+    assert {s.node.name for s, _ in plan.leaves} == {"h", "e"}
+    shared = scrub.run(hyp(True), model=tiny_model, dataset=ds, cache=cache)
+    alone = scrub.run(hyp(True), model=tiny_model, dataset=ds)
+    np.testing.assert_allclose(shared.per_example, alone.per_example, atol=1e-5, rtol=0)
+
+
 def test_cache_resets_for_another_dataset(tiny_model_dir, tiny_model):
     hyp = scrub.hypothesis_from_dict(base_spec(tiny_model_dir, nodes=MULTI_LAYER))
     cache = ActivationCache()

@@ -21,6 +21,11 @@ residual stream (the same layer's heads, one MLP, or the logits). Otherwise the 
 **output group** on ``O_n`` whose components' inputs are *set* to the assembled values, and
 whose other activations are never read.
 
+A subtree whose treeified outputs are already known (the cache holds them under the subtree's
+:func:`signature`: its structure and every row drawn in it) is not planned at all: like a leaf,
+its outputs are served from the cache. Competing hypotheses that share a node share its draws,
+so they share these subtrees.
+
 Every group stops after the last layer it is read at (``stop``). Groups are evaluated in passes
 by increasing ``stop``: a child's groups never stop later than its parent's, so everything a
 pass reads from another group was computed by then.
@@ -28,6 +33,8 @@ pass reads from another group was computed by then.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +44,7 @@ from scrub._model import ScrubModel
 from scrub._positions import PositionSpec
 from scrub._tree import SampledTree, TreeNode
 
-__all__ = ["Group", "Move", "Plan", "Source", "make_plan"]
+__all__ = ["Group", "Move", "Plan", "Source", "make_plan", "signature"]
 
 Target = tuple[Component, Channel]
 
@@ -49,12 +56,15 @@ class Source:
     Attributes:
         node: the child tree node.
         rows: the dataset rows its outputs were computed on.
-        group: the group that computes them, or ``None`` for a leaf (served from the cache).
+        group: the group that computes them, or ``None`` when the cache serves them.
+        known: the subtree's signature when the cache holds its outputs (``None`` for a
+            leaf, whose outputs are cached by dataset row).
     """
 
     node: TreeNode
     rows: np.ndarray
     group: int | None
+    known: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,18 +127,46 @@ class Plan:
     Attributes:
         groups: every group, children's before parents'.
         root: the root's group (fused: it assembles the final residual stream).
-        leaves: (leaf node, component) pairs served from the activation cache.
+        leaves: (source, component) pairs served from the activation cache: leaves and known
+            subtrees.
         passes: groups by ``stop``, in increasing order.
+        signatures: output group → signature of its node's subtree, for non-root nodes.
     """
 
     groups: list[Group]
     root: int
     leaves: list[tuple[Source, Component]]
     passes: list[tuple[int, list[int]]]
+    signatures: dict[int, str]
 
 
-def make_plan(model: ScrubModel, tree: SampledTree) -> Plan:
-    """Plan the row groups of ``tree`` (see the module docstring)."""
+def signature(tree: SampledTree, node: TreeNode) -> str:
+    """What a node's treeified outputs depend on: its subtree's structure and draws."""
+    digest = hashlib.blake2b(digest_size=16)
+
+    def feed(n: TreeNode) -> None:
+        digest.update(repr(n.interp.components).encode())
+        digest.update(tree.rows(n).tobytes())
+        for child in n.children:
+            corr = child.corr
+            digest.update(repr(("in", corr.channels, corr.positions, corr.paths)).encode())
+            feed(child)
+            digest.update(b"out")
+
+    feed(node)
+    return digest.hexdigest()
+
+
+def make_plan(
+    model: ScrubModel, tree: SampledTree, *, known: Callable[[str], bool] = lambda sig: False
+) -> Plan:
+    """Plan the row groups of ``tree`` (see the module docstring).
+
+    Args:
+        model: the model.
+        tree: the sampled tree.
+        known: whether the cache holds the outputs of a subtree with this signature.
+    """
     n_layers = model.shape.n_layers
     groups: list[Group] = []
     outputs: dict[str, Source] = {}
@@ -146,12 +184,18 @@ def make_plan(model: ScrubModel, tree: SampledTree) -> Plan:
         else:
             groups[source.group].record.add(comp)
 
+    signatures: dict[int, str] = {}
+
     def visit(node: TreeNode) -> None:
-        for child in node.children:
-            visit(child)
         if node.is_leaf and node.edge is not None:
             outputs[node.name] = Source(node, tree.rows(node), None)
             return
+        sig = signature(tree, node) if node.edge is not None else None
+        if sig is not None and known(sig):
+            outputs[node.name] = Source(node, tree.rows(node), None, known=sig)
+            return
+        for child in node.children:
+            visit(child)
         comps = [mc.component for mc in node.interp.components]
         by_patches: dict[tuple, list[Target]] = {}
         for target in [(c, ch) for c in comps for ch in c.channels]:
@@ -204,6 +248,9 @@ def make_plan(model: ScrubModel, tree: SampledTree) -> Plan:
             for group in reading:  # the output group takes their values in the same pass
                 group.stop = out.stop
         outputs[node.name] = Source(node, out.rows, out.gid)
+        if sig is not None:
+            signatures[out.gid] = sig
+            out.record.update(comps)
 
     visit(tree.root)
     root = outputs[tree.root.name].group
@@ -211,7 +258,7 @@ def make_plan(model: ScrubModel, tree: SampledTree) -> Plan:
     _check_stops(groups, n_layers)
     stops = sorted({g.stop for g in groups})
     passes = [(stop, [g.gid for g in groups if g.stop == stop]) for stop in stops]
-    return Plan(groups=groups, root=root, leaves=leaves, passes=passes)
+    return Plan(groups=groups, root=root, leaves=leaves, passes=passes, signatures=signatures)
 
 
 def _check_stops(groups: list[Group], n_layers: int) -> None:

@@ -6,8 +6,10 @@ can be computed once per (model, dataset, row, component) and served to every tr
 them: the leaves of one tree that share rows, the trees of competing hypotheses scored on one
 dataset, and the same hypothesis under several seeds.
 
-The cache also memoises whole results by key (the clean logits and the baseline of a reference
-batch), which competing hypotheses share.
+The cache also keeps the treeified outputs of whole subtrees, by signature (their structure and
+every row drawn in them): hypotheses that share a node share its draws, so a comparison computes
+a shared subtree once. And it memoises whole results by key (the clean logits and the baseline
+of a reference batch), which competing hypotheses share too.
 
 Pitfall: the cache belongs to one model and one dataset object. Handing it another resets it,
 so a stale activation is never served. Datasets only grow (generated examples are appended), so
@@ -45,6 +47,8 @@ class ActivationCache:
         self._values: dict[Component, Tensor] = {}
         self._have: dict[Component, np.ndarray] = {}
         self._memo: dict[Any, Any] = {}
+        self._subtrees: dict[tuple[str, Component], Tensor] = {}
+        self._signatures: set[str] = set()
         self.rows_computed = 0
         """How many (row, forward pass) computations filled the cache so far (for benchmarks)."""
 
@@ -59,6 +63,8 @@ class ActivationCache:
             self._values.clear()
             self._have.clear()
             self._memo.clear()
+            self._subtrees.clear()
+            self._signatures.clear()
 
     def memo(self, model: ScrubModel, dataset: Dataset, key: Any, compute: Callable[[], Any]):
         """``compute()``, remembered under ``key`` for this model and dataset."""
@@ -66,6 +72,21 @@ class ActivationCache:
         if key not in self._memo:
             self._memo[key] = compute()
         return self._memo[key]
+
+    def knows(self, model: ScrubModel, dataset: Dataset, signature: str) -> bool:
+        """Whether the outputs of the subtree with this signature are cached."""
+        self._bind(model, dataset)
+        return signature in self._signatures
+
+    def subtree(self, signature: str, comp: Component) -> Tensor:
+        """A cached subtree's treeified output of ``comp``: ``(batch, pos, d)``."""
+        return self._subtrees[signature, comp]
+
+    def keep_subtree(self, signature: str, outputs: dict[Component, Tensor]) -> None:
+        """Remember a subtree's treeified outputs (every component of its top node)."""
+        for comp, values in outputs.items():
+            self._subtrees[signature, comp] = values
+        self._signatures.add(signature)
 
     def outputs(
         self,

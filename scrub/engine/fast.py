@@ -15,7 +15,8 @@ groups that stopped sooner):
   reads (the unembedding is a large share of a small model's cost).
 
 What makes it fast, beyond batching: leaves come from an :class:`ActivationCache` (computed once
-per dataset row and shared across hypotheses and seeds); each group stops after the last layer
+per dataset row and shared across hypotheses and seeds), and so do subtrees that an earlier call
+with the same cache already evaluated on the same draws; each group stops after the last layer
 it is read at; per-head outputs are computed only for the heads a hypothesis maps (from ``z`` and
 ``W_O``), never for the whole model. ``max_batch_rows`` chunks the reference batch (every group
 is row-aligned with it), so memory is capped without changing any result.
@@ -84,26 +85,39 @@ class FastEngine:
         """
         tick = on_pass or (lambda: None)
         cache = self.cache or ActivationCache(max_batch_rows=self.max_batch_rows)
-        plan = make_plan(model, tree)
-        leaf_values = cache.outputs(
-            model,
-            tree.dataset,
-            [(comp, src.rows) for src, comp in plan.leaves],
-            on_pass=tick,
-        )
+        dataset = tree.dataset
+        plan = make_plan(model, tree, known=lambda sig: cache.knows(model, dataset, sig))
+        by_row = [(src, comp) for src, comp in plan.leaves if src.known is None]
         leaves = {
             (src.node.name, comp): values
-            for (src, comp), values in zip(plan.leaves, leaf_values, strict=True)
+            for (src, comp), values in zip(
+                by_row,
+                cache.outputs(model, dataset, [(c, s.rows) for s, c in by_row], on_pass=tick),
+                strict=True,
+            )
         }
+        for src, comp in plan.leaves:
+            if src.known is not None:
+                leaves[src.node.name, comp] = cache.subtree(src.known, comp)
         widest = max(len(gids) for _, gids in plan.passes)
         chunk = max(1, self.max_batch_rows // widest)
         n = len(tree.reference)
-        pieces = []
+        pieces, runs = [], []
         for start in range(0, n, chunk):
             rows = slice(start, min(n, start + chunk))
             chunk_leaves = {key: v[rows] for key, v in leaves.items()}
             run = _ChunkRun(model, tree, plan, rows, chunk_leaves, positions)
             pieces.append(run.evaluate(tick))
+            runs.append(run)
+        for gid, sig in plan.signatures.items():
+            node = plan.groups[gid].node
+            cache.keep_subtree(
+                sig,
+                {
+                    mc.component: torch.cat([r.store[gid, mc.component] for r in runs])
+                    for mc in node.interp.components
+                },
+            )
         return torch.cat(pieces)
 
 
