@@ -124,6 +124,23 @@ def test_groups_stop_after_the_last_layer_they_are_read_at(deep_model):
     assert_engines_agree(deep_model, tree)
 
 
+def test_identical_copies_of_a_dag_node_are_planned_once(tiny_model):
+    nodes = {
+        "out": {"components": ["logits"], "inputs": [{"node": "a"}, {"node": "b"}]},
+        "a": {"components": ["a1.h0"], "other": "exact", "inputs": [{"node": "c", "channels": "k"}]},
+        "b": {"components": ["a1.h1"], "other": "exact", "inputs": [{"node": "c", "channels": "q"}]},
+        "c": {"components": ["a0.h2", "m0"], "other": "exact", "inputs": [{"node": "d", "channels": "in"}]},
+        "d": {"components": ["a0.h1"], "sampler": "exact"},  # each copy draws alone: same draws
+    }  # fmt: skip
+    tree = sampled(tiny_model, nodes)
+    assert {"a>c", "b>c"} <= {n.name for n in tree.root.walk()}
+    plan = make_plan(tiny_model, tree)
+    assert [g.node.name for g in plan.groups].count("a>c") + [
+        g.node.name for g in plan.groups
+    ].count("b>c") == 2  # one reading and one output group, for both copies
+    assert_engines_agree(tiny_model, tree)
+
+
 def test_chunk_sizes_do_not_change_results(tiny_model):
     tree = sampled(tiny_model, MULTI_LAYER, n=13)
     whole = FastEngine()(tiny_model, tree)

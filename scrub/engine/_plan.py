@@ -21,6 +21,7 @@ residual stream (the same layer's heads, one MLP, or the logits). Otherwise the 
 **output group** on ``O_n`` whose components' inputs are *set* to the assembled values, and
 whose other activations are never read.
 
+Identical subtrees (a DAG node copied under two parents with the same draws) are planned once.
 A subtree whose treeified outputs are already known (the cache holds them under the subtree's
 :func:`signature`: its structure and every row drawn in it) is not planned at all: like a leaf,
 its outputs are served from the cache. Competing hypotheses that share a node share its draws,
@@ -185,6 +186,7 @@ def make_plan(
             groups[source.group].record.add(comp)
 
     signatures: dict[int, str] = {}
+    planned: dict[str, Source] = {}  # signature -> the group computing it in this tree
 
     def visit(node: TreeNode) -> None:
         if node.is_leaf and node.edge is not None:
@@ -193,6 +195,9 @@ def make_plan(
         sig = signature(tree, node) if node.edge is not None else None
         if sig is not None and known(sig):
             outputs[node.name] = Source(node, tree.rows(node), None, known=sig)
+            return
+        if sig is not None and sig in planned:  # an identical copy (a DAG node, same draws)
+            outputs[node.name] = planned[sig]
             return
         for child in node.children:
             visit(child)
@@ -250,6 +255,7 @@ def make_plan(
         outputs[node.name] = Source(node, out.rows, out.gid)
         if sig is not None:
             signatures[out.gid] = sig
+            planned[sig] = outputs[node.name]
             out.record.update(comps)
 
     visit(tree.root)
