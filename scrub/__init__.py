@@ -10,7 +10,7 @@ The pipeline, one module each::
 Start with :func:`run`; ``scrub run FILE`` is the same from the shell.
 """
 
-from scrub._bind import BoundHypothesis, bind
+from scrub._bind import BoundHypothesis, bind, make_dataset_for
 from scrub._components import Component, ModelShape
 from scrub._errors import HypothesisError, ScrubWarning
 from scrub._hypothesis import (
@@ -36,10 +36,12 @@ from scrub._samplers import (
 from scrub._tokenizer import gpt2_tokenizer
 from scrub._tree import SampledTree, TreeNode, sample_tree, treeify
 from scrub.data import Dataset, make_dataset
+from scrub.engine import ActivationCache, FastEngine, evaluate_reference
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationCache",
     "BoundHypothesis",
     "Component",
     "ComponentMeans",
@@ -47,6 +49,7 @@ __all__ = [
     "Correspondence",
     "Dataset",
     "ExactSampler",
+    "FastEngine",
     "FixedSampler",
     "GenerateSampler",
     "Hypothesis",
@@ -63,11 +66,13 @@ __all__ = [
     "UncondTogetherSampler",
     "bind",
     "component_means",
+    "evaluate_reference",
     "gpt2_tokenizer",
     "hypothesis_from_dict",
     "load_hypothesis",
     "load_model",
     "make_dataset",
+    "make_dataset_for",
     "run",
     "sample_tree",
     "treeify",

@@ -42,3 +42,11 @@ def test_reprs(tiny_model_dir, tiny_model):
         f"ScrubModel('{tiny_model_dir}', layers=2, heads=4, n_ctx=64, vocab=128)"
     )
     assert repr(scrub.treeify(hyp)) == "TreeNode('out', children=['h'])"
+
+
+def test_engine_reprs():
+    cache = scrub.ActivationCache()
+    assert repr(cache) == "ActivationCache(components={}, memo=0)"
+    assert repr(scrub.FastEngine(max_batch_rows=64)) == (
+        "FastEngine(cache=None, max_batch_rows=64)"
+    )
