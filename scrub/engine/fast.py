@@ -102,19 +102,23 @@ class FastEngine:
         widest = max(len(gids) for _, gids in plan.passes)
         chunk = max(1, self.max_batch_rows // widest)
         n = len(tree.reference)
-        pieces, runs = [], []
+        keep = self.cache is not None  # a cache of this call alone would not be read again
+        pieces: list[Tensor] = []
+        kept: dict[tuple[int, Component], list[Tensor]] = {}
         for start in range(0, n, chunk):
             rows = slice(start, min(n, start + chunk))
             chunk_leaves = {key: v[rows] for key, v in leaves.items()}
             run = _ChunkRun(model, tree, plan, rows, chunk_leaves, positions)
             pieces.append(run.evaluate(tick))
-            runs.append(run)
-        for gid, sig in plan.signatures.items():
+            for gid in plan.signatures if keep else ():
+                for mc in plan.groups[gid].node.interp.components:
+                    kept.setdefault((gid, mc.component), []).append(run.store[gid, mc.component])
+        for gid, sig in plan.signatures.items() if keep else ():
             node = plan.groups[gid].node
             cache.keep_subtree(
                 sig,
                 {
-                    mc.component: torch.cat([r.store[gid, mc.component] for r in runs])
+                    mc.component: torch.cat(kept[gid, mc.component])
                     for mc in node.interp.components
                 },
             )
