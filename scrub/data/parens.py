@@ -55,6 +55,11 @@ Pitfalls:
 - The paper's model was bidirectional and read its answer at position 0; GPT-2 attention is
   causal, so a GPT-2 classifier must answer at the last character (``END``). ``END`` moves with
   the length: never read at a fixed position.
+- Strings have different lengths, so an edge without ``positions`` splices position ``t`` of
+  one string into position ``t`` of another, and the output is read at the END of the root's
+  own rows: an unrestricted edge into ``logits`` moves the child's output at the *wrong*
+  position. Restrict edges into the output to ``positions: END`` (the full hypothesis
+  ``hypotheses/parens/full.yaml`` does; without it, full ≠ clean).
 - Padding comes *after* END, so a causal model never sees it at END; but hypotheses that splice
   at every position also splice pad positions (harmless to the output at END).
 - Odd lengths always fail the count test, so parity alone decides part of kinds 1 and 3.
