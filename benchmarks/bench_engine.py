@@ -164,6 +164,10 @@ def variants(hyp, count: int) -> list[scrub.Hypothesis]:
             changed = json.loads(json.dumps(spec))
             changed["nodes"][name]["sampler"] = "uncond"
             out.append(scrub.hypothesis_from_dict(changed, default_name=f"{hyp.name}-{name}-u"))
+    for name in spec["nodes"]:  # then: one node's other inputs from its own data
+        changed = json.loads(json.dumps(spec))
+        changed["nodes"][name]["other"] = "exact"
+        out.append(scrub.hypothesis_from_dict(changed, default_name=f"{hyp.name}-{name}-o"))
     return out[:count]
 
 
@@ -195,12 +199,15 @@ def bench(case: str, *, device: str, batch: int, repeat: int, memory: bool) -> d
 
     t_plain = timed(lambda: model.run(tokens), device, repeat)
     t_cold = timed(lambda: FastEngine()(model, tree, positions=pos), device, repeat)
-    warm = FastEngine(cache=ActivationCache())
-    t_warm = timed(lambda: warm(model, tree, positions=pos), device, repeat)
-    results.update(T_plain=t_plain, T_fast_cold=t_cold, T_fast_warm=t_warm)
+    leaves = FastEngine(cache=ActivationCache(subtrees=False))
+    t_warm = timed(lambda: leaves(model, tree, positions=pos), device, repeat)
+    same = FastEngine(cache=ActivationCache())
+    t_same = timed(lambda: same(model, tree, positions=pos), device, repeat)
+    results.update(T_plain=t_plain, T_fast_cold=t_cold, T_fast_warm=t_warm, T_fast_same=t_same)
     print(f"1. T_plain ({k}x{batch} rows) {t_plain:.3f}s | T_fast cold {t_cold:.3f}s "
-          f"-> ratio {t_cold / t_plain:.2f} | warm (leaves cached) {t_warm:.3f}s "
-          f"-> ratio {t_warm / t_plain:.2f}", flush=True)  # fmt: skip
+          f"-> ratio {t_cold / t_plain:.2f} | leaves cached {t_warm:.3f}s "
+          f"-> ratio {t_warm / t_plain:.2f} | same draws again (subtrees cached) {t_same:.3f}s "
+          f"-> ratio {t_same / t_plain:.2f}", flush=True)  # fmt: skip
 
     _, _, _, small = setup(case, device, 8)
     small_pos = metric_positions(hyp, dataset, small)
@@ -233,7 +240,8 @@ def bench(case: str, *, device: str, batch: int, repeat: int, memory: bool) -> d
     print(f"4. scoring {len(hyps)} hypotheses on one dataset (shared cache) {t_ten:.2f}s vs 1 "
           f"alone {t_one:.2f}s -> {t_ten / t_one:.2f}x", flush=True)  # fmt: skip
 
-    print("5. growth (T_fast cold, seconds; ratio to a plain pass over the same rows):")
+    print("5. growth (T_fast cold, seconds; ratio to a plain pass over the same rows)")
+    print("   with k, B = 8: a root and k - 1 one-head children, sampled unconditionally")
     series = []
     ks = [k for k in (1, 2, 5, 10, 20, 50) if k - 1 <= model.shape.n_layers * model.shape.n_heads]
     bs = [8, 16, 32, 64, 128]
@@ -247,6 +255,7 @@ def bench(case: str, *, device: str, batch: int, repeat: int, memory: bool) -> d
         tp = timed(lambda t=t: model.run(plain_tokens(t)), device, repeat)
         series.append({"k": kk, "B": 8, "T_fast": tf, "ratio": tf / tp})
         print(f"   k={kk:3d} B=8   T_fast {tf:.3f}s  ratio {tf / tp:.2f}", flush=True)
+    print(f"   with B, for {hyp.name}:")
     for bb in bs:
         _, _, _, t = setup(case, device, bb)
         p = metric_positions(hyp, dataset, t)

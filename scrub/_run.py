@@ -11,6 +11,7 @@ competing hypotheses reuse the clean and baseline outputs and every cached leaf 
 
 from __future__ import annotations
 
+import functools
 import platform
 import warnings
 from collections.abc import Callable
@@ -184,7 +185,7 @@ def run(
         reference=x.tolist(),
         draws=tree.draws(),
         warnings=messages,
-        versions=_versions(),
+        versions=dict(_versions()),
     )
     for message in messages:
         warnings.warn(message, ScrubWarning, stacklevel=2)
@@ -230,6 +231,7 @@ def _root_only(tree: SampledTree) -> SampledTree:
     )
 
 
+@functools.cache
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for package in ("scrub", "torch", "transformer-lens", "transformers", "numpy", "scipy"):

@@ -200,7 +200,12 @@ class FixedSampler:
 
 @dataclass(frozen=True)
 class GenerateSampler:
-    """A freshly made example sharing ``feature`` with each parent row."""
+    """A freshly made example sharing ``feature`` with each parent row.
+
+    The same draw (same random stream, same parent rows) on the same dataset returns the rows it
+    made the first time instead of appending copies, so hypotheses that share a node share its
+    generated examples by row too: their draws compare equal and cached activations are reused.
+    """
 
     feature: str
 
@@ -210,7 +215,12 @@ class GenerateSampler:
             generator = ds.generator(self.feature)
         except HypothesisError as exc:
             raise HypothesisError(f"node {ctx.node!r}: {exc.problem}", hint=exc.hint) from None
-        return ds.extend(generator(ds, parent_rows, ctx.rng))
+        key = (self.feature, repr(ctx.rng.bit_generator.state), parent_rows.tobytes())
+        made = ds.generated.get(key)
+        if made is None:
+            made = ds.extend(generator(ds, parent_rows, ctx.rng))
+            ds.generated[key] = made
+        return made.copy()
 
     def __repr__(self) -> str:
         return f"GenerateSampler(feature={self.feature!r})"

@@ -48,6 +48,7 @@ class Dataset:
         features: extra named features beyond the fields.
         generators: feature name → generator that makes examples sharing that feature.
         n_base: rows ``[0, n_base)`` are the pool samplers draw from.
+        generated: the rows each generator draw appended, by draw (see ``GenerateSampler``).
     """
 
     name: str
@@ -58,6 +59,7 @@ class Dataset:
     features: dict[str, Feature] = field(default_factory=dict)
     generators: dict[str, Generator] = field(default_factory=dict)
     n_base: int = -1
+    generated: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         n = self.tokens.shape[0]

@@ -37,15 +37,17 @@ class ActivationCache:
 
     Args:
         max_batch_rows: most rows in one forward pass when filling the cache.
+        subtrees: also keep the treeified outputs of evaluated subtrees (by signature).
     """
 
-    def __init__(self, *, max_batch_rows: int = 4096) -> None:
+    def __init__(self, *, max_batch_rows: int = 4096, subtrees: bool = True) -> None:
         if max_batch_rows < 1:
             raise ValueError(f"max_batch_rows must be at least 1, not {max_batch_rows}")
         self.max_batch_rows = max_batch_rows
+        self.subtrees = subtrees
         self._owner: tuple[int, int] | None = None
         self._values: dict[Component, Tensor] = {}
-        self._have: dict[Component, np.ndarray] = {}
+        self._have: dict[Component, np.ndarray] = {}  # row -> slot in _values (-1: none)
         self._memo: dict[Any, Any] = {}
         self._subtrees: dict[tuple[str, Component], Tensor] = {}
         self._signatures: set[str] = set()
@@ -53,7 +55,7 @@ class ActivationCache:
         """How many (row, forward pass) computations filled the cache so far (for benchmarks)."""
 
     def __repr__(self) -> str:
-        rows = {c.name: int(h.sum()) for c, h in self._have.items()}
+        rows = {c.name: int((h >= 0).sum()) for c, h in self._have.items()}
         return f"ActivationCache(components={rows}, memo={len(self._memo)})"
 
     def _bind(self, model: ScrubModel, dataset: Dataset) -> None:
@@ -76,7 +78,7 @@ class ActivationCache:
     def knows(self, model: ScrubModel, dataset: Dataset, signature: str) -> bool:
         """Whether the outputs of the subtree with this signature are cached."""
         self._bind(model, dataset)
-        return signature in self._signatures
+        return self.subtrees and signature in self._signatures
 
     def subtree(self, signature: str, comp: Component) -> Tensor:
         """A cached subtree's treeified output of ``comp``: ``(batch, pos, d)``."""
@@ -84,6 +86,8 @@ class ActivationCache:
 
     def keep_subtree(self, signature: str, outputs: dict[Component, Tensor]) -> None:
         """Remember a subtree's treeified outputs (every component of its top node)."""
+        if not self.subtrees:
+            return
         for comp, values in outputs.items():
             self._subtrees[signature, comp] = values
         self._signatures.add(signature)
@@ -105,27 +109,25 @@ class ActivationCache:
         needs = list(needs)
         missing: set[int] = set()
         for comp, rows in needs:
-            have = self._grow(comp, len(dataset), model, dataset)
-            missing.update(np.unique(rows[~have[rows]]).tolist())
+            slots = self._grow(comp, len(dataset), model, dataset)
+            missing.update(np.unique(rows[slots[rows] < 0]).tolist())
         if missing:
             self._fill(model, dataset, sorted({c for c, _ in needs}), np.array(sorted(missing)))
             if on_pass:
                 on_pass()
-        return [self._values[comp][torch.as_tensor(rows)] for comp, rows in needs]
+        return [self._values[comp][torch.as_tensor(self._have[comp][rows])] for comp, rows in needs]
 
     def _grow(self, comp: Component, n: int, model: ScrubModel, dataset: Dataset) -> np.ndarray:
-        have = self._have.get(comp)
-        if have is None or len(have) < n:
-            old = 0 if have is None else len(have)
-            grown = np.zeros(n, dtype=bool)
-            if have is not None:
-                grown[:old] = have
+        """The row -> slot index of ``comp`` (``-1``: not cached), covering ``n`` rows."""
+        slots = self._have.get(comp)
+        if slots is None or len(slots) < n:
+            grown = np.full(n, -1, dtype=np.int64)
+            if slots is not None:
+                grown[: len(slots)] = slots
             self._have[comp] = grown
-            width = model.output_width(comp)
-            values = torch.zeros(n, dataset.seq_len, width, device=model.device)
-            if old:
-                values[:old] = self._values[comp]
-            self._values[comp] = values
+            if comp not in self._values:
+                width = model.output_width(comp)
+                self._values[comp] = torch.empty(0, dataset.seq_len, width, device=model.device)
         return self._have[comp]
 
     def _fill(
@@ -138,5 +140,10 @@ class ActivationCache:
             _, _, outs = model.run(tokens, read_outputs=comps, stop_at_layer=stop)
             self.rows_computed += len(chunk)
             for comp in comps:
-                self._values[comp][torch.as_tensor(chunk)] = outs[comp]
-                self._have[comp][chunk] = True
+                slots = self._have[comp]
+                new = slots[chunk] < 0
+                start_slot = len(self._values[comp])
+                slots[chunk[new]] = start_slot + np.arange(int(new.sum()))
+                self._values[comp] = torch.cat(
+                    [self._values[comp], outs[comp][torch.as_tensor(new)]]
+                )

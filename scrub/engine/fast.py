@@ -102,7 +102,8 @@ class FastEngine:
         widest = max(len(gids) for _, gids in plan.passes)
         chunk = max(1, self.max_batch_rows // widest)
         n = len(tree.reference)
-        keep = self.cache is not None  # a cache of this call alone would not be read again
+        # A cache made for this call alone would never be read again.
+        keep = self.cache is not None and self.cache.subtrees
         pieces: list[Tensor] = []
         kept: dict[tuple[int, Component], list[Tensor]] = {}
         for start in range(0, n, chunk):
@@ -117,10 +118,7 @@ class FastEngine:
             node = plan.groups[gid].node
             cache.keep_subtree(
                 sig,
-                {
-                    mc.component: torch.cat(kept[gid, mc.component])
-                    for mc in node.interp.components
-                },
+                {mc.component: torch.cat(kept[gid, mc.component]) for mc in node.interp.components},
             )
         return torch.cat(pieces)
 
