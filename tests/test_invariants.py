@@ -116,3 +116,20 @@ def test_hypotheses_sharing_a_node_share_its_draws(tiny_model_dir, tiny_model, e
     assert a.draws == b.draws
     assert a.per_example_baseline == b.per_example_baseline
     assert a.per_example != b.per_example
+
+
+def test_identical_generate_draws_reuse_their_rows(tiny_model_dir, tiny_model):
+    nodes = {
+        "out": {"components": ["logits"], "inputs": [{"node": "p", "channels": "in"}]},
+        "p": {"components": ["a0.h1"], "sampler": {"kind": "generate", "feature": "segment"}},
+    }
+    hyp = scrub.hypothesis_from_dict(base_spec(tiny_model_dir, nodes=nodes))
+    ds = scrub.make_dataset_for(hyp, seed=0)
+    first = scrub.run(hyp, model=tiny_model, dataset=ds)
+    size = len(ds)
+    assert size > ds.n_base  # the generator appended examples
+    again = scrub.run(hyp, model=tiny_model, dataset=ds)
+    assert len(ds) == size  # ... and the same draw reused them
+    assert again.draws == first.draws
+    other_seed = scrub.run(hyp, model=tiny_model, dataset=ds, seed=1)
+    assert len(ds) > size and other_seed.draws["p"] != first.draws["p"]
