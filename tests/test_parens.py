@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -167,3 +169,20 @@ def test_the_shipped_model_meets_its_card(model):
         assert correct[kind == code].mean() >= 0.97, KINDS[code]
     assert correct.mean() >= 0.99
     assert -logp.gather(1, labels[:, None]).mean() < 0.05
+
+
+HYPOTHESES = Path(__file__).parent.parent / "hypotheses" / "parens"
+
+
+def test_full_paren_hypothesis_recovers_exactly_one(model):
+    """Full at END is the clean model, although strings (and so END) differ in length."""
+    with pytest.warns(scrub.ScrubWarning, match="equals the clean model's exactly"):
+        result = scrub.run(HYPOTHESES / "full.yaml", model=model, n=50)
+    assert result.recovered == 1.0
+
+
+def test_empty_paren_hypothesis_recovers_exactly_zero(model):
+    with pytest.warns(scrub.ScrubWarning, match="equals the baseline exactly"):
+        result = scrub.run(HYPOTHESES / "empty.yaml", model=model, n=50)
+    assert result.recovered == 0.0
+    assert result.baseline > 1.0 > result.clean  # loss: a random string's answer is often wrong
