@@ -410,6 +410,13 @@ strings are few); accuracy on the {std["n_unseen_in_training"]} unseen ones:
 
 Lowest probability given to the correct class: {hard["min_p_correct"]:.3f}; unseen in training:
 {hard["n_unseen_in_training"]}, accuracy on them {hard["accuracy_unseen_in_training"]:.4f}.
+
+### Note for scrubbing
+
+The model is very confident (the clean loss is of order 1e-8 nats), so a scrubbed `loss` is
+dominated by the few examples a hypothesis gets confidently wrong (tens of nats each);
+`accuracy` and `logit_diff` (`correct: label, wrong: wrong_label`) are useful second views.
+`scripts/parens_results.py` prints all three for the shipped hypotheses.
 """
     (out / "MODEL_CARD.md").write_text(card)
     print(f"wrote {out / 'MODEL_CARD.md'}")

@@ -24,7 +24,7 @@ The dataset separates the two ways to fail, so hypotheses can condition on each 
 ============  ========  ==========  =====================================================
 
 Kinds 1 and 2 are the hard negatives: a count failure looks balanced to the horizon test and
-(mostly) ends one or two ``(`` short; a horizon failure has equal counts and often dips below 0
+(mostly) ends one or two ``)`` short; a horizon failure has equal counts and often dips below 0
 only once. Lengths are uniform over the values allowed for the kind (1 or 2 .. ``max_len``).
 
 Layout (``T = max_len + 1`` tokens)::
@@ -56,9 +56,9 @@ Pitfalls:
   causal, so a GPT-2 classifier must answer at the last character (``END``). ``END`` moves with
   the length: never read at a fixed position.
 - Strings have different lengths, so an edge without ``positions`` splices position ``t`` of
-  one string into position ``t`` of another, and the output is read at the END of the root's
-  own rows: an unrestricted edge into ``logits`` moves the child's output at the *wrong*
-  position. Restrict edges into the output to ``positions: END`` (the full hypothesis
+  one string into position ``t`` of another, and the output is read at the END of the string
+  the root's forward pass runs on (its other inputs): an unrestricted edge into ``logits``
+  moves the child's output from the *wrong* position. Restrict edges into the output to ``positions: END`` (the full hypothesis
   ``hypotheses/parens/full.yaml`` does; without it, full ≠ clean).
 - Padding comes *after* END, so a causal model never sees it at END; but hypotheses that splice
   at every position also splice pad positions (harmless to the output at END).
