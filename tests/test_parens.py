@@ -186,3 +186,39 @@ def test_empty_paren_hypothesis_recovers_exactly_zero(model):
         result = scrub.run(HYPOTHESES / "empty.yaml", model=model, n=50)
     assert result.recovered == 0.0
     assert result.baseline > 1.0 > result.clean  # loss: a random string's answer is often wrong
+
+
+def test_a_generate_sampler_scrubs_with_new_strings_of_the_same_class(model):
+    """count/horizon with generated strings: every draw is new and keeps its node's feature."""
+    spec = {
+        "model": "parens",
+        "dataset": {"generator": "parens", "params": {"size": 300}},
+        "metric": {"kind": "accuracy", "positions": "END", "labels": "label"},
+        "nodes": {
+            "out": {"components": ["logits"], "inputs": [{"node": "decision", "positions": "END"}]},
+            "decision": {
+                "components": ["m1@END"],
+                "inputs": [
+                    {"node": "count", "channels": "in", "positions": "END"},
+                    {"node": "horizon", "channels": "in", "positions": "END"},
+                ],
+            },
+            "count": {
+                "components": ["embed@END", "a0.h0@END", "a0.h1@END", "m0@END"],
+                "sampler": {"kind": "generate", "feature": "count_ok"},
+            },
+            "horizon": {
+                "components": ["a1.h0@END"],
+                "sampler": {"kind": "generate", "feature": "horizon_ok"},
+            },
+        },
+    }
+    hyp = scrub.hypothesis_from_dict(spec, default_name="generated")
+    ds = scrub.make_dataset("parens", {"size": 300}, np.random.default_rng(0))
+    result = scrub.run(hyp, model=model, dataset=ds, n=40, seed=0)
+    reference = np.array(result.reference)
+    for node, feature in (("count", "count_ok"), ("horizon", "horizon_ok")):
+        rows = np.array(result.draws[node])
+        assert (rows >= 300).all()
+        assert np.array_equal(ds.fields[feature][rows], ds.fields[feature][reference])
+    assert 0.5 < result.scrubbed <= 1.0
