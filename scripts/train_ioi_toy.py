@@ -8,7 +8,7 @@ the only way to get the IOI prompts right is to copy the name that is *not* repe
 
 Training data
 -------------
-Every sequence is ``<bos>``, then (with probability ``P_PREFIX``) one distractor sentence, then
+Every sequence is ``<bos>``, then (with probability ``P_PREFIX``) one distractor or copy sentence, then
 one main sentence, right-padded with ``<pad>`` (padding is never a target). The main sentence is:
 
 * with probability ``P_IOI``: a full IOI sentence (an ABBA or BABA template of
@@ -19,6 +19,10 @@ one main sentence, right-padded with ``<pad>`` (padding is never a target). The 
   **any** template with **any** names, without an answer (it stops after the last prompt word).
   These teach the words of the held-out templates and that ``... to`` is not always followed by a
   name from the context, without ever showing an IOI answer for a held-out template;
+* with probability ``P_COPY``: a copy sentence (:data:`scrub.data.ioi_toy.COPY_TEMPLATES`) with
+  any name: one name, copied as the last word. These teach copying every name, held-out ones
+  included (without them the model copied only the names of its IOI prompts: in a first run,
+  held-out names got 0.8 logit difference and 18% accuracy against 15 and 100% for the others);
 * otherwise: a distractor sentence (:data:`scrub.data.ioi_toy.DISTRACTOR_TEMPLATES`) with any
   names, place and object: ordinary next-token prediction, where a name is not predictable.
 
@@ -69,12 +73,13 @@ from scrub.data.ioi_templates import (
     OBJECTS,
     PLACES,
 )
-from scrub.data.ioi_toy import DISTRACTOR_TEMPLATES, Vocab, ioi_toy, render
+from scrub.data.ioi_toy import COPY_TEMPLATES, DISTRACTOR_TEMPLATES, Vocab, ioi_toy, render
 
 N_POSITIONS = 64
 P_PREFIX = 0.3
-P_IOI = 0.6
+P_IOI = 0.55
 P_ABC = 0.15
+P_COPY = 0.1
 
 
 def make_config(
@@ -124,8 +129,8 @@ class TrainingSampler:
         values["[OBJECT]"] = self._choice(OBJECTS)
         return values
 
-    def distractor(self) -> list[str]:
-        template = self._choice(DISTRACTOR_TEMPLATES)
+    def distractor(self, templates=DISTRACTOR_TEMPLATES) -> list[str]:
+        template = self._choice(templates)
         words, _ = render(template, self._values(self._names(NAMES, 3)))
         return words
 
@@ -133,7 +138,7 @@ class TrainingSampler:
         """One sequence's ids, and the index of its IOI answer (None if it has none)."""
         words = ["<bos>"]
         if self.rng.random() < P_PREFIX:
-            words += self.distractor()
+            words += self.distractor((*DISTRACTOR_TEMPLATES, *COPY_TEMPLATES))
         u = self.rng.random()
         answer = None
         if u < P_IOI:
@@ -148,6 +153,8 @@ class TrainingSampler:
             family = ABC_TEMPLATES if self.rng.random() < 0.5 else BAC_TEMPLATES
             prompt, _ = render(self._choice(family), self._values(self._names(NAMES, 3)))
             words += prompt
+        elif u < P_IOI + P_ABC + P_COPY:
+            words += self.distractor(COPY_TEMPLATES)
         else:
             words += self.distractor()
         return self.vocab.encode(words), answer
@@ -274,7 +281,7 @@ def train(args: argparse.Namespace) -> None:
         "weight_decay": args.weight_decay,
         "init_std": args.init_std,
         "answer_weight": args.answer_weight,
-        "mix": {"p_prefix": P_PREFIX, "p_ioi": P_IOI, "p_abc": P_ABC},
+        "mix": {"p_prefix": P_PREFIX, "p_ioi": P_IOI, "p_abc": P_ABC, "p_copy": P_COPY},
         "seed": args.seed,
         "threads": args.threads,
         "n_parameters": n_params,
@@ -343,12 +350,15 @@ def evaluate(args: argparse.Namespace) -> dict:
             ld = at_end[rows, io] - at_end[rows, s]
             acc_names = name_ids[at_end[:, name_ids].argmax(-1)] == io
             acc_vocab = at_end.argmax(-1) == io
+            top2 = name_ids[at_end[:, name_ids].topk(2, dim=-1).indices]  # batch 2
+            io_s_top2 = ((top2 == io[:, None]) | (top2 == s[:, None])).all(-1)
             cell = {
                 "logit_diff": ld.mean().item(),
                 "logit_diff_std": ld.std().item(),
                 "frac_io_above_s": (ld > 0).double().mean().item(),
                 "acc_names": acc_names.double().mean().item(),
                 "acc_vocab": acc_vocab.double().mean().item(),
+                "frac_io_s_top2_names": io_s_top2.double().mean().item(),
                 "prob_io": lp_tl[rows, io].exp().mean().item(),
             }
             # Attention from END to IO / S1 / S2 and direct logit attribution per head.
@@ -438,6 +448,14 @@ def write_model_card(out: Path, results: dict, cfg: GPT2Config) -> None:
                 )
     movers = ", ".join(h["head"] for h in results["name_movers"]) or "none"
     wall = summary.get("wall_time_s")
+    notes = f" Note: {summary['notes']}" if summary.get("notes") else ""
+    held = [c for k, c in results["cells"].items() if "names=heldout" in k]
+    trained = [c for k, c in results["cells"].items() if "names=train" in k]
+
+    def span(cs: list[dict], key: str) -> str:
+        lo, hi = min(c[key] for c in cs), max(c[key] for c in cs)
+        return f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f} to {hi:.2f}"
+
     del first
     card = f"""# scrub IOI-toy model (4-layer GPT-2, word-level vocabulary)
 
@@ -476,14 +494,20 @@ of `ioi_templates`. Text is split by `scrub.data.ioi_toy.split_words` (`"Then, [
 
 ## Training data
 
-Each sequence is `<bos>`, with probability {P_PREFIX} a distractor sentence, then a main sentence:
-an IOI sentence with its answer (probability {P_IOI}; training templates and training names only;
-ABBA or BABA at random), an ABC/BAC prompt without an answer (probability {P_ABC}; any template,
-any names), or a distractor sentence (otherwise; any names). Loss: next-token cross-entropy on
+Each sequence is `<bos>`, with probability {P_PREFIX} a distractor or copy sentence, then a main
+sentence: an IOI sentence with its answer (probability {P_IOI}; training templates and training
+names only; ABBA or BABA at random), an ABC/BAC prompt without an answer (probability {P_ABC}; any
+template, any names), a copy sentence (probability {P_COPY}; `COPY_TEMPLATES`, one name, which is
+also the last word: "Tom was at the park, so the ring went to Tom."), or a distractor sentence
+(otherwise; any names; `DISTRACTOR_TEMPLATES`). Right padding with `<pad>` (never a target). Loss: next-token cross-entropy on
 every non-pad target, plus {summary.get("answer_weight", "n/a")} × the mean cross-entropy of the IOI answers.
-Held-out names never appear as the IO or S of a training IOI prompt but do appear in distractor
-and ABC sentences (their embeddings are trained); held-out templates never appear with an IOI
-answer but their ABC/BAC versions (same words, three distinct names, no answer) do.
+Held-out names never appear as the IO or S of a training IOI prompt but do appear in distractor,
+copy and ABC sentences (their embeddings are trained, and the model learns to copy them); held-out
+templates never appear with an IOI answer but their ABC/BAC versions (same words, three distinct
+names, no answer) do. The copy sentences were added after a first run without them (same
+settings otherwise, 4000 steps): it was perfect on training names (logit difference 15, accuracy
+1.00) but did not generalise to held-out names (logit difference 0.5-0.9, accuracy over names
+0.14-0.19).
 
 ## Training
 
@@ -493,7 +517,10 @@ answer but their ABC/BAC versions (same words, three distinct names, no answer) 
   {summary.get("warmup_steps", "n/a")} warmup steps then cosine decay to 10%, grad-norm clip 1.0, seed {summary.get("seed", "n/a")}.
 - Init: weight matrices N(0, {summary.get("init_std", "n/a")}^2) from a seeded torch Generator (output
   projections scaled by 1/sqrt(2 n_layer)), biases 0, LayerNorm gains 1.
-- Wall time: {f"{wall:.0f} s ({wall / 60:.1f} min)" if wall is not None else "n/a"} with {summary.get("threads", "n/a")} torch CPU thread(s) (torch {summary.get("torch_version", "n/a")}).
+- Wall time: {f"{wall:.0f} s ({wall / 60:.1f} min)" if wall is not None else "n/a"} with {summary.get("threads", "n/a")} torch CPU thread(s) (torch {summary.get("torch_version", "n/a")}).{notes}
+- `n_inner` is not `n_embd` on purpose: with square MLP matrices (`n_inner == n_embd`) the
+  TransformerLens 4.x bridge's compatibility mode mis-folds `ln_2` (measured: log-probabilities off
+  by up to 0.4 on a random model with perturbed `ln_2`; exact for `n_inner` 64, 256, 512).
 
 ## Evaluation
 
@@ -514,6 +541,18 @@ whole vocabulary; p(IO) = mean probability of IO.
 | names | templates | order | logit diff | IO > S | acc (names) | acc (vocab) | p(IO) |
 |---|---|---|---|---|---|---|---|
 {table}
+
+### Generalisation
+
+On the names it was trained on, the model solves IOI on the training templates and, nearly as
+well, on the held-out templates (accuracy over names {span(trained, "acc_names")}, logit difference
+{span(trained, "logit_diff")}). It does **not** generalise to held-out names: with them the logit
+difference is {span(held, "logit_diff")} and the accuracy over names {span(held, "acc_names")}; IO and S
+are the two highest names in {span(held, "frac_io_s_top2_names")} of those prompts (training names:
+{span(trained, "frac_io_s_top2_names")}, where S is pushed down): it often ranks the prompt's two names
+highest but does not tell IO from S. So the
+part of its IOI mechanism that tells IO from S is specific to the names it saw in IOI prompts.
+Use the training names (`names: train`, the `ioi_toy` default) for circuit work.
 
 ### Heads
 
@@ -538,7 +577,7 @@ def parse_args() -> argparse.Namespace:
     """Parses command-line arguments."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="scrub/models/ioi_toy", help="checkpoint directory")
-    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--steps", type=int, default=3500)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=200)

@@ -30,8 +30,11 @@ def test_shipped_hypothesis_checks_and_runs(path, capsys, gpt2_shaped_dir):
         warnings.simplefilter("ignore", scrub.ScrubWarning)  # full/empty warn by design
         result = scrub.run(path, n=8, model=model)
     assert len(result.per_example) == 8
-    if model is None and result.metric["kind"] == "loss":
-        assert result.clean < result.baseline  # the model beats random resampling
+    if model is None:  # the model beats random resampling, in the metric's direction
+        if result.metric["kind"] in ("loss", "kl"):
+            assert result.clean < result.baseline
+        else:  # logit_diff, accuracy: higher is better
+            assert result.clean > result.baseline
 
 
 def test_full_induction_hypothesis_recovers_exactly_one():

@@ -80,6 +80,7 @@ from scrub.data.ioi_templates import (
 
 __all__ = [
     "BOS",
+    "COPY_TEMPLATES",
     "DISTRACTOR_TEMPLATES",
     "PAD",
     "PLACEHOLDERS",
@@ -121,6 +122,13 @@ DISTRACTOR_TEMPLATES: tuple[str, ...] = (
 )
 """Ordinary sentences the model is also trained on (every name, place and object): the token
 after ``to`` is not always a name, and a name after ``to`` is not always predictable."""
+
+COPY_TEMPLATES: tuple[str, ...] = (
+    "[A] was at the [PLACE], so the [OBJECT] went to [A].",
+    "Then, [A] found a [OBJECT] at the [PLACE]. The [OBJECT] was given to [A].",
+)
+"""Sentences with one name whose last word copies it (every name): they teach the model to copy
+*any* name, including those held out of the IOI prompts."""
 
 _WORD = re.compile(r"\[[A-Z]+\]|[A-Za-z]+(?:'[a-z]+)?|[^\sA-Za-z]")
 
@@ -287,7 +295,7 @@ class Vocab:
         *,
         heldout_names: Sequence[str] = (),
         heldout_templates: Sequence[int] = (),
-        extra_templates: Sequence[str] = DISTRACTOR_TEMPLATES,
+        extra_templates: Sequence[str] = (*DISTRACTOR_TEMPLATES, *COPY_TEMPLATES),
     ) -> Vocab:
         """Every word of every IOI template family and of ``extra_templates``, every name, place
         and object: specials, then template words in order of first appearance, names, places,
@@ -494,11 +502,14 @@ def ioi_toy(
         vocab: path of a ``word_vocab.json`` (default: the shipped model's).
 
     Raises:
-        ValueError: an unknown split or prompt type, or a non-positive size.
+        ValueError: an unknown split or prompt type, a non-positive size, or no vocabulary file.
     """
     if size <= 0:
         raise ValueError(f"size must be positive, not {size}")
-    vocab_obj = Vocab.load(vocab)
+    try:
+        vocab_obj = Vocab.load(vocab)
+    except FileNotFoundError as exc:
+        raise ValueError(str(exc)) from None
     params = {
         "size": size,
         "names": names,
