@@ -159,6 +159,7 @@ def test_features_match_the_gpt2_ioi_dataset(every_template):
     assert (ds.feature("s_name")(ds, rows) == ds.fields["s"][rows]).all()
     assert ds.feature("s_duplicated")(ds, rows).all()
     assert (ds.feature("positions")(ds, rows)[:, 2] == ds.positions["S2"][rows, 0]).all()
+    assert (ds.feature("names")(ds, rows)[:, 1] == ds.fields["s"][rows]).all()
     assert (ds.fields["length"] == ds.positions["END"][:, 0] + 1).all()
     assert (ds.positions["BOS"] == 0).all()
 

@@ -30,7 +30,8 @@ example, in the prompt only where the template has that placeholder), ``length``
 including BOS; padding starts there).
 
 Extra **features**: ``io_name`` / ``s_name`` (aliases of ``io`` / ``s``), ``s_duplicated``
-(always true here) and ``positions`` (the ``(IO, S1, S2)`` positions).
+(always true here), ``positions`` (the ``(IO, S1, S2)`` positions) and ``names`` (the
+``(IO, S)`` pair, the feature the ``names`` generator keeps).
 
 **Generators** (for ``{kind: generate, feature: F}`` samplers) make a fresh prompt per row that
 keeps one feature and draws everything else anew from the dataset's own splits and prompt type:
@@ -436,6 +437,7 @@ def _build(cols: Mapping[str, np.ndarray], *, vocab: Vocab, params: dict) -> Dat
             "s_name": lambda ds, rows: ds.fields["s"][rows],
             "s_duplicated": lambda ds, rows: ds.fields["s"][rows] == ds.fields["s2"][rows],
             "positions": _positions_feature,
+            "names": _names_feature,
         },
         generators={
             "io": _keeping("io"),
@@ -445,6 +447,11 @@ def _build(cols: Mapping[str, np.ndarray], *, vocab: Vocab, params: dict) -> Dat
             "order": _keeping("order"),
         },
     )
+
+
+def _names_feature(ds: Dataset, rows: np.ndarray) -> np.ndarray:
+    """The ``(IO, S)`` token ids of each row, shape ``(len(rows), 2)`` (what ``names`` keeps)."""
+    return np.stack([ds.fields["io"][rows], ds.fields["s"][rows]], axis=1)
 
 
 def _positions_feature(ds: Dataset, rows: np.ndarray) -> np.ndarray:
