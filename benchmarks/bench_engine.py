@@ -187,7 +187,9 @@ def star(model, dataset_spec: dict, metric: dict, k: int, seed: int) -> scrub.Hy
     return scrub.hypothesis_from_dict(spec, default_name=f"star{k}")
 
 
-def bench(case: str, *, device: str, batch: int, repeat: int, memory: bool) -> dict:
+def bench(
+    case: str, *, device: str, batch: int, repeat: int, memory: bool, batches: list[int]
+) -> dict:
     print(f"\n== {case} ({device}, {torch.get_num_threads()} threads) ==", flush=True)
     hyp, model, dataset, tree = setup(case, device, batch)
     k = len(design_groups(tree))
@@ -244,7 +246,7 @@ def bench(case: str, *, device: str, batch: int, repeat: int, memory: bool) -> d
     print("   with k, B = 8: a root and k - 1 one-head children, sampled unconditionally")
     series = []
     ks = [k for k in (1, 2, 5, 10, 20, 50) if k - 1 <= model.shape.n_layers * model.shape.n_heads]
-    bs = [8, 16, 32, 64, 128]
+    bs = batches
     dspec = hyp.spec.dataset.model_dump(mode="json", exclude_none=True)
     mspec = hyp.spec.metric.model_dump(mode="json", exclude_none=True)
     for kk in ks:
@@ -276,6 +278,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument(
+        "--batches", default="8,16,32,64,128", help="batch sizes of the growth series"
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--memory-probe", choices=["plain", "fast"], help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=64, help=argparse.SUPPRESS)
@@ -288,7 +293,7 @@ def main() -> None:
     cases = list(CASES) if args.case == "all" else [args.case]
     out = [
         bench(c, device=args.device, batch=args.batch, repeat=args.repeat,
-              memory=not args.no_memory)
+              memory=not args.no_memory, batches=[int(b) for b in args.batches.split(",")])
         for c in cases
     ]  # fmt: skip
     if args.json:

@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from scrub._components import Channel, Component, ModelShape
-from scrub._errors import HypothesisError
+from scrub._errors import HypothesisError, ScrubWarning
 
 __all__ = ["SHIPPED_MODELS", "OutputPatch", "ScrubModel", "load_model"]
 
@@ -73,6 +75,16 @@ def load_model(source: str, *, device: str | torch.device = "cpu") -> ScrubModel
             "directory; hub names like 'gpt2' need the weights in your Hugging Face cache"
             + (" (HF_HUB_OFFLINE=1 is set)" if offline else ""),
         ) from exc
+    if bridge.cfg.d_mlp == bridge.cfg.d_model:
+        warnings.warn(
+            f"model {source!r} has an MLP as wide as its residual stream (d_mlp = d_model = "
+            f"{bridge.cfg.d_model}); TransformerBridge's compatibility mode (transformer-lens "
+            "4.3) has been seen to fold the MLP's LayerNorm wrongly for such models, so its "
+            "log-probabilities may differ from the original model's. Check them against the "
+            "Hugging Face model, or use d_mlp != d_model",
+            ScrubWarning,
+            stacklevel=2,
+        )
     bridge.enable_compatibility_mode(disable_warnings=True)
     bridge.set_use_split_qkv_input(True)
     bridge.set_use_hook_mlp_in(True)
@@ -119,6 +131,8 @@ class ScrubModel:
         )
         self.W_O: Float[Tensor, "layer head d_head d_model"] = bridge.W_O.detach()
         self.device = self.W_O.device
+        self.memo: dict[str, Any] = {}
+        """What engines work out once per model (e.g. whether their kernels reproduce it)."""
 
     def __repr__(self) -> str:
         s = self.shape

@@ -58,7 +58,10 @@ def _random_case(models, seed: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", scrub.ScrubWarning)
         tree = sampled(model, nodes, seed=seed)
-    assert_engines_agree(model, tree, max_batch_rows=int(rng.choice([5, 64, 4096])))
+    # Odd seeds compute multi-layer nodes by kernels, even seeds in output groups.
+    assert_engines_agree(
+        model, tree, max_batch_rows=int(rng.choice([5, 64, 4096])), kernels=bool(seed % 2)
+    )
 
 
 @pytest.mark.parametrize("seed", range(36))
@@ -100,13 +103,26 @@ MULTI_LAYER = {
 }
 
 
-def test_a_node_across_layers_gets_an_output_group_and_stays_isolated(tiny_model):
+@pytest.mark.parametrize("kernels", [False, True])
+def test_a_node_across_layers_gets_an_output_group_and_stays_isolated(tiny_model, kernels):
     tree = sampled(tiny_model, MULTI_LAYER)
-    plan = make_plan(tiny_model, tree)
-    roles = [(g.node.name, g.fused, bool(g.sets)) for g in plan.groups]
-    assert roles == [("h", False, False), ("h", False, True), ("out", True, False)]
+    plan = make_plan(tiny_model, tree, kernels=kernels)
+    roles = [(g.node.name, g.fused, bool(g.sets), g.virtual) for g in plan.groups]
+    assert roles == [
+        ("h", False, False, False),
+        ("h", False, True, kernels),
+        ("out", True, False, False),
+    ]
     assert [src.node.name for src, _ in plan.leaves] == ["p"]
-    assert_engines_agree(tiny_model, tree)
+    assert_engines_agree(tiny_model, tree, kernels=kernels)
+
+
+def test_kernels_reproduce_the_shipped_and_random_models(tiny_model, deep_model):
+    from scrub.engine._kernels import kernels_for
+
+    assert kernels_for(tiny_model) is not None
+    assert kernels_for(deep_model) is not None
+    assert kernels_for(scrub.load_model("induction")) is not None
 
 
 def test_groups_stop_after_the_last_layer_they_are_read_at(deep_model):

@@ -68,3 +68,11 @@ def test_gpt2_shaped_model_scrubs(gpt2_shaped):
     )
     result = scrub.run(scrub.hypothesis_from_dict(spec), model=gpt2_shaped, n=4)
     assert len(result.per_example) == 4
+
+
+def test_a_square_mlp_model_is_warned_about(tmp_path):
+    from scrub.testing import save_random_gpt2
+
+    path = save_random_gpt2(tmp_path, d_model=32, d_mlp=32)
+    with pytest.warns(scrub.ScrubWarning, match="d_mlp = d_model = 32"):
+        scrub.load_model(str(path))

@@ -17,9 +17,11 @@ not their treeified ones (the path between them is not mapped). If a node's tree
 were written into its reading group, a later component or a later read in that group would see
 it. So a node's components are treeified *in* its reading group (``fused``) only when nothing in
 that group reads after them: one reading group, and all its components at the same point of the
-residual stream (the same layer's heads, one MLP, or the logits). Otherwise the node gets an
-**output group** on ``O_n`` whose components' inputs are *set* to the assembled values, and
-whose other activations are never read.
+residual stream (the same layer's heads, one MLP, or the logits). Otherwise the node's components are computed
+directly from their assembled inputs (:mod:`scrub.engine._kernels`): a **virtual output group**,
+not stacked in the batch. Where those kernels do not reproduce the model (or the node maps an
+embedding), the node gets a real **output group** on ``O_n`` whose components' inputs are *set*
+to the assembled values, and whose other activations are never read.
 
 Identical subtrees (a DAG node copied under two parents with the same draws) are planned once.
 A subtree whose treeified outputs are already known (the cache holds them under the subtree's
@@ -96,6 +98,7 @@ class Group:
         fused: the node's components are treeified in this group.
         sets: (output group) target → the reading group whose assembled value it takes.
         feeds: (reading group) output groups that take assembled values from here.
+        virtual: (output group) computed by kernels from the assembled inputs, not stacked.
         record: components whose outputs (after patches) later hooks read from this group.
         stop: ``stop_at_layer`` after which nothing more is read from this group.
     """
@@ -110,6 +113,7 @@ class Group:
     feeds: list[int] = field(default_factory=list)
     record: set[Component] = field(default_factory=set)
     stop: int = 0
+    virtual: bool = False
 
     @property
     def targets(self) -> list[Target]:
@@ -118,6 +122,7 @@ class Group:
 
     def __repr__(self) -> str:
         role = "fused" if self.fused else ("output" if self.sets else "reading")
+        role = "virtual " + role if self.virtual else role
         return f"Group({self.gid}, {self.node.name!r}, {role}, stop={self.stop})"
 
 
@@ -159,7 +164,11 @@ def signature(tree: SampledTree, node: TreeNode) -> str:
 
 
 def make_plan(
-    model: ScrubModel, tree: SampledTree, *, known: Callable[[str], bool] = lambda sig: False
+    model: ScrubModel,
+    tree: SampledTree,
+    *,
+    known: Callable[[str], bool] = lambda sig: False,
+    kernels: bool = False,
 ) -> Plan:
     """Plan the row groups of ``tree`` (see the module docstring).
 
@@ -167,6 +176,7 @@ def make_plan(
         model: the model.
         tree: the sampled tree.
         known: whether the cache holds the outputs of a subtree with this signature.
+        kernels: compute non-fused nodes' components by kernels (virtual output groups).
     """
     n_layers = model.shape.n_layers
     groups: list[Group] = []
@@ -245,6 +255,7 @@ def make_plan(
             out.fused = True
         else:
             out = new_group(node)
+            out.virtual = kernels and all(c.kind in ("head", "mlp") for c in comps)
             for group in reading:
                 group.feeds.append(out.gid)
                 for target in group.splices:

@@ -38,6 +38,7 @@ from scrub._components import Channel, Component
 from scrub._model import ScrubModel
 from scrub._positions import PositionSpec, resolve_positions
 from scrub._tree import SampledTree
+from scrub.engine._kernels import Kernels, kernels_for
 from scrub.engine._plan import Group, Move, Plan, make_plan
 from scrub.engine.cache import ActivationCache
 
@@ -56,10 +57,13 @@ class FastEngine:
         cache: leaf activations (and memoised clean/baseline outputs); shared across calls to
             reuse them, e.g. when comparing hypotheses on one dataset. A fresh one by default.
         max_batch_rows: most rows in one forward pass; the reference batch is chunked to fit.
+        kernels: compute the components of nodes that span several layers directly from their
+            assembled inputs (checked against the model once), instead of in an extra row group.
     """
 
     cache: ActivationCache | None = None
     max_batch_rows: int = 4096
+    kernels: bool = True
 
     def __post_init__(self) -> None:
         if self.max_batch_rows < 1:
@@ -86,7 +90,13 @@ class FastEngine:
         tick = on_pass or (lambda: None)
         cache = self.cache or ActivationCache(max_batch_rows=self.max_batch_rows)
         dataset = tree.dataset
-        plan = make_plan(model, tree, known=lambda sig: cache.knows(model, dataset, sig))
+        kernels = kernels_for(model) if self.kernels else None
+        plan = make_plan(
+            model,
+            tree,
+            known=lambda sig: cache.knows(model, dataset, sig),
+            kernels=kernels is not None,
+        )
         by_row = [(src, comp) for src, comp in plan.leaves if src.known is None]
         leaves = {
             (src.node.name, comp): values
@@ -99,7 +109,7 @@ class FastEngine:
         for src, comp in plan.leaves:
             if src.known is not None:
                 leaves[src.node.name, comp] = cache.subtree(src.known, comp)
-        widest = max(len(gids) for _, gids in plan.passes)
+        widest = max(sum(not plan.groups[g].virtual for g in gids) for _, gids in plan.passes)
         chunk = max(1, self.max_batch_rows // widest)
         n = len(tree.reference)
         # A cache made for this call alone would never be read again.
@@ -109,7 +119,7 @@ class FastEngine:
         for start in range(0, n, chunk):
             rows = slice(start, min(n, start + chunk))
             chunk_leaves = {key: v[rows] for key, v in leaves.items()}
-            run = _ChunkRun(model, tree, plan, rows, chunk_leaves, positions)
+            run = _ChunkRun(model, tree, plan, rows, chunk_leaves, positions, kernels)
             pieces.append(run.evaluate(tick))
             for gid in plan.signatures if keep else ():
                 for mc in plan.groups[gid].node.interp.components:
@@ -134,8 +144,11 @@ class _ChunkRun:
         rows: slice,
         leaves: dict[tuple[str, Component], Tensor],
         positions: np.ndarray | None,
+        kernels: Kernels | None,
     ) -> None:
         self.model = model
+        self.kernels = kernels
+        self.pending: dict[tuple[int, Component, Channel], Tensor] = {}
         self.dataset = tree.dataset
         self.plan = plan
         self.rows = rows
@@ -170,12 +183,13 @@ class _ChunkRun:
     def evaluate(self, tick: Callable[[], None]) -> Tensor:
         logits: Tensor | None = None
         for stop, gids in self.plan.passes:
-            self.where = {
-                gid: slice(i * self.size, (i + 1) * self.size) for i, gid in enumerate(gids)
-            }
             groups = [self.plan.groups[g] for g in gids]
+            stacked = [g for g in groups if not g.virtual]
+            self.where = {
+                g.gid: slice(i * self.size, (i + 1) * self.size) for i, g in enumerate(stacked)
+            }
             tokens = torch.cat(
-                [self.dataset.tokens[torch.as_tensor(g.rows[self.rows])] for g in groups]
+                [self.dataset.tokens[torch.as_tensor(g.rows[self.rows])] for g in stacked]
             )
             final = stop >= self.model.shape.n_layers
             hooks = self.hooks(groups, final=final)
@@ -209,7 +223,7 @@ class _ChunkRun:
         for group in groups:
             for move in group.patches:
                 outputs.setdefault(model.output_hook(move.component), set()).add(move.component)
-            for comp in group.record:
+            for comp in group.record if not group.virtual else ():
                 outputs.setdefault(model.output_hook(comp), set()).add(comp)
             for comp, ch in group.targets:
                 if comp.kind != "logits":
@@ -227,6 +241,8 @@ class _ChunkRun:
         def hook(t: Tensor, hook=None) -> Tensor:
             t = t.clone()
             for group in groups:  # children's groups first
+                if group.virtual:
+                    continue
                 dst_rows = self.where[group.gid]
                 for move in group.patches:
                     if move.component not in comps:
@@ -236,7 +252,7 @@ class _ChunkRun:
                     value = self.source_output(move, t)[self.batch, src]
                     _assign(t, dst_rows, move.component, self.batch, dst, value)
             for group in groups:
-                for comp in group.record & comps:
+                for comp in group.record & comps if not group.virtual else ():
                     self.store[group.gid, comp] = _select(t, self.where[group.gid], comp).clone()
             return t
 
@@ -272,6 +288,9 @@ class _ChunkRun:
                     if target not in targets:
                         continue
                     comp, ch = target
+                    if group.virtual:
+                        self.compute(group, target, assembled[group.sets[target], comp, ch])
+                        continue
                     if group.sets:
                         value = assembled[group.sets[target], comp, ch]
                     elif group.fused:
@@ -282,6 +301,18 @@ class _ChunkRun:
             return t
 
         return hook
+
+    def compute(self, group: Group, target: tuple[Component, Channel], value: Tensor) -> None:
+        """Collect a virtual group's input; on a component's last channel, compute its output."""
+        assert self.kernels is not None
+        comp, ch = target
+        if comp.kind == "mlp":
+            self.store[group.gid, comp] = self.kernels.mlp(comp, value)
+            return
+        self.pending[group.gid, comp, ch] = value
+        if ch == "v":  # the bridge reads q, k, then v
+            q, k = (self.pending.pop((group.gid, comp, c)) for c in ("q", "k"))
+            self.store[group.gid, comp] = self.kernels.head(comp, q, k, value)
 
     def _final_hook(self, groups: list[Group]) -> Callable:
         root = self.plan.groups[self.plan.root]
