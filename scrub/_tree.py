@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scrub._bind import BoundHypothesis
+from scrub._components import Component
 from scrub._errors import HypothesisError
 from scrub._hypothesis import Correspondence, Hypothesis, InterpNode
 from scrub._samplers import SampleContext
@@ -70,6 +71,18 @@ class TreeNode:
     @property
     def is_leaf(self) -> bool:
         return not self.children
+
+    def inputs(self, channel: str, paths: str) -> list[TreeNode]:
+        """Children whose edges reach this node's ``channel`` by ``paths`` (direct / all)."""
+        return [c for c in self.children if c.corr.paths == paths and channel in c.corr.channels]
+
+    def patch_key(self, channel: str) -> tuple[tuple[str, Component], ...]:
+        """The all-paths patches (child, component) that reach ``channel``."""
+        return tuple(
+            (child.name, mc.component)
+            for child in self.inputs(channel, "all")
+            for mc in child.interp.components
+        )
 
     def walk(self):
         """This node and its descendants, parents before children."""

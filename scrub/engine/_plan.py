@@ -214,13 +214,7 @@ def make_plan(
         comps = [mc.component for mc in node.interp.components]
         by_patches: dict[tuple, list[Target]] = {}
         for target in [(c, ch) for c in comps for ch in c.channels]:
-            key = tuple(
-                (child.name, mc.component)
-                for child in node.children
-                if child.corr.paths == "all" and target[1] in child.corr.channels
-                for mc in child.interp.components
-            )
-            by_patches.setdefault(key, []).append(target)
+            by_patches.setdefault(node.patch_key(target[1]), []).append(target)
 
         def moves(child: TreeNode) -> list[Move]:
             source = outputs[child.name]
@@ -233,16 +227,11 @@ def make_plan(
         reading: list[Group] = []
         for targets in by_patches.values():
             group = new_group(node)
-            channel = targets[0][1]
-            for child in node.children:
-                if child.corr.paths == "all" and channel in child.corr.channels:
-                    group.patches += moves(child)
+            for child in node.inputs(targets[0][1], "all"):
+                group.patches += moves(child)
             for target in targets:
                 group.splices[target] = [
-                    move
-                    for child in node.children
-                    if child.corr.paths == "direct" and target[1] in child.corr.channels
-                    for move in moves(child)
+                    move for child in node.inputs(target[1], "direct") for move in moves(child)
                 ]
                 for move in group.splices[target]:
                     group.record.add(move.component)  # "this pass"'s output, subtracted

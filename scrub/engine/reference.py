@@ -89,13 +89,7 @@ class _Evaluator:
         # Group the targets by the set of all-paths patches that reach them.
         groups: dict[tuple[tuple[str, Component], ...], list[Target]] = {}
         for target in targets:
-            key = tuple(
-                (child.name, mc.component)
-                for child in node.children
-                if child.corr.paths == "all" and target[1] in child.corr.channels
-                for mc in child.interp.components
-            )
-            groups.setdefault(key, []).append(target)
+            groups.setdefault(node.patch_key(target[1]), []).append(target)
 
         assembled: dict[Target, Tensor] = {}
         for patch_key, group in groups.items():
@@ -105,8 +99,7 @@ class _Evaluator:
             direct = {
                 target: [
                     (child, mc)
-                    for child in node.children
-                    if child.corr.paths == "direct" and target[1] in child.corr.channels
+                    for child in node.inputs(target[1], "direct")
                     for mc in child.interp.components
                 ]
                 for target in group
