@@ -224,6 +224,7 @@ def test_shared_subtrees_are_computed_once_and_served_from_the_cache(tiny_model_
 
 
 def test_cache_resets_for_another_dataset(tiny_model_dir, tiny_model):
+    """Even when the first dataset is freed: the cache holds it, so its id is never reused."""
     hyp = scrub.hypothesis_from_dict(base_spec(tiny_model_dir, nodes=MULTI_LAYER))
     cache = ActivationCache()
     a = scrub.run(hyp, model=tiny_model, dataset=make_dataset_for(hyp, seed=0), cache=cache)

@@ -45,7 +45,7 @@ class ActivationCache:
             raise ValueError(f"max_batch_rows must be at least 1, not {max_batch_rows}")
         self.max_batch_rows = max_batch_rows
         self.subtrees = subtrees
-        self._owner: tuple[int, int] | None = None
+        self._owner: tuple[ScrubModel, Dataset] | None = None  # held, so ids cannot be reused
         self._values: dict[Component, Tensor] = {}
         self._have: dict[Component, np.ndarray] = {}  # row -> slot in _values (-1: none)
         self._memo: dict[Any, Any] = {}
@@ -59,9 +59,8 @@ class ActivationCache:
         return f"ActivationCache(components={rows}, memo={len(self._memo)})"
 
     def _bind(self, model: ScrubModel, dataset: Dataset) -> None:
-        owner = (id(model), id(dataset))
-        if owner != self._owner:
-            self._owner = owner
+        if self._owner is None or self._owner[0] is not model or self._owner[1] is not dataset:
+            self._owner = (model, dataset)
             self._values.clear()
             self._have.clear()
             self._memo.clear()
