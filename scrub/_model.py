@@ -258,16 +258,39 @@ def _chain(fns: list[Callable]) -> Callable:
     return hook
 
 
-def _patch_hook(patch: OutputPatch) -> Callable:
-    comp = patch.component
+def select(t: Tensor, comp: Component, rows: slice = slice(None)) -> Tensor:
+    """``comp``'s part of a hooked tensor (a head's slice of ``batch pos head d``), for ``rows``."""
+    return t[rows, :, comp.head] if comp.kind == "head" else t[rows]
 
+
+def write(t: Tensor, comp: Component, value: Tensor, rows: slice = slice(None)) -> None:
+    """Overwrite ``comp``'s part of a hooked tensor, for ``rows``, in place."""
+    if comp.kind == "head":
+        t[rows, :, comp.head] = value.to(t.dtype)
+    else:
+        t[rows] = value.to(t.dtype)
+
+
+def write_at(
+    t: Tensor,
+    comp: Component,
+    positions: Tensor,
+    value: Tensor,
+    rows: slice = slice(None),
+) -> None:
+    """Overwrite ``comp``'s part of a hooked tensor at per-row ``positions`` (``rows x K``)."""
+    view = t[rows]
+    batch = torch.arange(view.shape[0], device=t.device)[:, None]
+    if comp.kind == "head":
+        view[batch, positions, comp.head] = value.to(t.dtype)
+    else:
+        view[batch, positions] = value.to(t.dtype)
+
+
+def _patch_hook(patch: OutputPatch) -> Callable:
     def fn(t: Tensor) -> Tensor:
         t = t.clone()
-        rows = torch.arange(t.shape[0], device=t.device)[:, None]
-        if comp.kind == "head":
-            t[rows, patch.positions, comp.head] = patch.values.to(t.dtype)
-        else:
-            t[rows, patch.positions] = patch.values.to(t.dtype)
+        write_at(t, patch.component, patch.positions, patch.values)
         return t
 
     return fn
@@ -275,7 +298,7 @@ def _patch_hook(patch: OutputPatch) -> Callable:
 
 def _read_output_hook(comp: Component, store: dict) -> Callable:
     def fn(t: Tensor) -> Tensor:
-        store[comp] = (t[:, :, comp.head] if comp.kind == "head" else t).clone()
+        store[comp] = select(t, comp).clone()
         return t
 
     return fn
@@ -284,10 +307,7 @@ def _read_output_hook(comp: Component, store: dict) -> Callable:
 def _set_input_hook(comp: Component, value: Tensor) -> Callable:
     def fn(t: Tensor) -> Tensor:
         t = t.clone()
-        if comp.kind == "head":
-            t[:, :, comp.head] = value.to(t.dtype)
-        else:
-            t[...] = value.to(t.dtype)
+        write(t, comp, value)
         return t
 
     return fn
@@ -295,7 +315,7 @@ def _set_input_hook(comp: Component, value: Tensor) -> Callable:
 
 def _read_input_hook(comp: Component, ch: Channel, store: dict) -> Callable:
     def fn(t: Tensor) -> Tensor:
-        store[comp, ch] = (t[:, :, comp.head] if comp.kind == "head" else t).clone()
+        store[comp, ch] = select(t, comp).clone()
         return t
 
     return fn

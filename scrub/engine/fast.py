@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from scrub._components import Channel, Component
-from scrub._model import ScrubModel
+from scrub._model import ScrubModel, select, write, write_at
 from scrub._positions import PositionSpec, resolve_positions
 from scrub._tree import SampledTree
 from scrub.engine._kernels import Kernels, kernels_for
@@ -159,6 +159,7 @@ class _ChunkRun:
         self.store: dict[tuple[int, Component], Tensor] = {}
         self.where: dict[int, slice] = {}  # gid -> its rows in the current pass
         self._resolved: dict[tuple[PositionSpec, int], Tensor] = {}
+        self.final_resid: Tensor | None = None  # the root's assembled final residual stream
 
     # -- helpers ----------------------------------------------------------------------------
     def resolve(self, spec: PositionSpec, rows: np.ndarray) -> Tensor:
@@ -176,7 +177,7 @@ class _ChunkRun:
         if src.group is None:
             return self.leaves[src.node.name, move.component]
         if live is not None and src.group in self.where:
-            return _select(live, self.where[src.group], move.component)
+            return select(live, move.component, self.where[src.group])
         return self.store[src.group, move.component]
 
     # -- passes -----------------------------------------------------------------------------
@@ -204,6 +205,7 @@ class _ChunkRun:
                 pass
             tick()
             if final:
+                assert self.final_resid is not None
                 logits = self.unembed(self.final_resid)
         assert logits is not None
         return logits
@@ -234,7 +236,7 @@ class _ChunkRun:
         for name, targets in inputs.items():
             hooks[name] = self._input_hook(groups, targets)
         if final:
-            hooks["ln_final.hook_in"] = self._final_hook(groups)
+            hooks["ln_final.hook_in"] = self._final_hook()
         return hooks
 
     def _output_hook(self, groups: list[Group], comps: set[Component]) -> Callable:
@@ -250,10 +252,10 @@ class _ChunkRun:
                     src = self.resolve(move.spec, move.source.rows)
                     dst = self.resolve(move.spec, group.rows)
                     value = self.source_output(move, t)[self.batch, src]
-                    _assign(t, dst_rows, move.component, self.batch, dst, value)
+                    write_at(t, move.component, dst, value, dst_rows)
             for group in groups:
                 for comp in group.record & comps if not group.virtual else ():
-                    self.store[group.gid, comp] = _select(t, self.where[group.gid], comp).clone()
+                    self.store[group.gid, comp] = select(t, comp, self.where[group.gid]).clone()
             return t
 
         return hook
@@ -281,7 +283,7 @@ class _ChunkRun:
                     if target not in targets:
                         continue
                     comp, ch = target
-                    resid = _select(t, self.where[group.gid], comp)
+                    resid = select(t, comp, self.where[group.gid])
                     assembled[group.gid, comp, ch] = self.assemble(group, target, resid)
             for group in groups:
                 for target in group.targets:
@@ -297,7 +299,7 @@ class _ChunkRun:
                         value = assembled[group.gid, comp, ch]
                     else:
                         continue
-                    _write(t, self.where[group.gid], comp, value)
+                    write(t, comp, value, self.where[group.gid])
             return t
 
         return hook
@@ -314,7 +316,7 @@ class _ChunkRun:
             q, k = (self.pending.pop((group.gid, comp, c)) for c in ("q", "k"))
             self.store[group.gid, comp] = self.kernels.head(comp, q, k, value)
 
-    def _final_hook(self, groups: list[Group]) -> Callable:
+    def _final_hook(self) -> Callable:
         root = self.plan.groups[self.plan.root]
         (key,) = [t for t in root.splices if t[0].kind == "logits"]
 
@@ -324,26 +326,3 @@ class _ChunkRun:
             raise _Stop
 
         return hook
-
-
-def _select(t: Tensor, rows: slice, comp: Component) -> Tensor:
-    """A group's slice of a hooked tensor, for one component (heads: one head)."""
-    return t[rows, :, comp.head] if comp.kind == "head" else t[rows]
-
-
-def _write(t: Tensor, rows: slice, comp: Component, value: Tensor) -> None:
-    if comp.kind == "head":
-        t[rows, :, comp.head] = value
-    else:
-        t[rows] = value
-
-
-def _assign(
-    t: Tensor, rows: slice, comp: Component, batch: Tensor, pos: Tensor, value: Tensor
-) -> None:
-    """Overwrite a group's component output at per-row positions."""
-    view = t[rows]
-    if comp.kind == "head":
-        view[batch, pos, comp.head] = value
-    else:
-        view[batch, pos] = value
