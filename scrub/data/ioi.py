@@ -69,7 +69,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from scrub.data._dataset import Dataset
+from scrub.data._dataset import Dataset, Feature
 from scrub.data.ioi_templates import (
     ABC_TEMPLATES,
     BAC_TEMPLATES,
@@ -78,7 +78,7 @@ from scrub.data.ioi_templates import (
     PLACES,
 )
 
-__all__ = ["BOS", "FLIPS", "PROMPT_TYPES", "flip", "ioi", "ioi_abc"]
+__all__ = ["BOS", "FLIPS", "IOI_FEATURES", "PROMPT_TYPES", "flip", "ioi", "ioi_abc"]
 
 BOS = 50256
 """GPT-2's ``<|endoftext|>``: the BOS at position 0 and the padding after END."""
@@ -264,12 +264,7 @@ def _build(p: _Prompts, *, name: str, params: dict) -> Dataset:
         tokens=torch.from_numpy(tokens),
         positions=positions,
         fields=fields,
-        features={
-            "io_name": lambda ds, rows: ds.fields["io"][rows],
-            "s_name": lambda ds, rows: ds.fields["s"][rows],
-            "s_duplicated": lambda ds, rows: ds.fields["s"][rows] == ds.fields["s2"][rows],
-            "positions": _positions_feature,
-        },
+        features=dict(IOI_FEATURES),
         generators={
             "io": _same_io,
             "template": _same_template,
@@ -280,7 +275,17 @@ def _build(p: _Prompts, *, name: str, params: dict) -> Dataset:
 
 
 def _positions_feature(ds: Dataset, rows: np.ndarray) -> np.ndarray:
+    """The ``(IO, S1, S2)`` positions of each row, shape ``(len(rows), 3)``."""
     return np.concatenate([ds.positions[k][rows] for k in ("IO", "S1", "S2")], axis=1)
+
+
+IOI_FEATURES: dict[str, Feature] = {
+    "io_name": lambda ds, rows: ds.fields["io"][rows],
+    "s_name": lambda ds, rows: ds.fields["s"][rows],
+    "s_duplicated": lambda ds, rows: ds.fields["s"][rows] == ds.fields["s2"][rows],
+    "positions": _positions_feature,
+}
+"""Features of every IOI-layout dataset (fields ``io``, ``s``, ``s2``; positions IO, S1, S2)."""
 
 
 # -- generators ---------------------------------------------------------------------------------
@@ -422,15 +427,7 @@ def ioi(
             one of the two, uniformly).
         nb_templates: use the first ``nb_templates`` of the paper's 15 templates.
     """
-    _check(size, prompt_type, nb_templates, abc=False)
-    params = {
-        "family": "ioi",
-        "size": size,
-        "prompt_type": prompt_type,
-        "nb_templates": nb_templates,
-    }
-    p = _draw(size, rng=rng, nb_templates=nb_templates, prompt_type=prompt_type, abc=False)
-    return _build(p, name="ioi", params=params)
+    return _make("ioi", rng=rng, size=size, prompt_type=prompt_type, nb_templates=nb_templates)
 
 
 def ioi_abc(
@@ -449,12 +446,20 @@ def ioi_abc(
             ``"mixed"``.
         nb_templates: use the first ``nb_templates`` templates.
     """
-    _check(size, prompt_type, nb_templates, abc=True)
+    return _make("ioi_abc", rng=rng, size=size, prompt_type=prompt_type, nb_templates=nb_templates)
+
+
+def _make(
+    family: str, *, rng: np.random.Generator, size: int, prompt_type: str, nb_templates: int
+) -> Dataset:
+    """``ioi`` and ``ioi_abc``: check the parameters, draw the prompts, build the dataset."""
+    abc = family == "ioi_abc"
+    _check(size, prompt_type, nb_templates, abc=abc)
     params = {
-        "family": "ioi_abc",
+        "family": family,
         "size": size,
         "prompt_type": prompt_type,
         "nb_templates": nb_templates,
     }
-    p = _draw(size, rng=rng, nb_templates=nb_templates, prompt_type=prompt_type, abc=True)
-    return _build(p, name="ioi_abc", params=params)
+    p = _draw(size, rng=rng, nb_templates=nb_templates, prompt_type=prompt_type, abc=abc)
+    return _build(p, name=family, params=params)

@@ -70,6 +70,7 @@ import numpy as np
 import torch
 
 from scrub.data._dataset import Dataset
+from scrub.data.ioi import IOI_FEATURES
 from scrub.data.ioi_templates import (
     ABBA_TEMPLATES,
     BABA_TEMPLATES,
@@ -432,13 +433,7 @@ def _build(cols: Mapping[str, np.ndarray], *, vocab: Vocab, params: dict) -> Dat
         tokens=torch.from_numpy(tokens),
         positions=positions,
         fields=fields,
-        features={
-            "io_name": lambda ds, rows: ds.fields["io"][rows],
-            "s_name": lambda ds, rows: ds.fields["s"][rows],
-            "s_duplicated": lambda ds, rows: ds.fields["s"][rows] == ds.fields["s2"][rows],
-            "positions": _positions_feature,
-            "names": _names_feature,
-        },
+        features={**IOI_FEATURES, "names": _names_feature},
         generators={
             "io": _keeping("io"),
             "s": _keeping("s"),
@@ -452,11 +447,6 @@ def _build(cols: Mapping[str, np.ndarray], *, vocab: Vocab, params: dict) -> Dat
 def _names_feature(ds: Dataset, rows: np.ndarray) -> np.ndarray:
     """The ``(IO, S)`` token ids of each row, shape ``(len(rows), 2)`` (what ``names`` keeps)."""
     return np.stack([ds.fields["io"][rows], ds.fields["s"][rows]], axis=1)
-
-
-def _positions_feature(ds: Dataset, rows: np.ndarray) -> np.ndarray:
-    """The ``(IO, S1, S2)`` positions of each row, shape ``(len(rows), 3)``."""
-    return np.concatenate([ds.positions[k][rows] for k in ("IO", "S1", "S2")], axis=1)
 
 
 def _keeping(*kept: str):
