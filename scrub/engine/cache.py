@@ -47,25 +47,23 @@ class ActivationCache:
         self.subtrees = subtrees
         self._owner: tuple[ScrubModel, Dataset] | None = None  # held, so ids cannot be reused
         self._values: dict[Component, Tensor] = {}
-        self._have: dict[Component, np.ndarray] = {}  # row -> slot in _values (-1: none)
+        self._slots: dict[Component, np.ndarray] = {}  # row -> slot in _values (-1: none)
         self._memo: dict[Any, Any] = {}
-        self._subtrees: dict[tuple[str, Component], Tensor] = {}
-        self._signatures: set[str] = set()
+        self._subtrees: dict[str, dict[Component, Tensor]] = {}  # signature -> outputs
         self.rows_computed = 0
         """How many (row, forward pass) computations filled the cache so far (for benchmarks)."""
 
     def __repr__(self) -> str:
-        rows = {c.name: int((h >= 0).sum()) for c, h in self._have.items()}
+        rows = {c.name: int((h >= 0).sum()) for c, h in self._slots.items()}
         return f"ActivationCache(components={rows}, memo={len(self._memo)})"
 
     def _bind(self, model: ScrubModel, dataset: Dataset) -> None:
         if self._owner is None or self._owner[0] is not model or self._owner[1] is not dataset:
             self._owner = (model, dataset)
             self._values.clear()
-            self._have.clear()
+            self._slots.clear()
             self._memo.clear()
             self._subtrees.clear()
-            self._signatures.clear()
 
     def memo(self, model: ScrubModel, dataset: Dataset, key: Any, compute: Callable[[], Any]):
         """``compute()``, remembered under ``key`` for this model and dataset."""
@@ -77,19 +75,16 @@ class ActivationCache:
     def knows(self, model: ScrubModel, dataset: Dataset, signature: str) -> bool:
         """Whether the outputs of the subtree with this signature are cached."""
         self._bind(model, dataset)
-        return self.subtrees and signature in self._signatures
+        return self.subtrees and signature in self._subtrees
 
     def subtree(self, signature: str, comp: Component) -> Tensor:
         """A cached subtree's treeified output of ``comp``: ``(batch, pos, d)``."""
-        return self._subtrees[signature, comp]
+        return self._subtrees[signature][comp]
 
     def keep_subtree(self, signature: str, outputs: dict[Component, Tensor]) -> None:
         """Remember a subtree's treeified outputs (every component of its top node)."""
-        if not self.subtrees:
-            return
-        for comp, values in outputs.items():
-            self._subtrees[signature, comp] = values
-        self._signatures.add(signature)
+        if self.subtrees:
+            self._subtrees[signature] = dict(outputs)
 
     def outputs(
         self,
@@ -108,26 +103,29 @@ class ActivationCache:
         needs = list(needs)
         missing: set[int] = set()
         for comp, rows in needs:
-            slots = self._grow(comp, len(dataset), model, dataset)
+            slots = self._grow(comp, model, dataset)
             missing.update(np.unique(rows[slots[rows] < 0]).tolist())
         if missing:
             self._fill(model, dataset, sorted({c for c, _ in needs}), np.array(sorted(missing)))
             if on_pass:
                 on_pass()
-        return [self._values[comp][torch.as_tensor(self._have[comp][rows])] for comp, rows in needs]
+        return [
+            self._values[comp][torch.as_tensor(self._slots[comp][rows])] for comp, rows in needs
+        ]
 
-    def _grow(self, comp: Component, n: int, model: ScrubModel, dataset: Dataset) -> np.ndarray:
-        """The row -> slot index of ``comp`` (``-1``: not cached), covering ``n`` rows."""
-        slots = self._have.get(comp)
+    def _grow(self, comp: Component, model: ScrubModel, dataset: Dataset) -> np.ndarray:
+        """The row -> slot index of ``comp`` (``-1``: not cached), covering every row."""
+        n = len(dataset)
+        slots = self._slots.get(comp)
         if slots is None or len(slots) < n:
             grown = np.full(n, -1, dtype=np.int64)
             if slots is not None:
                 grown[: len(slots)] = slots
-            self._have[comp] = grown
+            self._slots[comp] = grown
             if comp not in self._values:
                 width = model.output_width(comp)
                 self._values[comp] = torch.empty(0, dataset.seq_len, width, device=model.device)
-        return self._have[comp]
+        return self._slots[comp]
 
     def _fill(
         self, model: ScrubModel, dataset: Dataset, comps: list[Component], rows: np.ndarray
@@ -139,7 +137,7 @@ class ActivationCache:
             _, _, outs = model.run(tokens, read_outputs=comps, stop_at_layer=stop)
             self.rows_computed += len(chunk)
             for comp in comps:
-                slots = self._have[comp]
+                slots = self._slots[comp]
                 new = slots[chunk] < 0
                 start_slot = len(self._values[comp])
                 slots[chunk[new]] = start_slot + np.arange(int(new.sum()))
