@@ -97,7 +97,6 @@ class Group:
         splices: direct splices added to each assembled target.
         fused: the node's components are treeified in this group.
         sets: (output group) target → the reading group whose assembled value it takes.
-        feeds: (reading group) output groups that take assembled values from here.
         virtual: (output group) computed by kernels from the assembled inputs, not stacked.
         record: components whose outputs (after patches) later hooks read from this group.
         stop: ``stop_at_layer`` after which nothing more is read from this group.
@@ -110,7 +109,6 @@ class Group:
     splices: dict[Target, list[Move]] = field(default_factory=dict)
     fused: bool = False
     sets: dict[Target, int] = field(default_factory=dict)
-    feeds: list[int] = field(default_factory=list)
     record: set[Component] = field(default_factory=set)
     stop: int = 0
     virtual: bool = False
@@ -245,13 +243,11 @@ def make_plan(
         else:
             out = new_group(node)
             out.virtual = kernels and all(c.kind in ("head", "mlp") for c in comps)
+            out.stop = max(model.stop_layer(c) for c in comps)
             for group in reading:
-                group.feeds.append(out.gid)
                 for target in group.splices:
                     out.sets[target] = group.gid
-            out.stop = max(model.stop_layer(c) for c in comps)
-            for group in reading:  # the output group takes their values in the same pass
-                group.stop = out.stop
+                group.stop = out.stop  # the output group takes their values in the same pass
         outputs[node.name] = Source(node, out.rows, out.gid)
         if sig is not None:
             signatures[out.gid] = sig
