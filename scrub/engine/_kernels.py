@@ -25,9 +25,7 @@ from scrub._model import ScrubModel
 __all__ = ["Kernels", "kernels_for"]
 
 _ACTIVATIONS = {
-    "gelu_new": lambda x: (
-        0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
-    ),
+    "gelu_new": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
     "gelu": torch.nn.functional.gelu,
     "relu": torch.relu,
 }
