@@ -1,4 +1,4 @@
-"""The ``scrub`` command: ``scrub run FILE``, ``scrub check FILE`` and ``scrub graph FILE``.
+"""The ``scrub`` command: ``scrub run|check|graph|patch FILE``.
 
 Exit codes: 0 success, 1 invalid hypothesis (the message names the file, key and fix), 2 bad
 command-line usage.
@@ -43,6 +43,23 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a hypothesis against its model and dataset")
     check.add_argument("file", type=Path, help="hypothesis YAML file")
     check.add_argument("--model", help="model: shipped name, local HF directory or hub name")
+    patch = sub.add_parser(
+        "patch", help="run a patching experiment (activation, path, iterative path, attention)"
+    )
+    patch.add_argument("file", type=Path, help="experiment YAML file")
+    patch.add_argument("--model", help="model: shipped name, local HF directory or hub name")
+    patch.add_argument("--n", type=int, help="number of reference examples")
+    patch.add_argument("--seed", type=int, help="seed of every random draw")
+    patch.add_argument(
+        "--max-batch-rows",
+        type=int,
+        default=4096,
+        help="most rows in one forward pass (caps memory; results do not change)",
+    )
+    patch.add_argument(
+        "--out", type=Path, help="write NAME.json, NAME.npz and figures into this directory"
+    )
+    patch.add_argument("--no-figures", action="store_true", help="skip the PNG/SVG figures")
     graph = sub.add_parser("graph", help="draw the interpretation graph (Graphviz)")
     graph.add_argument("file", type=Path, help="hypothesis YAML file")
     graph.add_argument("--out", type=Path, help="a .dot, .svg or .png file (default: print DOT)")
@@ -57,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args)
         if args.command == "graph":
             return _graph(args)
+        if args.command == "patch":
+            return _patch(args)
         return _run(args)
     except HypothesisError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -118,6 +137,31 @@ def _run(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(result.to_json() + "\n")
         print(f"wrote {args.out}")
+    return 0
+
+
+def _patch(args: argparse.Namespace) -> int:
+    from scrub.experiments import patch
+    from scrub.experiments._report import format_patch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScrubWarning)
+        result = patch(
+            args.file,
+            model=args.model,
+            n=args.n,
+            seed=args.seed,
+            max_batch_rows=args.max_batch_rows,
+        )
+    print(format_patch(result))
+    if args.out:
+        try:
+            written = result.save(args.out, figures=not args.no_figures)
+        except ImportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        for path in written:
+            print(f"wrote {path}")
     return 0
 
 
