@@ -41,7 +41,7 @@ from scrub._tree import SampledTree
 from scrub.data import Dataset
 from scrub.engine._kernels import Kernels, kernels_for
 from scrub.engine._plan import Group, Move, Plan, make_plan
-from scrub.engine.cache import ActivationCache
+from scrub.engine.cache import ActivationCache, split_qkv_inputs
 
 __all__ = ["Evaluated", "FastEngine"]
 
@@ -323,8 +323,9 @@ class _ChunkRun:
             final = stop >= self.model.shape.n_layers
             hooks = self.hooks(groups, final=final)
             bridge = self.model.bridge
+            split = any(ch != "in" for g in groups for _, ch in g.targets)
             try:
-                with bridge.hooks(fwd_hooks=list(hooks.items())):
+                with split_qkv_inputs(bridge, split), bridge.hooks(fwd_hooks=list(hooks.items())):
                     if final:
                         bridge(tokens.to(self.model.device))
                         raise AssertionError("the final pass did not reach ln_final")
