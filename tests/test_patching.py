@@ -181,3 +181,125 @@ def test_grid_cells_are_batched_not_one_pass_per_cell(induction):
     cells = int(result.valid.sum())
     assert max(passes) <= 200
     assert len(passes) < cells / 10  # 112 cells of 6 rows: a few passes of up to 200 rows
+
+
+# -- files, flips, statistics, outputs ---------------------------------------------------------
+def test_experiment_file_errors_name_the_file_the_key_and_a_fix(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "kind: activation\nmodel: induction\ndataset: {generator: induction}\n"
+        "metric: {kind: loss, positions: REP, labels: next}\ncomponent: heads\n"
+    )
+    with pytest.raises(scrub.HypothesisError) as err:
+        scrub.experiments.load_experiment(path)
+    assert err.value.file == str(path) and err.value.key == ("component",)
+    assert "did you mean 'components'" in err.value.hint
+    with pytest.raises(scrub.HypothesisError, match="unknown flip 'IOO'"):
+        experiment("path", "ioi_toy", IOI_TOY_DATA, LOGIT_DIFF, base={"kind": "flip", "flip": "IOO"},
+                   senders=["a0.h0"])  # fmt: skip
+    with pytest.raises(scrub.HypothesisError, match="kinds: activation, path"):
+        experiment_from_dict({"kind": "patching"})
+
+
+def test_unknown_components_and_missing_flips_are_refused_when_run(induction):
+    exp = experiment("activation", "induction", INDUCTION_DATA, LOSS, components=["a1.h4"])
+    with pytest.raises(scrub.HypothesisError, match="unknown component 'a1.h4'") as err:
+        patch(exp, model=induction)
+    assert err.value.key == ("components", 0)
+    flip = experiment("activation", "induction", INDUCTION_DATA, LOSS, base={"kind": "flip", "flip": "IO"})
+    with pytest.raises(scrub.HypothesisError, match="has no flips") as err:
+        patch(flip, model=induction)
+    assert err.value.key == ("base",)
+
+
+def test_a_flip_in_a_file_is_the_python_flip_of_the_reference_rows():
+    from scrub.data.ioi import flip
+
+    data = {"generator": "ioi", "params": {"size": 50, "nb_templates": 3}}
+    exp = experiment("activation", "gpt2", data, LOGIT_DIFF, n=10, base={"kind": "flip", "flip": ["IO"]})
+    ds = scrub.make_dataset("ioi", data["params"], np.random.default_rng(0))
+    su = setup(exp, model=_FakeModel(), dataset=ds)
+    rng = scrub._tree.stream(0, "other", "out")
+    expected = flip(scrub.make_dataset("ioi", data["params"], np.random.default_rng(0)), "IO", rng=rng)
+    np.testing.assert_array_equal(ds.tokens[su.base], expected.tokens[su.reference])
+    assert (ds.fields["io"][su.base] != ds.fields["io"][su.reference]).all()
+    assert (ds.fields["s"][su.base] == ds.fields["s"][su.reference]).all()
+
+
+class _FakeModel(scrub.ScrubModel):
+    """Enough of a model for drawing rows (``setup`` never runs it)."""
+
+    def __init__(self) -> None:
+        pass
+
+
+def test_p_value_corrections_match_scipy_and_holm():
+    from scipy import stats
+
+    from scrub.experiments._patch_stats import adjust
+
+    p = np.array([0.01, 0.04, 0.03, np.nan, 0.5])
+    np.testing.assert_allclose(adjust(p, "fdr_bh")[[0, 1, 2, 4]], stats.false_discovery_control(p[[0, 1, 2, 4]]))
+    np.testing.assert_allclose(adjust(p, "holm")[[0, 1, 2, 4]], [0.04, 0.09, 0.09, 0.5])
+    assert np.isnan(adjust(p, "holm")[3])
+
+
+def test_normalised_effects_are_undefined_when_source_and_base_agree(induction):
+    exp = experiment("activation", "induction", INDUCTION_DATA, LOSS, base="exact", source="exact",
+                     components=["a1.h0"], positions=["REP"])  # fmt: skip
+    result = patch(exp, model=induction)
+    assert result.normalized_undefined and "not distinguishable" in result.normalized_undefined
+    assert np.isnan(result.arrays["normalized"]).all()
+    np.testing.assert_allclose(result.arrays["effect"], 0, atol=1e-6)
+    assert result.to_dict()["normalized"] == [[None]]
+
+
+def test_cli_writes_json_npz_and_figures(tmp_path, capsys):
+    from scrub.cli import main
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(
+        "kind: iterative_path\nmodel: induction\n"
+        "dataset: {generator: induction, params: {size: 100, segment_len: 5, prefix_len: 1, "
+        "gap_len: 1, suffix_len: 1}}\nmetric: {kind: loss, positions: REP, labels: next}\n"
+        "defaults: {n: 6, seed: 0}\nsenders: heads\n"
+    )
+    assert main(["patch", str(exp), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "top 8 cells by |normalized|" in printed
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["exp.grid.png", "exp.grid.svg", "exp.json", "exp.npz"]
+    data = np.load(tmp_path / "out" / "exp.npz")
+    assert data["axis_sender"].tolist()[:2] == ["a0.h0", "a0.h1"]
+    assert main(["patch", str(tmp_path / "missing.yaml")]) == 1
+
+
+def test_to_frame_has_one_row_per_cell_and_json_is_strict(induction):
+    exp = experiment("path", "induction", INDUCTION_DATA, LOSS, senders=["a0.h1"], receivers="heads")
+    result = patch(exp, model=induction)
+    frame = result.to_frame()
+    assert len(frame) == int(result.valid.sum()) == 12  # 4 layer-1 heads × q, k, v
+    assert set(frame["receiver"]) == {"a1.h0", "a1.h1", "a1.h2", "a1.h3"}
+    assert '"NaN"' not in result.to_json() and "NaN" not in result.to_json()
+
+
+def test_counterfactual_attention_under_a_patch_and_under_a_hypothesis(induction, tmp_path):
+    data = {"generator": "induction", "params": {"size": 200}}
+    exp = experiment("attention", "induction", data, LOSS, n=8, base="exact", source="uncond",
+                     heads=["a1.h0"], under={"components": ["a0.h1"]}, examples=2)  # fmt: skip
+    result = patch(exp, model=induction)
+    assert result.clean["a1.h0"].shape == (2, 29, 29) and not result.warnings
+    assert result.mean_abs_change["a1.h0"] > 0.01  # the induction stripe needs a0.h1's output
+    np.testing.assert_allclose(result.clean["a1.h0"].sum(-1), 1, atol=1e-5)
+    same = experiment("attention", "induction", data, LOSS, n=8, base="exact", source="exact",
+                      heads=["a1.h0"], under={"components": ["a0.h1"]})  # fmt: skip
+    assert patch(same, model=induction).mean_abs_change["a1.h0"] < 1e-6  # nothing changed
+    hyp = experiment_from_dict(
+        {"kind": "attention", "model": "induction", "dataset": "../../datasets/induction.yaml",
+         "metric": LOSS, "defaults": {"n": 8, "seed": 0}, "heads": ["a1.h0", "a0.h1"],
+         "under": "../../hypotheses/induction/kcomp.yaml"},
+        file="experiments/induction/x.yaml",
+    )  # fmt: skip
+    under = patch(hyp, model=induction)
+    assert set(under.mean_abs_change) == {"a1.h0", "a0.h1"}
+    assert len(under.to_frame()) > 0
