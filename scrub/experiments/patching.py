@@ -400,13 +400,23 @@ def run_cells(
         )
 
     clean = metric(clean_logits)
-    base = metric(_clean(model, ds, su.base, root_pos, max_batch_rows))
-    scale = metric(_clean(model, ds, su.source, root_pos, max_batch_rows))
+    # The base and source runs are evaluated like the cells (the same engine passes), so a
+    # cell that changes nothing scores exactly the base run, not the base run plus rounding.
+    plain = [
+        Cell((role,), {"out": {"components": ["logits"]}}, (("out", "other", role),))
+        for role in ("base", "source")
+    ]
+    trees = trees_of(
+        plain, su.hypothesis_base(), model, ds, {"base": su.base, "source": su.source},
+        n=su.n, seed=su.seed, file=su.experiment.file,
+    ) + trees  # fmt: skip
     engine = FastEngine(cache=cache, max_batch_rows=max_batch_rows)
     done = engine.evaluate_many(model, trees, positions=root_pos, reduce=metric)
+    base, scale, *patched = done.logits
     values = np.full((len(cells), su.n), np.nan)
     valid = np.array([c is not None for c in cells])
-    values[valid] = np.stack(done.logits) if done.logits else values[valid]
+    if patched:
+        values[valid] = np.stack(patched)
     st = grid_stats(
         values[valid],
         base,
