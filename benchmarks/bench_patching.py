@@ -38,15 +38,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformer_lens import patching as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import scrub  # noqa: E402
-from scrub._metrics import per_example_metric  # noqa: E402
-from scrub._positions import resolve_positions  # noqa: E402
-from scrub.engine.cache import split_qkv_inputs  # noqa: E402
-from scrub.experiments import experiment_from_dict, patch  # noqa: E402
-from scrub.experiments.patching import setup  # noqa: E402
+import scrub
+from scrub._metrics import per_example_metric
+from scrub._positions import resolve_positions
+from scrub.engine.cache import split_qkv_inputs
+from scrub.experiments import experiment_from_dict, patch
+from scrub.experiments.patching import setup
 
 
 def case_setup(case: str, n: int, workdir: Path):
@@ -95,8 +96,6 @@ def _status(key: str) -> int:
 
 
 def tl_inputs(su):
-    from transformer_lens import patching as tl
-
     spec = su.experiment.spec
     ds = su.dataset
     pos = torch.as_tensor(resolve_positions(spec.metric.positions, ds, su.base))
@@ -110,7 +109,7 @@ def tl_inputs(su):
 
     corrupted = ds.tokens[torch.as_tensor(su.base)]
     source = ds.tokens[torch.as_tensor(su.source)]
-    return tl, su.model.bridge, corrupted, source, metric
+    return su.model.bridge, corrupted, source, metric
 
 
 def run_case(case: str, n: int, workdir: Path) -> dict:
@@ -123,7 +122,7 @@ def run_case(case: str, n: int, workdir: Path) -> dict:
     )
     for name, exp in (("activation", act), ("direct_path", path)):
         su = setup(exp, model=model)
-        tl, bridge, corrupted, source, metric = tl_inputs(su)
+        bridge, corrupted, source, metric = tl_inputs(su)
         dataset = su.dataset
 
         def ours(exp=exp, dataset=dataset):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,7 +99,7 @@ class FastEngine:
         *,
         positions: np.ndarray | None = None,
         patterns: Sequence[Component] = (),
-        reduce: Callable[[Tensor], Tensor] | None = None,
+        reduce: Callable[[Tensor], Any] | None = None,
         on_pass: Callable[[], None] | None = None,
     ) -> Evaluated:
         """Several trees on one dataset and one reference batch, planned and run together.
@@ -220,7 +221,7 @@ class Evaluated:
         patterns: each tree's requested attention patterns, head → ``(batch, pos, pos)``.
     """
 
-    logits: list[Tensor]
+    logits: list[Any]
     patterns: list[dict[Component, Tensor]]
 
 
@@ -241,12 +242,14 @@ def _pattern_groups(
                 (
                     n
                     for n in tree.root.walk()
-                    if n.edge is not None and any(mc.component == head for mc in n.interp.components)
+                    if n.edge is not None
+                    and any(mc.component == head for mc in n.interp.components)
                 ),
                 None,
             )
             gid = plan.roots[t] if owner is None else plan.outputs[t, owner.name].group
             if gid is None:
+                assert owner is not None
                 raise ValueError(
                     f"{head.name} is mapped by {owner.name!r}, which the engine does not "
                     "evaluate (a leaf, or a subtree served from the cache): its pattern is that "

@@ -116,9 +116,10 @@ class AttentionResult:
         out.mkdir(parents=True, exist_ok=True)
         written = [out / f"{self.name}.json", out / f"{self.name}.npz"]
         written[0].write_text(self.to_json() + "\n")
-        arrays = {f"clean_{h}": v for h, v in self.clean.items()}
+        arrays: dict[str, Any] = {f"clean_{h}": v for h, v in self.clean.items()}
         arrays |= {f"under_{h}": v for h, v in self.under.items()}
-        np.savez_compressed(written[1], examples=np.asarray(self.examples), **arrays)
+        arrays["examples"] = np.asarray(self.examples)
+        np.savez_compressed(written[1], **arrays)
         if figures:
             from scrub.experiments._patch_plots import attention_figures
 
@@ -196,7 +197,9 @@ def attention(su, *, max_batch_rows: int) -> AttentionResult:
         under_label=label,
         examples=shown_rows.tolist(),
         tokens=[token_labels(ds, int(r)) for r in shown_rows],
-        lengths=[int(v) for v in lengths] if lengths is not None else [ds.seq_len] * len(shown_rows),
+        lengths=[int(v) for v in lengths]
+        if lengths is not None
+        else [ds.seq_len] * len(shown_rows),
         clean=clean,
         under=under,
         mean_abs_change=change,

@@ -39,7 +39,7 @@ from scrub._samplers import SampleContext
 from scrub._tree import SampledTree, sample_tree
 from scrub.data import Dataset
 
-__all__ = ["Cell", "GivenRows", "activation_cells", "path_cells", "components_of", "trees_of"]
+__all__ = ["Cell", "GivenRows", "activation_cells", "components_of", "path_cells", "trees_of"]
 
 
 @dataclass(frozen=True)
@@ -103,9 +103,7 @@ def _at(comp: Component, positions: tuple | None) -> str:
     return comp.name if positions is None else f"{comp.name}@{format_positions(positions)}"
 
 
-def activation_cells(
-    comps: Sequence[Component], positions: Sequence[tuple | None]
-) -> list[Cell]:
+def activation_cells(comps: Sequence[Component], positions: Sequence[tuple | None]) -> list[Cell]:
     """One cell per (component, positions): its output from the source, all paths."""
     cells = []
     for comp in comps:
@@ -141,7 +139,7 @@ def path_cells(
         for group in receivers:
             for chans in [[c] for c in channels or ()] if by_channel else [channels]:
                 for pos in positions:
-                    coords = (sender.name, "+".join(r.name for r in group))
+                    coords: tuple[Any, ...] = (sender.name, "+".join(r.name for r in group))
                     coords += ((chans[0],) if by_channel and chans else ()) + (_label(pos),)
                     cells.append(_path_cell(shape, sender, group, chans, pos, coords))
     return cells
@@ -208,8 +206,6 @@ def trees_of(
             ) from None
         for name, slot, role in cell.roles:
             interp = hyp.graph.nodes[name]["interp"]
-            hyp.graph.nodes[name]["interp"] = dataclasses.replace(
-                interp, **{slot: samplers[role]}
-            )
+            hyp.graph.nodes[name]["interp"] = dataclasses.replace(interp, **{slot: samplers[role]})
         trees.append(sample_tree(BoundHypothesis(hyp, model, dataset), n=n, seed=seed))
     return trees

@@ -156,11 +156,11 @@ def attention_figures(result, out: Path) -> list[Path]:
             side = 1.2 + 0.16 * length
             fig, panels = plt.subplots(1, 3, figsize=(3.6 * side, side + 0.6), layout="constrained")
             for ax, values, title, cmap, lim in (
-                (panels[0], clean, "clean", "Blues", (0, 1)),
-                (panels[1], under, f"under {result.under_label}", "Blues", (0, 1)),
-                (panels[2], under - clean, "difference", "RdBu_r", None),
+                (panels[0], clean, "clean", "Blues", (0.0, 1.0)),
+                (panels[1], under, f"under {result.under_label}", "Blues", (0.0, 1.0)),
+                (panels[2], under - clean, "difference", "RdBu_r", (0.0, 0.0)),
             ):
-                if lim is None:
+                if lim == (0.0, 0.0):  # diverging, symmetric around 0
                     bound = float(np.abs(values).max()) or 1.0
                     lim = (-bound, bound)
                 image = ax.imshow(values, cmap=cmap, vmin=lim[0], vmax=lim[1])
@@ -170,7 +170,9 @@ def attention_figures(result, out: Path) -> list[Path]:
                 ax.set_title(title, fontsize=9)
                 fig.colorbar(image, ax=ax, shrink=0.7)
             panels[0].set_ylabel("query (destination position)", fontsize=7)
-            fig.suptitle(f"{result.name}: {head} attention, example {result.examples[e]}", fontsize=9)
+            fig.suptitle(
+                f"{result.name}: {head} attention, example {result.examples[e]}", fontsize=9
+            )
             paths += _save(fig, out, f"{result.name}.{head}.example{e}")
             plt.close(fig)
     return paths

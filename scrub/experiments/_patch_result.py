@@ -49,12 +49,12 @@ def token_labels(dataset: Dataset, row: int) -> list[str]:
         from scrub.data.ioi_toy import Vocab
 
         vocab = Vocab.load(dataset.params.get("vocab"))
-        return [vocab.tokens[i] for i in ids]
+        return [str(vocab.tokens[i]) for i in ids]
     if dataset.params.get("family") in ("ioi", "ioi_abc"):
         from scrub._tokenizer import gpt2_tokenizer
 
         tok = gpt2_tokenizer()
-        return [tok.decode([i]) for i in ids]
+        return [str(tok.decode([i])) for i in ids]
     return [str(i) for i in ids]
 
 
@@ -241,18 +241,19 @@ class PatchResult:
         out.mkdir(parents=True, exist_ok=True)
         written = [out / f"{self.name}.json", out / f"{self.name}.npz"]
         written[0].write_text(self.to_json() + "\n")
-        labels = {f"axis_{k}": np.asarray([str(x) for x in v]) for k, v in self.axes.items()}
-        np.savez_compressed(
-            written[1],
-            valid=self.valid,
-            per_example=self.per_example,
-            clean=self.clean,
-            base=self.base_values,
-            scale=self.scale_values,
-            axes=np.asarray(list(self.axes)),
-            **labels,
+        arrays: dict[str, Any] = {
+            f"axis_{k}": np.asarray([str(x) for x in v]) for k, v in self.axes.items()
+        }
+        arrays |= {
+            "valid": self.valid,
+            "per_example": self.per_example,
+            "clean": self.clean,
+            "base": self.base_values,
+            "scale": self.scale_values,
+            "axes": np.asarray(list(self.axes)),
             **self.arrays,
-        )
+        }
+        np.savez_compressed(written[1], **arrays)
         if figures:
             from scrub.experiments._patch_plots import grid_figures
 

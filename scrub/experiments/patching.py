@@ -46,6 +46,7 @@ from scrub._schema import CondSpec, GenerateSpec
 from scrub._tree import reference_rows, stream
 from scrub.data import Dataset, make_dataset
 from scrub.engine import ActivationCache, FastEngine
+from scrub.experiments._attention import AttentionResult, attention
 from scrub.experiments._cells import Cell, activation_cells, components_of, path_cells, trees_of
 from scrub.experiments._flips import FlipSampler
 from scrub.experiments._patch_result import PatchResult
@@ -154,7 +155,7 @@ def _located(exc: pydantic.ValidationError, file: str | None, kind: str) -> Hypo
     key = tuple(p for i, p in enumerate(loc) if not (i > 0 and p in SOURCE_KINDS))
     hint = None
     if err["type"] == "extra_forbidden":
-        model = {
+        model: Any = {
             "activation": ActivationSpec,
             "path": PathSpec,
             "iterative_path": IterativePathSpec,
@@ -219,7 +220,9 @@ def setup(
         model = load_model(model or spec.model)
     if dataset is None:
         try:
-            dataset = make_dataset(spec.dataset.generator, spec.dataset.params, stream(seed, "dataset"))
+            dataset = make_dataset(
+                spec.dataset.generator, spec.dataset.params, stream(seed, "dataset")
+            )
         except HypothesisError as exc:
             raise exc.with_context(file=experiment.file, key_prefix=("dataset",)) from None
     messages: list[str] = []
@@ -275,7 +278,7 @@ def patch(
     seed: int | None = None,
     max_batch_rows: int = 4096,
     cache: ActivationCache | None = None,
-) -> PatchResult:
+) -> PatchResult | AttentionResult:
     """Run a patching experiment and return its grid with per-cell statistics.
 
     Args:
@@ -297,8 +300,6 @@ def patch(
     exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
     su = setup(exp, model=model, dataset=dataset, n=n, seed=seed)
     if isinstance(exp.spec, AttentionSpec):
-        from scrub.experiments._attention import attention
-
         return attention(su, max_batch_rows=max_batch_rows)
     try:
         axes, cells = _grid(su)
@@ -327,7 +328,10 @@ def _grid(su: Setup) -> tuple[dict[str, list], list[Cell | None]]:
     if isinstance(spec, ActivationSpec):
         comps = components_of(spec.components, shape, key=("components",))
         positions = _positions_axis(spec, su, each=True)
-        axes = {"component": [c.name for c in comps], "position": [_pos_name(p) for p in positions]}
+        axes: dict[str, list] = {
+            "component": [c.name for c in comps],
+            "position": [_pos_name(p) for p in positions],
+        }
         return axes, list(activation_cells(comps, positions))
     if isinstance(spec, PathSpec):
         senders = components_of(spec.senders, shape, key=("senders",))
@@ -412,7 +416,7 @@ def run_cells(
     ) + trees  # fmt: skip
     engine = FastEngine(cache=cache, max_batch_rows=max_batch_rows)
     done = engine.evaluate_many(model, trees, positions=root_pos, reduce=metric)
-    base, scale, *patched = done.logits
+    base, scale, *patched = (np.asarray(v) for v in done.logits)
     values = np.full((len(cells), su.n), np.nan)
     valid = np.array([c is not None for c in cells])
     if patched:
@@ -439,4 +443,3 @@ def run_cells(
         cells=[None if c is None else c.nodes for c in cells],
         versions=dict(_versions()),
     )
-
