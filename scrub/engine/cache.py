@@ -154,8 +154,7 @@ class ActivationCache:
         for start in range(0, len(rows), self.max_batch_rows):
             chunk = rows[start : start + self.max_batch_rows]
             tokens = dataset.tokens[torch.as_tensor(chunk)]
-            with split_qkv_inputs(model.bridge, False):  # outputs only: no per-head inputs
-                _, _, outs = model.run(tokens, read_outputs=comps, stop_at_layer=stop)
+            _, _, outs = model.run(tokens, read_outputs=comps, stop_at_layer=stop)
             self.rows_computed += len(chunk)
             for comp in comps:
                 slots = self._slots[comp]

@@ -28,7 +28,7 @@ tests check it on every shipped hypothesis and on random ones.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -61,11 +61,13 @@ class FastEngine:
         max_batch_rows: most rows in one forward pass; the reference batch is chunked to fit.
         kernels: compute the components of nodes that span several layers directly from their
             assembled inputs (checked against the model once), instead of in an extra row group.
+        joint_qkv: passes that need no per-head q/k/v input use the joint projection.
     """
 
     cache: ActivationCache | None = None
     max_batch_rows: int = 4096
     kernels: bool = True
+    joint_qkv: bool = field(default=False, repr=False)  # default: every pass split, so no result depends on its pass-mates
 
     def __post_init__(self) -> None:
         if self.max_batch_rows < 1:
@@ -193,6 +195,7 @@ class FastEngine:
             rows = slice(start, min(n, start + chunk))
             chunk_leaves = {key: v[rows] for key, v in leaves.items()}
             run = _ChunkRun(model, dataset, plan, rows, chunk_leaves, positions, kernels, reads)
+            run.joint_qkv = self.joint_qkv
             pieces.append(run.evaluate(tick))
             read.append(run.patterns)
             for gid in plan.signatures if keep else ():
@@ -289,6 +292,7 @@ class _ChunkRun:
         self.store: dict[tuple[int, Component], Tensor] = {}
         self.where: dict[int, slice] = {}  # gid -> its rows in the current pass
         self._resolved: dict[tuple[PositionSpec, int], Tensor] = {}
+        self.joint_qkv = False
         self.final_resid: dict[int, Tensor] = {}  # root gid -> its assembled final residual
 
     # -- helpers ----------------------------------------------------------------------------
@@ -326,7 +330,7 @@ class _ChunkRun:
             final = stop >= self.model.shape.n_layers
             hooks = self.hooks(groups, final=final)
             bridge = self.model.bridge
-            split = any(ch != "in" for g in groups for _, ch in g.targets)
+            split = not self.joint_qkv or any(ch != "in" for g in groups for _, ch in g.targets)
             try:
                 with split_qkv_inputs(bridge, split), bridge.hooks(fwd_hooks=list(hooks.items())):
                     if final:

@@ -414,7 +414,7 @@ def run_cells(
         plain, su.hypothesis_base(), model, ds, {"base": su.base, "source": su.source},
         n=su.n, seed=su.seed, file=su.experiment.file,
     ) + trees  # fmt: skip
-    engine = FastEngine(cache=cache, max_batch_rows=max_batch_rows)
+    engine = FastEngine(cache=cache, max_batch_rows=max_batch_rows, joint_qkv=True)
     done = engine.evaluate_many(model, trees, positions=root_pos, reduce=metric)
     base, scale, *patched = (np.asarray(v) for v in done.logits)
     values = np.full((len(cells), su.n), np.nan)
