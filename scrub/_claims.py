@@ -30,7 +30,7 @@ of ``inputs:``.
 
 from __future__ import annotations
 
-from itertools import combinations
+from itertools import combinations, pairwise
 
 import networkx as nx
 import numpy as np
@@ -153,7 +153,7 @@ class _Checker:
         """``b -> a.ch -> p.ch -> ... -> logits``: the path continued up to the root."""
         hyp = self.hyp
         chain = nx.shortest_path(hyp.graph, parent, hyp.root)
-        for child, up in zip(chain, chain[1:], strict=False):
+        for child, up in pairwise(chain):
             corr = hyp.edge(child, up)
             for pmc in hyp.node(up).components:
                 ch = next((c for c in corr.channels if c in pmc.component.channels), None)

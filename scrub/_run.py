@@ -124,9 +124,7 @@ def run(
     clean_pos = resolve_positions(spec.metric.positions, dataset, x)
     root_pos = resolve_positions(spec.metric.positions, dataset, o_root)
     stages = ("clean", "baseline", "scrubbed")
-    bar = tqdm(
-        total=len(stages), desc=f"scrub {hyp.name}", unit="stage", disable=_no_bar(progress)
-    )
+    bar = tqdm(total=len(stages), desc=f"scrub {hyp.name}", unit="stage", disable=_no_bar(progress))
 
     def tick() -> None:
         bar.refresh()
@@ -193,9 +191,7 @@ def run(
         return bootstrap_ci((values,), np.mean, rng=rng, confidence=confidence)
 
     clean_ci, baseline_ci, scrubbed_ci = ci(clean), ci(baseline_values), ci(scrubbed)
-    reason = _undefined_reason(
-        clean, baseline_values, scrubbed, seed=seed, confidence=confidence
-    )
+    reason = _undefined_reason(clean, baseline_values, scrubbed, seed=seed, confidence=confidence)
     if reason is None:
         recovered: float | None = float(recovered_of(clean, baseline_values, scrubbed))
         recovered_ci = bootstrap_ci(

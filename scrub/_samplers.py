@@ -35,11 +35,11 @@ if TYPE_CHECKING:
     from scrub.data import Dataset
 
 __all__ = [
+    "SELF_DRAW_WARN_FRACTION",
     "CondSampler",
     "ExactSampler",
     "FixedSampler",
     "GenerateSampler",
-    "SELF_DRAW_WARN_FRACTION",
     "SampleContext",
     "Sampler",
     "UncondSampler",

@@ -136,7 +136,7 @@ def console() -> None:
         sys.exit(main())
     try:
         code = main()
-    except Exception as exc:  # noqa: BLE001 - the last line of defence of a command
+    except Exception as exc:
         print(
             f"error: unexpected {type(exc).__name__}: {exc}\n"
             "run with SCRUB_DEBUG=1 for the traceback",

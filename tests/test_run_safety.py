@@ -174,9 +174,7 @@ def test_direct_siblings_one_upstream_of_the_other_do_not_overlap(tiny_model_dir
     binds(tiny_model_dir, tiny_model, nodes)
 
 
-def test_an_all_paths_input_downstream_of_its_sibling_is_still_rejected(
-    tiny_model_dir, tiny_model
-):
+def test_an_all_paths_input_downstream_of_its_sibling_is_still_rejected(tiny_model_dir, tiny_model):
     """Both orders of the inputs are checked: the all-paths one may be listed first."""
     nodes = {
         "out": {
@@ -192,7 +190,9 @@ def test_an_all_paths_input_downstream_of_its_sibling_is_still_rejected(
 def test_every_shipped_hypothesis_claims_each_path_once(gpt2_shaped_dir):
     for path in sorted((REPO / "hypotheses").rglob("*.yaml")):
         hyp = scrub.load_hypothesis(path)
-        model = scrub.load_model(str(gpt2_shaped_dir) if hyp.spec.model == "gpt2" else hyp.spec.model)
+        model = scrub.load_model(
+            str(gpt2_shaped_dir) if hyp.spec.model == "gpt2" else hyp.spec.model
+        )
         scrub.bind(hyp, model, scrub.make_dataset_for(hyp, seed=0))
 
 
