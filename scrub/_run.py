@@ -124,7 +124,13 @@ def run(
     clean_pos = resolve_positions(spec.metric.positions, dataset, x)
     root_pos = resolve_positions(spec.metric.positions, dataset, o_root)
     stages = ("clean", "baseline", "scrubbed")
-    bar = tqdm(total=len(stages), desc=f"scrub {hyp.name}", unit="stage", disable=_no_bar(progress))
+    bar = tqdm(  # cleared when closed, so it never shares a line with the table
+        total=len(stages),
+        desc=f"scrub {hyp.name}",
+        unit="stage",
+        disable=_no_bar(progress),
+        leave=False,
+    )
 
     def tick() -> None:
         bar.refresh()
