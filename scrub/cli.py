@@ -147,8 +147,8 @@ def console() -> None:
 
 
 @contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Silence Hugging Face's progress bars and logging while a model loads."""
+def _quiet_hf() -> Iterator[None]:
+    """Silence Hugging Face's progress bars and logging (model loading, padding advice)."""
     try:
         from transformers.utils import logging as hf_logging
     except ImportError:  # pragma: no cover - transformers is a dependency
@@ -171,7 +171,7 @@ def _load(args: argparse.Namespace):
     from scrub._model import load_model
 
     hyp = load_hypothesis(args.file)
-    with _quiet_loading():
+    with _quiet_hf():
         model = load_model(args.model or hyp.spec.model)
     return hyp, model
 
@@ -223,7 +223,7 @@ def _run(args: argparse.Namespace) -> int:
         _check_writable(args.out)  # before the run, which may take long
     hyp, model = _load(args)
     assert isinstance(model, ScrubModel)
-    with warnings.catch_warnings():  # the table lists them; don't print them twice
+    with warnings.catch_warnings(), _quiet_hf():  # the table lists the warnings
         warnings.simplefilter("ignore", ScrubWarning)
         result = run(
             hyp,
