@@ -38,7 +38,9 @@ def main() -> None:
                           n=args.n, seed=args.seed)  # fmt: skip
         clean, baseline = r.clean, r.baseline
         lo, hi = r.recovered_ci
-        print(f"| `{name}.yaml` | {r.scrubbed:.3f} | {_fraction(r.recovered)} | [{lo:.3f}, {hi:.3f}] |")
+        print(
+            f"| `{name}.yaml` | {r.scrubbed:.3f} | {_fraction(r.recovered)} | [{lo:.3f}, {hi:.3f}] |"
+        )
     print(f"\nclean loss {clean:.3f}, baseline (resample_all) loss {baseline:.3f}")
 
 
