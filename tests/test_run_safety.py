@@ -286,6 +286,14 @@ def test_an_exploding_tree_fails_fast_with_its_size(tiny_model_dir):
     assert info.value.key == ("nodes",)
 
 
+def test_check_refuses_an_exploding_tree(tmp_path, gpt2_shaped_dir, capsys):
+    path = write(tmp_path, base_spec(gpt2_shaped_dir, nodes=_layers(8, 8)))
+    assert main(["check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "would make 19,173,961 tree nodes" in err and str(path) in err
+    assert "Traceback" not in err
+
+
 def test_the_tree_size_limit_is_overridable(tiny_model_dir, tiny_model):
     hyp = hyp_of(tiny_model_dir, _layers(2, 2))
     assert tree_size(hyp) == sum(1 for _ in scrub.treeify(hyp).walk()) == 7
