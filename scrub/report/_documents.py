@@ -43,7 +43,8 @@ __all__ = [
 KIND_ALIASES = {"run": "scrub_result", "scrub_result": "scrub_result", "result": "scrub_result"}
 """``kind`` values that mean a ``scrub run`` result."""
 
-_RESULT_KEYS = {"hypothesis", "metric", "per_example"}
+_RESULT_KEYS = {"recovered", "scrubbed", "per_example"}
+"""A document with ``hypothesis`` and one of these is a ``scrub run`` result, even if partial."""
 
 
 class ReportError(Exception):
@@ -80,7 +81,7 @@ def detect_kind(data: Mapping[str, Any]) -> str:
     kind = data.get("kind")
     if isinstance(kind, str) and kind:
         return KIND_ALIASES.get(kind, kind)
-    if set(data) >= _RESULT_KEYS:
+    if "hypothesis" in data and _RESULT_KEYS & set(data):
         return "scrub_result"
     return "unknown"
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -68,9 +69,16 @@ class ForestRow:
 def _svg(fig: Figure, salt: str) -> str:
     buf = io.StringIO()
     with matplotlib.rc_context({"svg.hashsalt": salt}):
-        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata=_NO_METADATA)
     text = buf.getvalue()
-    return text[text.index("<svg") :]
+    text = text[text.index("<svg") :]
+    # matplotlib names elements figure_1, axes_1, ... in every figure: make them page-unique.
+    text = re.sub(r'\bid="([^"]+)"', rf'id="{salt}-\1"', text)
+    return re.sub(r'(url\(#|xlink:href="#|href="#)([^")]+)', rf"\1{salt}-\2", text)
+
+
+# No RDF block: it would only carry the date, the creator and namespace URLs.
+_NO_METADATA = {"Date": None, "Creator": None, "Format": None, "Type": None}
 
 
 def forest(
