@@ -416,7 +416,7 @@ def compare_results(docs: Sequence[Document], key: str) -> Markup:
                     forest_rows, xlabel="fraction of the metric recovered", key=f"{key}-forest"
                 ),
                 f"Fraction recovered by each hypothesis, with {pct} paired bootstrap CIs "
-                "(each over its own reference examples).",
+                "(over each result's reference examples).",
                 kind="forest",
             ),
             table(("hypothesis", "clean", "baseline", "scrubbed", "recovered", "CI"), rows),
