@@ -17,7 +17,7 @@ import numpy as np
 from scrub._errors import HypothesisError
 from scrub.report._documents import Document, Skip, candidate_paths, get_str, sha256_of
 
-__all__ = ["Context"]
+__all__ = ["Context", "locate_hypothesis"]
 
 MAX_CATEGORIES = 12
 """A dataset field with more distinct values over the reference rows is not broken down by."""
@@ -55,7 +55,7 @@ class Context:
         return found
 
     def _find_hypothesis(self) -> Any:
-        from scrub._hypothesis import hypothesis_from_dict, load_hypothesis
+        from scrub._hypothesis import hypothesis_from_dict
 
         doc = self.doc
         if doc.context.get("hypothesis") is not None:
@@ -71,25 +71,7 @@ class Context:
         recorded = get_str(doc.data, "hypothesis_file")
         if recorded is None:
             raise Skip("the result records no hypothesis file, so the hypothesis cannot be drawn")
-        candidates = candidate_paths(doc, recorded)
-        existing = [p for p in candidates if p.is_file()]
-        if not existing:
-            raise Skip(
-                f"the hypothesis file {recorded} is not found (looked at "
-                f"{', '.join(str(p) for p in candidates)})"
-            )
-        want = get_str(doc.data, "hypothesis_sha256")
-        matching = [p for p in existing if want is None or sha256_of(p) == want]
-        if not matching:
-            raise Skip(
-                f"the hypothesis file {existing[0]} has changed since this result was made "
-                f"(its sha256 is {(sha256_of(existing[0]) or '?')[:12]}…, the result records "
-                f"{(want or '?')[:12]}…), so it may not be the hypothesis that was scored"
-            )
-        try:
-            return load_hypothesis(matching[0])
-        except HypothesisError as exc:
-            raise Skip(f"the hypothesis file no longer loads: {exc}") from None
+        return locate_hypothesis(doc, recorded, get_str(doc.data, "hypothesis_sha256"))
 
     def reference_fields(self) -> tuple[dict[str, np.ndarray], str]:
         """Categorical dataset fields of the reference rows, and where they came from.
@@ -152,6 +134,34 @@ class Context:
             if 2 <= len(np.unique(picked.astype(str))) <= MAX_CATEGORIES:
                 fields[name] = picked
         return fields, source
+
+
+def locate_hypothesis(doc: Document, recorded: str, want: str | None) -> Any:
+    """Load the hypothesis file a document names, if it is still the file that was scored.
+
+    Raises:
+        Skip: not found, changed since (its sha256 differs from ``want``), or invalid now.
+    """
+    from scrub._hypothesis import load_hypothesis
+
+    candidates = candidate_paths(doc, recorded)
+    existing = [p for p in candidates if p.is_file()]
+    if not existing:
+        raise Skip(
+            f"the hypothesis file {recorded} is not found (looked at "
+            f"{', '.join(str(p) for p in candidates)})"
+        )
+    matching = [p for p in existing if want is None or sha256_of(p) == want]
+    if not matching:
+        raise Skip(
+            f"the hypothesis file {existing[0]} has changed since this result was made "
+            f"(its sha256 is {(sha256_of(existing[0]) or '?')[:12]}…, the result records "
+            f"{(want or '?')[:12]}…), so it may not be the hypothesis that was scored"
+        )
+    try:
+        return load_hypothesis(matching[0])
+    except HypothesisError as exc:
+        raise Skip(f"the hypothesis file no longer loads: {exc}") from None
 
 
 def _canonical(value: Any) -> str:

@@ -40,8 +40,17 @@ __all__ = [
     "load_document",
 ]
 
-KIND_ALIASES = {"run": "scrub_result", "scrub_result": "scrub_result", "result": "scrub_result"}
-"""``kind`` values that mean a ``scrub run`` result."""
+KIND_ALIASES = {
+    "run": "scrub_result",
+    "scrub_result": "scrub_result",
+    "result": "scrub_result",
+    "compare": "comparison",
+    "diagnose": "diagnosis",
+    "activation": "patching",
+    "path": "patching",
+    "iterative_path": "patching",
+}
+"""``kind`` values and the kind of document they mean (``scrub patch`` writes its experiment's)."""
 
 _RESULT_KEYS = {"recovered", "scrubbed", "per_example"}
 """A document with ``hypothesis`` and one of these is a ``scrub run`` result, even if partial."""
@@ -77,10 +86,15 @@ class Document:
 
 
 def detect_kind(data: Mapping[str, Any]) -> str:
-    """The document's kind: its ``kind`` key, or ``scrub_result`` for ``scrub run`` JSON."""
+    """The document's kind: its ``kind`` key, else guessed from its keys (``scrub run``,
+    ``scrub compare`` and ``scrub diagnose`` JSON have no ``kind``), else ``unknown``."""
     kind = data.get("kind")
     if isinstance(kind, str) and kind:
         return KIND_ALIASES.get(kind, kind)
+    if {"experiment", "hypotheses", "pairs"} <= set(data):
+        return "comparison"
+    if {"experiment", "rows", "hypothesis"} <= set(data):
+        return "diagnosis"
     if "hypothesis" in data and _RESULT_KEYS & set(data):
         return "scrub_result"
     return "unknown"

@@ -143,13 +143,15 @@ def inspect_page(
         def child_fds() -> None:  # runs in the child, before exec: the protocol's fds 3 and 4
             high_r = fcntl.fcntl(to_browser_r, fcntl.F_DUPFD, 10)
             high_w = fcntl.fcntl(from_browser_w, fcntl.F_DUPFD, 10)
-            os.dup2(high_r, 3)
+            os.dup2(high_r, 3)  # dup2 makes them inheritable
             os.dup2(high_w, 4)
+            os.close(high_r)
+            os.close(high_w)
 
         proc = subprocess.Popen(
             [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},900"],
             preexec_fn=child_fds,
-            pass_fds=(3, 4),  # kept open in the child after child_fds has set them
+            close_fds=False,  # keeps fds 3 and 4; Python's own fds are not inheritable anyway
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

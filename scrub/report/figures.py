@@ -23,7 +23,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["COLOURS", "ForestRow", "distribution", "forest"]
+__all__ = ["COLOURS", "ForestRow", "distribution", "forest", "heatmap"]
 
 COLOURS = {"clean": "#009E73", "baseline": "#E69F00", "scrubbed": "#0072B2", "ink": "#333333"}
 """Okabe–Ito colours (distinguishable with the common colour-vision deficiencies)."""
@@ -146,6 +146,20 @@ def forest(
                 for end in row.ci:
                     ax.vlines(end, y - 0.13, y + 0.13, color=COLOURS["scrubbed"], linewidth=1.2)
             ax.plot([row.value], [y], "o", color=COLOURS["scrubbed"], markersize=6.5, zorder=3)
+            text = f"{row.value:.3f}" + (
+                f"  [{row.ci[0]:.3f}, {row.ci[1]:.3f}]" if row.ci is not None else ""
+            )
+            ax.annotate(
+                text,
+                (1.0, y),
+                xycoords=("axes fraction", "data"),
+                xytext=(8, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=9,
+                color=COLOURS["ink"],
+                family="monospace",
+            )
         ax.set_yticks(ys, [row.label for row in rows])
         ax.set_ylim(-0.6, len(rows) - 0.4)
         ax.grid(axis="y", visible=False)
@@ -198,4 +212,56 @@ def distribution(
         ax.set_xlabel(xlabel)
         ax.set_ylabel("examples")
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=len(arrays), fontsize=9)
+        return _svg(fig, key)
+
+
+def heatmap(
+    values: np.ndarray,
+    *,
+    rows: Sequence[str],
+    columns: Sequence[str],
+    ylabel: str,
+    xlabel: str,
+    value_label: str,
+    key: str,
+) -> str:
+    """A grid of values on a diverging scale centred at 0; NaN cells (not a path) are grey.
+
+    Args:
+        values: shape ``(len(rows), len(columns))``.
+        rows, columns: the axes' labels.
+        ylabel, xlabel: what the axes are.
+        value_label: what the colour means (the colour bar's label).
+        key: unique name of the figure on its page.
+
+    Returns:
+        The SVG element, as text.
+    """
+    values = np.asarray(values, dtype=float)
+    if values.shape != (len(rows), len(columns)):
+        raise ValueError(f"a {values.shape} grid with {len(rows)} × {len(columns)} labels")
+    finite = values[np.isfinite(values)]
+    scale = float(np.abs(finite).max()) if finite.size else 1.0
+    scale = scale or 1.0
+    with matplotlib.rc_context(_STYLE):
+        width = min(11.0, 2.8 + 0.42 * len(columns))
+        height = min(14.0, 1.4 + 0.3 * len(rows))
+        fig = Figure(figsize=(width, height))
+        ax = fig.add_subplot()
+        cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#d9d9d9")
+        image = ax.imshow(
+            np.ma.masked_invalid(values),
+            cmap=cmap,
+            vmin=-scale,
+            vmax=scale,
+            aspect="auto",
+            interpolation="nearest",
+        )
+        ax.set_xticks(range(len(columns)), list(columns), rotation=60, ha="right", fontsize=8.5)
+        ax.set_yticks(range(len(rows)), list(rows), fontsize=8.5)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(False)
+        bar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
+        bar.set_label(value_label)
         return _svg(fig, key)

@@ -26,7 +26,7 @@ from types import MappingProxyType
 import jinja2
 from markupsafe import Markup
 
-from scrub.report import _result_sections
+from scrub.report import _experiment_sections, _result_sections
 from scrub.report._context import Context
 from scrub.report._documents import Document, Skip, load_document
 from scrub.report._html import kv_table, note
@@ -36,7 +36,12 @@ __all__ = ["KIND_SECTIONS", "Section", "build_report", "write_report"]
 SectionFn = Callable[[Context], Markup]
 
 KIND_SECTIONS: MappingProxyType[str, tuple[tuple[str, str, SectionFn], ...]] = MappingProxyType(
-    {"scrub_result": _result_sections.SECTIONS}
+    {
+        "scrub_result": _result_sections.SECTIONS,
+        "comparison": _experiment_sections.COMPARISON_SECTIONS,
+        "diagnosis": _experiment_sections.DIAGNOSIS_SECTIONS,
+        "patching": _experiment_sections.PATCHING_SECTIONS,
+    }
 )
 """Per document kind: its sections as ``(id, title, renderer)``, in page order."""
 
