@@ -258,3 +258,130 @@ def test_report_cli_errors(tmp_path, capsys):
     assert main(["report", str(listing), "--out", str(tmp_path / "r.html")]) == 1
     assert main(["report", str(tmp_path / "missing.json"), "--out", str(tmp_path / "r.html")]) == 1
     assert not (tmp_path / "r.html").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Experiment results (scrub compare / diagnose / patch). Their formats live on other branches
+# and are young: these documents have the shapes the sections read (see
+# scrub/report/_experiment_sections.py), and each test also drops fields.
+def _comparison(induction_results) -> dict:
+    hyps = []
+    for path in induction_results:
+        d = json.loads(path.read_text())
+        hyps.append(
+            {
+                "name": d["hypothesis"],
+                "file": d["hypothesis_file"],
+                "sha256": d["hypothesis_sha256"],
+                "recovered": d["recovered"],
+                "ci": d["recovered_ci"],
+                "warnings": ["a warning of " + d["hypothesis"]],
+            }
+        )
+    pair = {"a": hyps[0]["name"], "b": hyps[1]["name"], "difference": 0.5, "ci": [0.4, 0.6]}
+    pair.update(p=0.0002, p_holm=0.0004, verdict="a recovers more")
+    return {"experiment": {"model": "induction", "n": 16}, "hypotheses": hyps, "pairs": [pair]}
+
+
+def test_comparison_document(induction_results):
+    data = _comparison(induction_results)
+    doc = _doc(data, induction_results[0])
+    assert doc.kind == "comparison"
+    html = build_report([doc], strict=True)
+    page = Page(html)
+    assert {"experiment", "forest", "pairs", "graph", "warnings", "provenance"} <= page.kinds()
+    assert page.figures.count("forest") == 1 and page.figures.count("pairs") == 1
+    assert page.figures.count("graph") == (2 if HAS_DOT else 0)
+    assert (
+        ">0.0004<" in html and "a recovers more" in html and "a warning of induction-kcomp" in html
+    )
+    del data["pairs"]
+    data["hypotheses"][0].pop("file")
+    html = build_report([_doc(data, induction_results[0])], strict=True)
+    assert "the result records no pairs" in html and "no hypothesis file recorded" in html
+
+
+def test_diagnosis_document():
+    rows = [
+        {
+            "node": "prev",
+            "change": "drop",
+            "recovered": 0.3,
+            "difference": -0.6,
+            "ci": [-0.7, -0.5],
+            "p": 0.001,
+        },
+        {
+            "node": "ind",
+            "change": "exact",
+            "recovered": None,
+            "difference": None,
+            "ci": [None, None],
+        },
+    ]
+    data = {
+        "hypothesis": "h",
+        "experiment": {"n": 8},
+        "recovered": 0.9,
+        "ci": [0.8, 1.0],
+        "rows": rows,
+    }
+    doc = _doc(data)
+    assert doc.kind == "diagnosis"
+    html = build_report([doc], strict=True)
+    assert Page(html).figures == ["ranking"] and "prev: drop" in html and "undefined" in html
+
+
+def test_patching_documents():
+    grid = [[0.1, None, 0.5], [1.0, -0.2, 0.0]]
+    data = {
+        "kind": "activation",
+        "name": "heads",
+        "axes": {"component": ["a0.h0", "a0.h1"], "position": [0, 1, "END"]},
+        "normalized": grid,
+        "warnings": [],
+    }
+    doc = _doc(data)
+    assert doc.kind == "patching"
+    page = Page(build_report([doc], strict=True))
+    assert page.figures == ["heatmap"]
+    four = {
+        "kind": "path",
+        "axes": {
+            "sender": ["a0.h0", "a0.h1"],
+            "receiver": ["a1.h0"],
+            "channel": ["q", "k"],
+            "position": [0],
+        },
+        "normalized": [[[[None], [None]], [[None], [None]]]] * 2,
+        "effect": [[[[0.1], [0.2]]], [[[0.3], [-0.1]]]],
+        "normalized_undefined": "source and base agree",
+    }
+    html = build_report([_doc(four)], strict=True)
+    assert Page(html).figures == ["heatmap", "heatmap"]  # one per channel (receiver, position: 1)
+    assert "Showing effect" in html and "source and base agree" in html
+    four["effect"] = [[1, 2]]  # wrong shape
+    html = build_report([_doc(four)], strict=True)
+    assert "does not have the axes&#39; shape" in html
+
+
+def test_attention_document():
+    tokens = ["<bos>", "a", "b", "a"]
+    pattern = np.tril(np.ones((4, 4))) / np.arange(1, 5)[:, None]
+    data = {
+        "kind": "attention",
+        "heads": ["a1.h0", "a1.h3"],
+        "tokens": [tokens],
+        "lengths": [4],
+        "clean": {"a1.h0": [pattern.tolist()], "a1.h3": [pattern.tolist()]},
+        "under": {"a1.h0": [np.eye(4).tolist()]},
+        "under_label": "hypothesis kcomp",
+        "mean_abs_change": {"a1.h0": 0.25},
+    }
+    html = build_report([_doc(data)], strict=True)
+    assert Page(html).figures == ["attention", "attention"]
+    assert "under hypothesis kcomp" in html and "mean |change| over all examples 0.250" in html
+    del data["tokens"]
+    assert "no clean attention patterns with their tokens" in build_report(
+        [_doc(data)], strict=True
+    )

@@ -91,7 +91,7 @@ def detect_kind(data: Mapping[str, Any]) -> str:
     kind = data.get("kind")
     if isinstance(kind, str) and kind:
         return KIND_ALIASES.get(kind, kind)
-    if {"experiment", "hypotheses", "pairs"} <= set(data):
+    if {"experiment", "hypotheses"} <= set(data):
         return "comparison"
     if {"experiment", "rows", "hypothesis"} <= set(data):
         return "diagnosis"

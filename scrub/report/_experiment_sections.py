@@ -1,4 +1,4 @@
-"""Sections of experiment results: comparisons, diagnoses and patching grids.
+"""Sections of experiment results: comparisons, diagnoses, patching grids, attention maps.
 
 These formats (``scrub compare``, ``scrub diagnose``, ``scrub patch``) are young, so every
 section reads its fields through the defensive getters and skips, with the reason, what it does
@@ -9,6 +9,8 @@ not find. The shapes drawn here:
   ``p``, ``p_holm``, ``verdict``);
 - ``diagnosis``: ``hypothesis``, ``recovered``, ``ci`` and ``rows`` (``node``, ``change``,
   ``recovered``, ``difference``, ``ci``, ``p``);
+- ``attention``: ``heads``, ``tokens`` (per example), ``clean`` and ``under`` (head →
+  patterns per example, query × key), ``under_label``, ``mean_abs_change``;
 - ``patching`` (kinds ``activation``, ``path``, ``iterative_path``): ``axes`` (name → labels)
   and statistic arrays shaped like them (``normalized``, ``effect``, ``mean``), NaN/null where a
   cell is not a path of the model.
@@ -32,7 +34,12 @@ from scrub.report._context import Context, locate_hypothesis
 from scrub.report._documents import Skip, get_ci, get_num, get_str
 from scrub.report._html import ci_text, figure, kv_table, note, num_text, table
 
-__all__ = ["COMPARISON_SECTIONS", "DIAGNOSIS_SECTIONS", "PATCHING_SECTIONS"]
+__all__ = [
+    "ATTENTION_SECTIONS",
+    "COMPARISON_SECTIONS",
+    "DIAGNOSIS_SECTIONS",
+    "PATCHING_SECTIONS",
+]
 
 MAX_FACETS = 8
 
@@ -76,7 +83,14 @@ def provenance_section(ctx: Context) -> Markup:
     pairs: list[tuple[str, object]] = [("source", ctx.doc.source)]
     command = ctx.doc.context.get("command_line")
     pairs.append(("command line", " ".join(command) if command else "not recorded in the result"))
-    pairs += [(k, _short(v)) for k, v in sorted(data.items()) if k not in shown]
+    for k, v in sorted(data.items()):
+        if k in shown:
+            continue
+        if isinstance(v, list | dict) and len(json.dumps(v, default=str)) > 300:
+            size = "entries" if isinstance(v, dict) else "items"
+            pairs.append((k, f"{type(v).__name__} of {len(v)} {size} (in the JSON file)"))
+        else:
+            pairs.append((k, _short(v)))
     return kv_table(pairs)
 
 
@@ -304,6 +318,61 @@ def _finite_any(value: Any) -> bool:
         return False
     return bool(np.isfinite(flat).any())
 
+
+MAX_HEADS = 4
+
+
+def attention_section(ctx: Context) -> Markup:
+    data = ctx.doc.data
+    heads = data.get("heads")
+    clean, under = data.get("clean"), data.get("under")
+    tokens, lengths = data.get("tokens"), data.get("lengths")
+    if not isinstance(heads, list) or not heads:
+        raise Skip("the result records no heads")
+    if not isinstance(clean, dict) or not isinstance(tokens, list) or not tokens:
+        raise Skip("the result records no clean attention patterns with their tokens")
+    example_tokens = [str(t) for t in tokens[0]]
+    size = len(example_tokens)
+    if isinstance(lengths, list) and lengths and isinstance(lengths[0], int):
+        size = min(size, lengths[0])
+    label = get_str(data, "under_label") or "intervention"
+    recorded_change = data.get("mean_abs_change")
+    change: dict[str, Any] = recorded_change if isinstance(recorded_change, dict) else {}
+    parts = []
+    for i, head in enumerate(heads[:MAX_HEADS]):
+        maps = []
+        for title, source in (("clean", clean), (f"under {label}", under)):
+            if not isinstance(source, dict) or head not in source:
+                continue
+            pattern = np.array(_none_to_nan(source[head]), dtype=float)
+            if pattern.ndim == 3:
+                pattern = pattern[0]
+            maps.append((title, pattern[:size, :size]))
+        if not maps:
+            parts.append(note(f"Not shown: no patterns recorded for {head}.", cls="note skipped"))
+            continue
+        svg = figures.attention_maps(maps, tokens=example_tokens[:size], key=f"{ctx.key}-att{i}")
+        moved = get_num(change, str(head))
+        caption = f"{head}: attention on the first reference example" + (
+            f"; mean |change| over all examples {moved:.3f}" if moved is not None else ""
+        )
+        parts.append(figure(svg, caption + ".", kind="attention"))
+    if len(heads) > MAX_HEADS:
+        parts.append(note(f"{len(heads) - MAX_HEADS} more heads are not drawn."))
+    return Markup("").join(parts)
+
+
+def _none_to_nan(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_none_to_nan(v) for v in value]
+    return np.nan if value is None else value
+
+
+ATTENTION_SECTIONS = (
+    ("attention", "Attention patterns", attention_section),
+    ("warnings", "Warnings", warnings_section),
+    ("provenance", "Provenance", provenance_section),
+)
 
 PATCHING_SECTIONS = (
     ("heatmap", "Patching grid", patching_grid),

@@ -23,7 +23,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["COLOURS", "ForestRow", "distribution", "forest", "heatmap"]
+__all__ = ["COLOURS", "ForestRow", "attention_maps", "distribution", "forest", "heatmap"]
 
 COLOURS = {"clean": "#009E73", "baseline": "#E69F00", "scrubbed": "#0072B2", "ink": "#333333"}
 """Okabe–Ito colours (distinguishable with the common colour-vision deficiencies)."""
@@ -264,4 +264,45 @@ def heatmap(
         ax.grid(False)
         bar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
         bar.set_label(value_label)
+        return _svg(fig, key)
+
+
+def attention_maps(
+    maps: Sequence[tuple[str, np.ndarray]],
+    *,
+    tokens: Sequence[str],
+    key: str,
+) -> str:
+    """Attention patterns side by side (query rows × key columns), on one 0–1 scale.
+
+    Args:
+        maps: ``(title, pattern)``, each pattern ``(len(tokens), len(tokens))``.
+        tokens: the tokens, labelling both axes.
+        key: unique name of the figure on its page.
+
+    Returns:
+        The SVG element, as text.
+    """
+    size = len(tokens)
+    with matplotlib.rc_context(_STYLE):
+        side = min(5.5, 1.2 + 0.16 * size)
+        fig = Figure(figsize=(side * len(maps) + 0.8, side + 0.4), layout="constrained")
+        axes = fig.subplots(1, len(maps), squeeze=False)[0]
+        image = None
+        for ax, (title, pattern) in zip(axes, maps, strict=True):
+            pattern = np.asarray(pattern, dtype=float)
+            if pattern.shape != (size, size):
+                raise ValueError(f"an attention pattern of shape {pattern.shape} for {size} tokens")
+            image = ax.imshow(
+                np.ma.masked_invalid(pattern), cmap="Blues", vmin=0, vmax=1, interpolation="nearest"
+            )
+            ax.set_title(title, fontsize=10)
+            ax.set_xticks(range(size), list(tokens), rotation=90, fontsize=7)
+            ax.set_yticks(range(size), list(tokens), fontsize=7)
+            ax.set_xlabel("key token")
+            ax.set_ylabel("query token")
+            ax.grid(False)
+        assert image is not None, "maps is not empty"
+        bar = fig.colorbar(image, ax=list(axes), fraction=0.03, pad=0.02)
+        bar.set_label("attention")
         return _svg(fig, key)

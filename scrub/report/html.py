@@ -41,6 +41,7 @@ KIND_SECTIONS: MappingProxyType[str, tuple[tuple[str, str, SectionFn], ...]] = M
         "comparison": _experiment_sections.COMPARISON_SECTIONS,
         "diagnosis": _experiment_sections.DIAGNOSIS_SECTIONS,
         "patching": _experiment_sections.PATCHING_SECTIONS,
+        "attention": _experiment_sections.ATTENTION_SECTIONS,
     }
 )
 """Per document kind: its sections as ``(id, title, renderer)``, in page order."""
@@ -89,7 +90,7 @@ def _render(section_id: str, title: str, fn: Callable[[], Markup], *, strict: bo
 def _block(doc: Document, index: int, *, strict: bool) -> Block:
     key = f"r{index}"
     ctx = Context(doc=doc, key=key, strict=strict)
-    title = str(doc.data.get("hypothesis") or doc.data.get("name") or doc.source)
+    title = _title(doc)
     subtitle = f"from {doc.source}" if doc.path is not None else ""
     specs = KIND_SECTIONS.get(doc.kind)
     if specs is None:
@@ -105,6 +106,16 @@ def _block(doc: Document, index: int, *, strict: bool) -> Block:
         for sid, stitle, fn in specs
     )
     return Block(key, doc.kind, title, subtitle, sections)
+
+
+def _title(doc: Document) -> str:
+    data = doc.data
+    if doc.kind == "comparison" and isinstance(data.get("hypotheses"), list):
+        names = [str(h.get("name")) for h in data["hypotheses"] if isinstance(h, dict)]
+        return "comparison: " + ", ".join(names)
+    if doc.kind == "diagnosis" and data.get("hypothesis"):
+        return f"diagnosis: {data['hypothesis']}"
+    return str(data.get("hypothesis") or data.get("name") or doc.source)
 
 
 def _unknown(doc: Document, key: str) -> Section:
