@@ -358,7 +358,7 @@ def test_patching_documents():
         "normalized_undefined": "source and base agree",
     }
     html = build_report([_doc(four)], strict=True)
-    assert Page(html).figures == ["heatmap", "heatmap"]  # one per channel (receiver, position: 1)
+    assert Page(html).figures == ["heatmap"]  # sender × channel; receiver and position have one
     assert "Showing effect" in html and "source and base agree" in html
     four["effect"] = [[1, 2]]  # wrong shape
     html = build_report([_doc(four)], strict=True)

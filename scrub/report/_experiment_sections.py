@@ -15,8 +15,9 @@ not find. The shapes drawn here:
   and statistic arrays shaped like them (``normalized``, ``effect``, ``mean``), NaN/null where a
   cell is not a path of the model.
 
-Pitfall: a patching grid with more than two axes is drawn as one heatmap per combination of the
-other axes' labels, at most :data:`MAX_FACETS`; more are not drawn (the note says so).
+Pitfall: a patching grid with more than two axes is drawn over its two longest axes, one
+heatmap per combination of the other axes' labels, at most :data:`MAX_FACETS`; more are not
+drawn (the note says so).
 """
 
 from __future__ import annotations
@@ -270,6 +271,11 @@ def patching_grid(ctx: Context) -> Markup:
     if len(names) == 1:
         values, names, shape = values[:, None], [*names, ""], (*shape, 1)
         axes = {**axes, "": [""]}
+    # The two longest axes (in their order) make the grid; the others make facets.
+    longest = sorted(sorted(range(len(names)), key=lambda i: -shape[i])[:2])
+    order = longest + [i for i in range(len(names)) if i not in longest]
+    values = np.transpose(values, order)
+    names = [names[i] for i in order]
     rest = names[2:]
     combos = list(itertools.product(*[range(len(axes[n])) for n in rest]))
     parts = []
