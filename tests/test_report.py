@@ -205,9 +205,12 @@ def test_missing_and_unknown_fields_become_notes(induction_results):
 
 def test_undefined_recovered_shows_its_reason(induction_results):
     data = json.loads(induction_results[0].read_text())
-    data.update(recovered=None, recovered_ci=[None, None], recovered_reason="clean = baseline")
+    data.update(recovered=None, recovered_ci=[None, None])
+    data["recovered_undefined_reason"] = "clean = baseline"
+    data["self_draws"] = {"prev": {"sampler": 0.25, "other": 0.0}}
     html = build_report([_doc(data, induction_results[0])], strict=True)
     assert "undefined" in html and "clean = baseline" in html
+    assert "prev: sampler 25%, other 0%" in html
 
 
 def test_unknown_kind_gets_a_page():

@@ -38,6 +38,7 @@ KNOWN_KEYS = frozenset(
         *("clean", "baseline", "scrubbed", "clean_ci", "baseline_ci", "scrubbed_ci"),
         *("recovered", "recovered_ci", "per_example", "per_example_clean"),
         *("per_example_baseline", "reference", "draws", "warnings", "versions"),
+        *("recovered_undefined_reason", "baseline_rows", "self_draws", "generated"),
     )
 )
 
@@ -65,7 +66,7 @@ def _direction(metric: object) -> str:
 
 def recovered_reason(data: Mapping[str, Any]) -> str | None:
     """Why ``recovered`` is undefined, in the result's words if it gives them."""
-    for key in ("recovered_reason", "recovered_undefined", "undefined_reason", "reason"):
+    for key in ("recovered_undefined_reason", "recovered_reason", "undefined_reason", "reason"):
         if get_str(data, key):
             return data[key]
     return None
@@ -334,6 +335,17 @@ def provenance(ctx: Context) -> Markup:
     draws = data.get("draws")
     if isinstance(draws, dict):
         pairs.append(("draws recorded", f"{len(draws)} (node and node.other rows)"))
+    self_draws = data.get("self_draws")
+    if isinstance(self_draws, dict) and self_draws:
+        text = "; ".join(
+            f"{node}: " + ", ".join(f"{k} {_fraction(v)}" for k, v in roles.items())
+            for node, roles in self_draws.items()
+            if isinstance(roles, dict)
+        )
+        pairs.append(("rows drawn as their parent's own example", text))
+    for key, what in (("generated", "generated examples"), ("baseline_rows", "baseline rows")):
+        if isinstance(data.get(key), list | dict):
+            pairs.append((what + " recorded", str(len(data[key]))))
     extra = sorted(set(data) - KNOWN_KEYS)
     parts = [kv_table(pairs)]
     if extra:
@@ -341,6 +353,10 @@ def provenance(ctx: Context) -> Markup:
         parts.append(Markup("<h4>other recorded fields</h4>"))
         parts.append(kv_table(shown))
     return Markup("").join(parts)
+
+
+def _fraction(value: object) -> str:
+    return f"{value:.0%}" if isinstance(value, int | float) else str(value)
 
 
 def _short(value: object, limit: int = 300) -> str:
