@@ -156,3 +156,46 @@ def test_the_checker_sees_errors(tmp_path):
     assert any("broken" in c for c in seen.console)
     assert seen.failed or any("missing.png" in c or "ERR_FILE_NOT_FOUND" in c for c in seen.console)
     assert seen.elements["#shown"][0]["visible"] and not seen.elements["#hidden"][0]["visible"]
+
+
+def test_experiment_pages(results, shots):
+    """Comparison, diagnosis, patching grid and attention documents (the shapes of
+    tests/test_report.py's), on one page."""
+    import numpy as np
+
+    from tests.test_report import _comparison
+
+    grid = {
+        "kind": "activation",
+        "name": "heads",
+        "axes": {"component": ["a0.h0", "a0.h1", "a1.h0"], "position": [0, 1, 2, "END"]},
+        "normalized": np.linspace(-1, 1, 12).reshape(3, 4).tolist(),
+    }
+    pattern = (np.tril(np.ones((5, 5))) / np.arange(1, 6)[:, None]).tolist()
+    attention = {
+        "kind": "attention",
+        "heads": ["a1.h0"],
+        "tokens": [["<bos>", "a", "b", "a", "b"]],
+        "clean": {"a1.h0": [pattern]},
+        "under": {"a1.h0": [np.eye(5).tolist()]},
+        "under_label": "hypothesis kcomp",
+    }
+    diagnosis = {
+        "hypothesis": "h",
+        "experiment": {"n": 8},
+        "recovered": 0.9,
+        "rows": [{"node": "prev", "change": "drop", "difference": -0.6, "ci": [-0.7, -0.5]}],
+    }
+    comparison = _comparison(results["comparison"])
+    path = results["comparison"][0]
+    docs = [
+        Document(data=comparison, kind="comparison", source="c.json", path=path),
+        Document(data=diagnosis, kind="diagnosis", source="d.json"),
+        Document(data=grid, kind="patching", source="g.json"),
+        Document(data=attention, kind="attention", source="a.json"),
+    ]
+    figures = ["forest", "pairs", "ranking", "heatmap", "attention"]
+    selectors = [f'figure[data-figure="{f}"] svg' for f in figures]
+    seen = _look(build_report(docs, strict=True), "experiments", shots, selectors)
+    for selector in selectors:
+        _visible(seen, selector, 1)
