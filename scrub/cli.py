@@ -1,4 +1,5 @@
-"""The scrub command: scrub run FILE, scrub check FILE and scrub graph FILE.
+"""The scrub command: scrub run FILE, scrub check FILE, scrub graph FILE and
+scrub report RESULT.json ....
 
 Exit codes: 0 success, 1 invalid hypothesis or an output that cannot be written (the message
 names the file, key and fix), 2 bad command-line usage, 130 interrupted (Ctrl-C).
@@ -90,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     bar.add_argument(
         "--progress", action="store_true", help="a progress bar even if stderr is not a terminal"
     )
+    run.add_argument("--report", type=Path, help="write an HTML report of the result here")
 
     check = sub.add_parser(
         "check",
@@ -101,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     graph = sub.add_parser("graph", help="draw the interpretation graph (Graphviz)")
     graph.add_argument("file", type=Path, help="hypothesis YAML file")
     graph.add_argument("--out", type=Path, help="a .dot, .svg or .png file (default: print DOT)")
+    report = sub.add_parser("report", help="write a self-contained HTML report of result files")
+    report.add_argument("results", type=Path, nargs="+", help="result JSON files")
+    report.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    report.add_argument("--title", help="the page's title (default: from the results)")
     return parser
 
 
@@ -112,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args)
         if args.command == "graph":
             return _graph(args)
-        return _run(args)
+        if args.command == "report":
+            return _report(args, argv)
+        return _run(args, argv)
     except HypothesisError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -208,26 +216,49 @@ def _graph(args: argparse.Namespace) -> int:
         return 0
     try:
         print(f"wrote {render(hyp, args.out)}")
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def _command_line(argv: list[str] | None) -> list[str]:
+    return ["scrub", *(sys.argv[1:] if argv is None else argv)]
+
+
+def _report(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from scrub.report import ReportError, write_report
+
+    try:
+        out = write_report(
+            args.results, args.out, title=args.title, command_line=_command_line(argv)
+        )
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from scrub._bind import make_dataset_for
     from scrub._model import ScrubModel
     from scrub._report import format_result
     from scrub._run import run
 
-    if args.out is not None:
-        _check_writable(args.out)  # before the run, which may take long
+    for out in (args.out, args.report):
+        if out is not None:
+            _check_writable(out)  # before the run, which may take long
     hyp, model = _load(args)
     assert isinstance(model, ScrubModel)
+    # Made here (as run would make it) so that the report can break the result down by its fields.
+    dataset = make_dataset_for(hyp, seed=hyp.spec.defaults.seed if args.seed is None else args.seed)
     with warnings.catch_warnings(), _quiet_hf():  # the table lists the warnings
         warnings.simplefilter("ignore", ScrubWarning)
         result = run(
             hyp,
             model=model,
+            dataset=dataset,
             n=args.n,
             seed=args.seed,
             engine=args.engine,
@@ -238,6 +269,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.out is not None:
         _write_atomically(args.out, result.to_json() + "\n")
         print(f"wrote {args.out}")
+    if args.report:
+        from scrub.report import document_from_result, write_report
+
+        doc = document_from_result(
+            result, hypothesis=hyp, dataset=dataset, command_line=_command_line(argv)
+        )
+        print(f"wrote {write_report([doc], args.report, command_line=_command_line(argv))}")
     return 0
 
 
