@@ -67,7 +67,9 @@ class FastEngine:
     cache: ActivationCache | None = None
     max_batch_rows: int = 4096
     kernels: bool = True
-    joint_qkv: bool = field(default=False, repr=False)  # default: every pass split, so no result depends on its pass-mates
+    joint_qkv: bool = field(
+        default=False, repr=False
+    )  # default: every pass split, so no result depends on its pass-mates
 
     def __post_init__(self) -> None:
         if self.max_batch_rows < 1:
