@@ -51,6 +51,7 @@ def run(
     dataset: Dataset | None = None,
     n: int | None = None,
     seed: int | None = None,
+    reference_seed: int | None = None,
     engine: str = "fast",
     cache: ActivationCache | None = None,
     max_batch_rows: int = 4096,
@@ -65,6 +66,8 @@ def run(
         dataset: a dataset to use instead of making the file's (it may grow).
         n: number of reference examples (default: the file's ``defaults.n``).
         seed: the seed every draw derives from (default: the file's ``defaults.seed``).
+        reference_seed: draw the reference batch from this seed instead (default: ``seed``),
+            to re-draw the tree on one reference batch (``scrub compare --seeds``).
         engine: the evaluator, ``fast`` (default) or ``reference``; they agree to 1e-4.
         cache: activations to reuse across runs on the same model and dataset (fast engine);
             pass the same ``dataset`` too.
@@ -92,7 +95,7 @@ def run(
     if dataset is None:
         dataset = make_dataset_for(hyp, seed=seed)
     bound = bind(hyp, model, dataset)
-    tree = sample_tree(bound, n=n, seed=seed)
+    tree = sample_tree(bound, n=n, seed=seed, reference_seed=reference_seed)
     messages = list(tree.warnings)
 
     evaluate: Evaluate = (

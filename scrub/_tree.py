@@ -166,8 +166,14 @@ def reference_rows(dataset: Dataset, n: int, seed: int) -> np.ndarray:
     return np.sort(stream(seed, "reference").choice(dataset.n_base, size=n, replace=False))
 
 
-def sample_tree(bound: BoundHypothesis, *, n: int, seed: int) -> SampledTree:
-    """Draw every node's data for ``n`` reference examples (see the module docstring)."""
+def sample_tree(
+    bound: BoundHypothesis, *, n: int, seed: int, reference_seed: int | None = None
+) -> SampledTree:
+    """Draw every node's data for ``n`` reference examples (see the module docstring).
+
+    ``reference_seed`` draws the reference batch from another seed than the rest of the tree
+    (default: ``seed``), so that the tree can be re-drawn on one reference batch.
+    """
     root = treeify(bound.hypothesis)
     dataset = bound.dataset
     together: dict[str, np.ndarray] = {}
@@ -186,7 +192,7 @@ def sample_tree(bound: BoundHypothesis, *, n: int, seed: int) -> SampledTree:
         )
 
     try:
-        x = reference_rows(dataset, n, seed)
+        x = reference_rows(dataset, n, seed if reference_seed is None else reference_seed)
     except HypothesisError as exc:
         raise exc.with_context(file=bound.hypothesis.file) from None
 

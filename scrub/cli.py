@@ -1,4 +1,4 @@
-"""The ``scrub`` command: ``scrub run FILE``, ``scrub check FILE`` and ``scrub graph FILE``.
+"""The ``scrub`` command: ``scrub run``, ``check``, ``graph``, ``compare`` and ``diagnose``.
 
 Exit codes: 0 success, 1 invalid hypothesis (the message names the file, key and fix), 2 bad
 command-line usage.
@@ -43,6 +43,37 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a hypothesis against its model and dataset")
     check.add_argument("file", type=Path, help="hypothesis YAML file")
     check.add_argument("--model", help="model: shipped name, local HF directory or hub name")
+    cmp = sub.add_parser("compare", help="compare rival hypotheses on one experiment")
+    cmp.add_argument("files", type=Path, nargs="+", help="hypothesis YAML files")
+    cmp.add_argument("--model", help="model: shipped name, local HF directory or hub name")
+    cmp.add_argument("--n", type=int, help="number of reference examples")
+    cmp.add_argument("--seed", type=int, help="seed of the reference batch and the first draw")
+    cmp.add_argument(
+        "--seeds", type=int, default=1, help="draws of the tree on the reference batch (K)"
+    )
+    cmp.add_argument(
+        "--experiment", type=Path, help="YAML whose model/dataset/metric/... every file gets"
+    )
+    cmp.add_argument(
+        "--random-controls",
+        type=int,
+        default=0,
+        metavar="N",
+        help="rank each hypothesis among N random ones of the same shape",
+    )
+    cmp.add_argument("--margin", type=float, default=0.05, help="TOST equivalence margin ε")
+    cmp.add_argument("--engine", default="fast", choices=["fast", "reference"])
+    cmp.add_argument("--out", type=Path, help="write the comparison as JSON here")
+
+    diag = sub.add_parser("diagnose", help="which part of a hypothesis loses the metric")
+    diag.add_argument("file", type=Path, help="hypothesis YAML file")
+    diag.add_argument("--model", help="model: shipped name, local HF directory or hub name")
+    diag.add_argument("--n", type=int, help="number of reference examples")
+    diag.add_argument("--seed", type=int, help="seed of every random draw")
+    diag.add_argument("--by", help="dataset field to break examples down by ('' for none)")
+    diag.add_argument("--engine", default="fast", choices=["fast", "reference"])
+    diag.add_argument("--out", type=Path, help="write the diagnosis as JSON here")
+
     graph = sub.add_parser("graph", help="draw the interpretation graph (Graphviz)")
     graph.add_argument("file", type=Path, help="hypothesis YAML file")
     graph.add_argument("--out", type=Path, help="a .dot, .svg or .png file (default: print DOT)")
@@ -57,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args)
         if args.command == "graph":
             return _graph(args)
+        if args.command == "compare":
+            return _compare(args)
+        if args.command == "diagnose":
+            return _diagnose(args)
         return _run(args)
     except HypothesisError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -118,6 +153,50 @@ def _run(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(result.to_json() + "\n")
         print(f"wrote {args.out}")
+    return 0
+
+
+def _write(path: Path | None, text: str) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+        print(f"wrote {path}")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from scrub.experiments import compare
+
+    if args.seeds < 1 or args.random_controls < 0 or not 0 < args.margin < 1:
+        print("error: need --seeds >= 1, --random-controls >= 0, 0 < --margin < 1", file=sys.stderr)
+        return 2
+    with warnings.catch_warnings():  # the table lists them
+        warnings.simplefilter("ignore", ScrubWarning)
+        result = compare(
+            args.files,
+            model=args.model,
+            n=args.n,
+            seed=args.seed,
+            seeds=args.seeds,
+            experiment=args.experiment,
+            random_controls=args.random_controls,
+            margin=args.margin,
+            engine=args.engine,
+        )
+    print(result.table())
+    _write(args.out, result.to_json())
+    return 0
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from scrub.experiments import diagnose
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScrubWarning)
+        result = diagnose(
+            args.file, model=args.model, n=args.n, seed=args.seed, by=args.by, engine=args.engine
+        )
+    print(result.table())
+    _write(args.out, result.to_json())
     return 0
 
 
