@@ -29,10 +29,11 @@ from scrub._hypothesis import Hypothesis, load_hypothesis
 from scrub._metrics import per_example_metric
 from scrub._model import ScrubModel, load_model
 from scrub._positions import resolve_positions
-from scrub._result import ScrubResult, bootstrap_ci, recovered_of
+from scrub._result import ScrubResult, bootstrap_ci, methodology, recovered_of
 from scrub._tree import SampledTree, TreeNode, sample_tree, stream
 from scrub.data import Dataset
 from scrub.engine import ActivationCache, FastEngine, evaluate_reference
+from scrub.engine._ablation import Ablation, ablation_for
 
 __all__ = ["ENGINES", "run"]
 
@@ -40,9 +41,6 @@ ENGINES = ("fast", "reference")
 """The evaluators ``run`` accepts by name (``fast``: :class:`FastEngine`, the default)."""
 
 Evaluate = Callable[..., Tensor]
-
-BASELINE_KIND = "resample_all"
-
 
 def run(
     hypothesis: Hypothesis | str | Path,
@@ -98,11 +96,8 @@ def run(
     tree = sample_tree(bound, n=n, seed=seed, reference_seed=reference_seed)
     messages = list(tree.warnings)
 
-    evaluate: Evaluate = (
-        FastEngine(cache=cache, max_batch_rows=max_batch_rows)
-        if engine == "fast"
-        else _gathering(evaluate_reference)
-    )
+    ablation = ablation_for(hyp, model, dataset, cache)
+    evaluate = _engine(engine, cache, max_batch_rows, ablation)
     x = tree.reference
     o_root = tree.rows(tree.root)
     clean_pos = resolve_positions(spec.metric.positions, dataset, x)
@@ -116,11 +111,19 @@ def run(
             lambda: _clean(model, dataset, x, clean_pos, max_batch_rows),
         )
         bar.update()
-        baseline_logits = cache.memo(
-            model,
-            dataset,
-            ("baseline", engine, o_root.tobytes(), root_pos.tobytes()),
-            lambda: evaluate(model, _root_only(tree), positions=root_pos, on_pass=bar.update),
+        baseline_logits, labelled, baseline_clean = _baseline(
+            spec.baseline_kind,
+            model=model,
+            dataset=dataset,
+            cache=cache,
+            tree=tree,
+            engine=engine,
+            max_batch_rows=max_batch_rows,
+            ablation=ablation,
+            clean_logits=clean_logits,
+            positions=root_pos,
+            seed=seed,
+            tick=bar.update,
         )
         scrubbed_logits = evaluate(model, tree, positions=root_pos, on_pass=bar.update)
     finally:
@@ -132,7 +135,9 @@ def run(
         )
 
     clean = metric(clean_logits)
-    baseline = metric(baseline_logits)
+    baseline = per_example_metric(
+        spec.metric, baseline_logits, reference=labelled, dataset=dataset, clean_logits=baseline_clean
+    )
     scrubbed = metric(scrubbed_logits)
 
     if torch.equal(scrubbed_logits, clean_logits):
@@ -170,7 +175,7 @@ def run(
         n=n,
         seed=seed,
         engine=engine,
-        baseline_kind=BASELINE_KIND,
+        baseline_kind=spec.baseline_kind,
         clean=float(clean.mean()),
         baseline=float(baseline.mean()),
         scrubbed=float(scrubbed.mean()),
@@ -189,6 +194,7 @@ def run(
         draws=tree.draws(),
         warnings=messages,
         versions=dict(_versions()),
+        methodology=methodology(hyp, ablation),
     )
     for message in messages:
         warnings.warn(message, ScrubWarning, stacklevel=2)
@@ -210,6 +216,55 @@ def _clean(
 def _gather(logits: Tensor, positions: np.ndarray) -> Tensor:
     batch = torch.arange(logits.shape[0], device=logits.device)[:, None]
     return logits[batch, torch.as_tensor(positions, device=logits.device)]
+
+
+def _engine(
+    engine: str, cache: ActivationCache, max_batch_rows: int, ablation: Ablation | None
+) -> Evaluate:
+    if engine == "fast":
+        return FastEngine(cache=cache, max_batch_rows=max_batch_rows, ablation=ablation)
+    return _gathering(functools.partial(evaluate_reference, ablation=ablation))
+
+
+def _baseline(
+    kind: str,
+    *,
+    model: ScrubModel,
+    dataset: Dataset,
+    cache: ActivationCache,
+    tree: SampledTree,
+    engine: str,
+    max_batch_rows: int,
+    ablation: Ablation | None,
+    clean_logits: Tensor,
+    positions: np.ndarray,
+    seed: int,
+    tick: Callable[[], None],
+) -> tuple[Tensor, np.ndarray, Tensor]:
+    """The baseline's logits, the reference rows it is scored against and their clean logits.
+
+    ``resample_all``: the root alone (everything on ``O_root``); ``mean`` / ``zero``: the root
+    alone with every component ablated; ``permuted_labels``: the clean outputs scored against
+    the labels of a permutation of the reference batch.
+    """
+    x = tree.reference
+    if kind == "permuted_labels":
+        perm = stream(seed, "baseline", "permuted_labels").permutation(len(x))
+        return clean_logits, x[perm], clean_logits[perm]
+    kept = {"resample_all": None, "mean": ablation, "zero": ablation}[kind]
+    if kind == "zero" and (ablation is None or ablation.kind != "zero"):
+        kept = Ablation("zero")
+    assert kind != "mean" or kept is not None, "baseline 'mean' needs mean ablation"
+    o_root = tree.rows(tree.root)
+    logits = cache.memo(
+        model,
+        dataset,
+        ("baseline", kind, kept.key if kept else "", engine, o_root.tobytes(), positions.tobytes()),
+        lambda: _engine(engine, cache, max_batch_rows, kept)(
+            model, _root_only(tree), positions=positions, on_pass=tick
+        ),
+    )
+    return logits, x, clean_logits
 
 
 def _gathering(evaluate: Callable[..., Tensor]) -> Evaluate:

@@ -158,7 +158,7 @@ def test_json_is_strict_and_the_frame_is_long(tiny_model_dir, tiny_model):
     cmp = _quiet(scrub.compare, [a, b], model=tiny_model)
     data = json.loads(cmp.to_json())
     assert data["pairs"][0]["a"] == "a" and "methodology" in data["hypotheses"][0]
-    assert data["hypotheses"][0]["methodology"]["ablation_value"] == {"kind": "resample"}
+    assert data["hypotheses"][0]["methodology"]["ablation"] == "resample"
     frame = cmp.to_frame()
     assert list(frame.columns) == ["kind", "name", "statistic", "value"]
     assert set(frame.kind) == {"hypothesis", "pair"}

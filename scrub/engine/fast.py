@@ -38,6 +38,7 @@ from scrub._components import Channel, Component
 from scrub._model import ScrubModel, select, write, write_at
 from scrub._positions import PositionSpec, resolve_positions
 from scrub._tree import SampledTree
+from scrub.engine._ablation import Ablation
 from scrub.engine._kernels import Kernels, kernels_for
 from scrub.engine._plan import Group, Move, Plan, make_plan
 from scrub.engine.cache import ActivationCache
@@ -59,11 +60,13 @@ class FastEngine:
         max_batch_rows: most rows in one forward pass; the reference batch is chunked to fit.
         kernels: compute the components of nodes that span several layers directly from their
             assembled inputs (checked against the model once), instead of in an extra row group.
+        ablation: mean or zero ablation of unmapped inputs (``None``: resample them).
     """
 
     cache: ActivationCache | None = None
     max_batch_rows: int = 4096
     kernels: bool = True
+    ablation: Ablation | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch_rows < 1:
@@ -96,6 +99,7 @@ class FastEngine:
             tree,
             known=lambda sig: cache.knows(model, dataset, sig),
             kernels=kernels is not None,
+            ablation=None if self.ablation is None else self.ablation.key,
         )
         by_row = [(src, comp) for src, comp in plan.leaves if src.known is None]
         leaves = {
@@ -119,7 +123,9 @@ class FastEngine:
         for start in range(0, n, chunk):
             rows = slice(start, min(n, start + chunk))
             chunk_leaves = {key: v[rows] for key, v in leaves.items()}
-            run = _ChunkRun(model, tree, plan, rows, chunk_leaves, positions, kernels)
+            run = _ChunkRun(
+                model, tree, plan, rows, chunk_leaves, positions, kernels, self.ablation
+            )
             pieces.append(run.evaluate(tick))
             for gid in plan.signatures if keep else ():
                 for mc in plan.groups[gid].node.interp.components:
@@ -145,9 +151,12 @@ class _ChunkRun:
         leaves: dict[tuple[str, Component], Tensor],
         positions: np.ndarray | None,
         kernels: Kernels | None,
+        ablation: Ablation | None = None,
     ) -> None:
         self.model = model
         self.kernels = kernels
+        self.ablation = ablation
+        self._ablated: dict[tuple[int, Component], Tensor] = {}
         self.pending: dict[tuple[int, Component, Channel], Tensor] = {}
         self.dataset = tree.dataset
         self.plan = plan
@@ -170,6 +179,17 @@ class _ChunkRun:
                 np.ascontiguousarray(pos), device=self.model.device
             )
         return self._resolved[key]
+
+    def ablated(self, group: Group, comp: Component) -> Tensor:
+        """``comp``'s ablation value on ``group``'s rows of this chunk, ``(rows, pos, d)``."""
+        key = (group.gid, comp)
+        if key not in self._ablated:
+            assert self.ablation is not None
+            rows = group.rows[self.rows]
+            classes = self.ablation.classes(self.dataset, rows)
+            shape = (len(rows), self.dataset.seq_len)
+            self._ablated[key] = self.ablation.values(self.model, comp, classes, shape)
+        return self._ablated[key]
 
     def source_output(self, move: Move, live: Tensor | None) -> Tensor:
         """The child's treeified output of ``move.component``, ``(rows, pos, d)``."""
@@ -225,7 +245,7 @@ class _ChunkRun:
         for group in groups:
             for move in group.patches:
                 outputs.setdefault(model.output_hook(move.component), set()).add(move.component)
-            for comp in group.record if not group.virtual else ():
+            for comp in group.record | set(group.ablate) if not group.virtual else ():
                 outputs.setdefault(model.output_hook(comp), set()).add(comp)
             for comp, ch in group.targets:
                 if comp.kind != "logits":
@@ -242,6 +262,10 @@ class _ChunkRun:
     def _output_hook(self, groups: list[Group], comps: set[Component]) -> Callable:
         def hook(t: Tensor, hook=None) -> Tensor:
             t = t.clone()
+            for group in groups:  # ablation first: the patches apply on top
+                for comp in group.ablate if not group.virtual else ():
+                    if comp in comps:
+                        write(t, comp, self.ablated(group, comp), self.where[group.gid])
             for group in groups:  # children's groups first
                 if group.virtual:
                     continue

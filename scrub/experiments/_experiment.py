@@ -6,12 +6,9 @@ hypotheses that differ in any of them answer different questions, so :func:`same
 refuses them, naming the field; ``--experiment FILE`` imposes one experiment on all of them
 (:func:`impose`).
 
-The **methodology** (Miller et al. 2024: a circuit's faithfulness depends on six choices) is
-recorded with every comparison and diagnosis: granularity, components, ablation value, token
-positions, direction, and circuit vs complement; plus the baseline and the ablation's reference
-distribution and its size. scrub fixes some of them by construction (granularity: whole
-components; direction: the whole output, no subspace; circuit: the mapped paths are kept and
-everything else ablated), and the rest come from the file.
+The **methodology** (Miller et al. 2024's six choices, the baseline, the ablation's reference
+distribution and its size) is recorded with every result (:func:`scrub._result.methodology`):
+rivals share the experiment-level ones, and differ in components and positions by design.
 
 Pitfall: ``defaults`` (n, seed) are part of the experiment too (they pick the reference batch);
 rivals with different defaults are refused unless ``n`` and ``seed`` are given explicitly.
@@ -26,11 +23,10 @@ import yaml
 
 from scrub._errors import HypothesisError
 from scrub._hypothesis import Hypothesis, _load_dataset_file, hypothesis_from_dict
-from scrub._positions import format_positions
 
-__all__ = ["EXPERIMENT_KEYS", "experiment_of", "impose", "methodology", "same_experiment"]
+__all__ = ["EXPERIMENT_KEYS", "experiment_of", "impose", "same_experiment"]
 
-EXPERIMENT_KEYS = ("model", "dataset", "metric", "baseline", "ablation")
+EXPERIMENT_KEYS = ("model", "dataset", "metric", "ablation", "baseline")
 """The top-level keys of a hypothesis file that make up its experiment."""
 
 
@@ -41,14 +37,12 @@ def _dump(value: Any) -> Any:
 def experiment_of(hyp: Hypothesis) -> dict[str, Any]:
     """The experiment a hypothesis is scored on (JSON-ready)."""
     spec = hyp.spec
-    baseline = getattr(spec, "baseline", None)
-    ablation = getattr(spec, "ablation", None)
     return {
         "model": spec.model,
         "dataset": _dump(spec.dataset),
         "metric": _dump(spec.metric),
-        "baseline": _dump(baseline) if baseline is not None else {"kind": "resample_all"},
-        "ablation": _dump(ablation) if ablation is not None else {"kind": "resample"},
+        "baseline": {"kind": spec.baseline_kind},
+        "ablation": _dump(spec.ablation),
     }
 
 
@@ -126,25 +120,3 @@ def impose(hyps: list[Hypothesis], file: str | Path) -> list[Hypothesis]:
         spec.update(data)
         out.append(hypothesis_from_dict(spec, file=hyp.file, default_name=hyp.name))
     return out
-
-
-def methodology(hyp: Hypothesis, *, ablation_reference: dict[str, Any] | None = None) -> dict:
-    """The six choices of Miller et al. (2024) for this hypothesis, plus baseline and ablation."""
-    exp = experiment_of(hyp)
-    components = {
-        name: [str(mc) for mc in hyp.node(name).components] for name in hyp.graph if name != hyp.root
-    }
-    positions = {
-        f"{e.child}->{e.parent}": format_positions(e.positions)
-        for e in (hyp.edge(c, p) for c, p in hyp.graph.edges)
-    }
-    return {
-        "granularity": "components (attention heads, MLPs, embeddings), at the positions given",
-        "components": components,
-        "ablation_value": exp["ablation"],
-        "ablation_reference": ablation_reference,
-        "token_positions": positions,
-        "direction": "the whole component output (no subspace)",
-        "circuit_vs_complement": "circuit: the mapped paths are kept, every other input ablated",
-        "baseline": exp["baseline"],
-    }

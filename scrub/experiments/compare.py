@@ -44,7 +44,7 @@ from scrub._tree import stream
 from scrub.data import Dataset
 from scrub.engine import ActivationCache
 from scrub.experiments import _stats
-from scrub.experiments._experiment import impose, methodology, same_experiment
+from scrub.experiments._experiment import impose, same_experiment
 
 __all__ = ["Comparison", "HypothesisScore", "PairScore", "Scorer", "compare"]
 
@@ -320,7 +320,7 @@ def score_hypothesis(
         total_ci=None if both is None else both[0],
         complete=complete,
         controls=controls,
-        methodology=methodology(hyp),
+        methodology=results[0].methodology,
         per_example=s.tolist(),
         warnings=messages,
     )

@@ -47,7 +47,7 @@ from scrub._tree import stream
 from scrub.data import Dataset
 from scrub.engine import ActivationCache
 from scrub.experiments import _stats
-from scrub.experiments._experiment import experiment_of, methodology
+from scrub.experiments._experiment import experiment_of
 from scrub.experiments.compare import Scorer
 
 __all__ = ["BY_FIELDS", "Diagnosis", "VariantScore", "diagnose", "variants"]
@@ -316,5 +316,5 @@ def diagnose(
         groups=groups,
         rows=rows,
         skipped=skipped,
-        methodology=methodology(hyp),
+        methodology=base.methodology,
     )
