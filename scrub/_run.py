@@ -42,6 +42,7 @@ ENGINES = ("fast", "reference")
 
 Evaluate = Callable[..., Tensor]
 
+
 def run(
     hypothesis: Hypothesis | str | Path,
     *,
@@ -136,7 +137,11 @@ def run(
 
     clean = metric(clean_logits)
     baseline = per_example_metric(
-        spec.metric, baseline_logits, reference=labelled, dataset=dataset, clean_logits=baseline_clean
+        spec.metric,
+        baseline_logits,
+        reference=labelled,
+        dataset=dataset,
+        clean_logits=baseline_clean,
     )
     scrubbed = metric(scrubbed_logits)
 

@@ -21,7 +21,9 @@ INDUCTION = Path(__file__).parent.parent / "hypotheses" / "induction"
 
 
 def _hyp(model_dir, nodes, name, **overrides):
-    return scrub.hypothesis_from_dict(base_spec(model_dir, nodes=nodes, **overrides), default_name=name)
+    return scrub.hypothesis_from_dict(
+        base_spec(model_dir, nodes=nodes, **overrides), default_name=name
+    )
 
 
 def _small(model_dir, heads, name="h", **overrides):
@@ -83,9 +85,7 @@ def test_hypothesis_compared_with_itself_differs_by_exactly_zero(tiny_model_dir,
 
 
 def test_kcomp_beats_naive_on_the_induction_model():
-    cmp = _quiet(
-        scrub.compare, [INDUCTION / "naive.yaml", INDUCTION / "kcomp.yaml"], n=60
-    )
+    cmp = _quiet(scrub.compare, [INDUCTION / "naive.yaml", INDUCTION / "kcomp.yaml"], n=60)
     pair = cmp.pair("induction-kcomp", "induction-naive")
     assert pair.difference > 0.3
     assert pair.ci[0] > 0

@@ -136,7 +136,9 @@ def ablation_for(hyp, model: ScrubModel, dataset: Dataset, cache) -> Ablation | 
             reference = (
                 dataset
                 if spec.dataset is None
-                else make_dataset(spec.dataset.generator, spec.dataset.params, stream(0, "ablation"))
+                else make_dataset(
+                    spec.dataset.generator, spec.dataset.params, stream(0, "ablation")
+                )
             )
             position_classes(spec.classes, dataset, np.arange(min(len(dataset), 4)))
             means = component_means(

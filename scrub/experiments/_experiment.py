@@ -31,7 +31,9 @@ EXPERIMENT_KEYS = ("model", "dataset", "metric", "ablation", "baseline")
 
 
 def _dump(value: Any) -> Any:
-    return value.model_dump(mode="json", exclude_none=True) if hasattr(value, "model_dump") else value
+    return (
+        value.model_dump(mode="json", exclude_none=True) if hasattr(value, "model_dump") else value
+    )
 
 
 def experiment_of(hyp: Hypothesis) -> dict[str, Any]:

@@ -211,4 +211,7 @@ def combined_interval(
     t = float(stats.t.ppf((1 + confidence) / 2, k - 1))
     half = t * float(draws.std(ddof=1)) / math.sqrt(k)
     lo, hi = examples_ci
-    return (estimate - math.hypot(estimate - lo, half), estimate + math.hypot(hi - estimate, half)), half
+    return (
+        estimate - math.hypot(estimate - lo, half),
+        estimate + math.hypot(hi - estimate, half),
+    ), half

@@ -342,9 +342,7 @@ def score_pair(
         rng=stream(scorer.seed, "compare", "difference", *names),
         confidence=scorer.confidence,
     )
-    per_draw = [
-        float(_stats.recovered_difference(C[k], B[k], SA[k], SB[k])) for k in range(len(C))
-    ]
+    per_draw = [float(_stats.recovered_difference(C[k], B[k], SA[k], SB[k])) for k in range(len(C))]
     both = _stats.combined_interval(difference, ci, per_draw, confidence=scorer.confidence)
     p = _stats.sign_flip_p(sa - sb, rng=stream(scorer.seed, "compare", "sign-flip", *names))
     if not math.isfinite(difference):
@@ -364,9 +362,7 @@ def _verdict(pair: dict[str, Any], alpha: float) -> str:
     if not math.isfinite(pair["p_holm"]):
         return "undefined: recovered is undefined"
     if pair["p_holm"] < alpha:
-        first, second = (
-            (pair["a"], pair["b"]) if pair["difference"] > 0 else (pair["b"], pair["a"])
-        )
+        first, second = (pair["a"], pair["b"]) if pair["difference"] > 0 else (pair["b"], pair["a"])
         return f"{first} > {second}"
     return f"not distinguishable at α = {alpha:g}"
 

@@ -122,7 +122,10 @@ def control_scores(scorer: Scorer, hyp: Hypothesis, *, count: int, seed: int) ->
         return float(recovered_of(C.mean(axis=0), B.mean(axis=0), S.mean(axis=0)))
 
     mine = pooled(hyp)
-    values = [pooled(c) for c in random_controls(hyp, scorer.model, scorer.dataset, count=count, seed=seed)]
+    values = [
+        pooled(c)
+        for c in random_controls(hyp, scorer.model, scorer.dataset, count=count, seed=seed)
+    ]
     arr = np.asarray(values)
     percentile = 100.0 * (float((arr < mine).sum()) + 0.5 * float((arr == mine).sum())) / count
     return {

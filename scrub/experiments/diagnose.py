@@ -188,12 +188,18 @@ def variants(hyp: Hypothesis) -> list[tuple[str, str, dict]]:
             out.append((name, "cut inputs", edited(lambda n, k=name: _cut(n, k, k == root))))
         if name != root:
             if len(node.components) == 1:
-                out.append((name, f"drop {node.components[0]} (the node)", edited(without_node(name))))
+                out.append(
+                    (name, f"drop {node.components[0]} (the node)", edited(without_node(name)))
+                )
             else:
                 for mc in node.components:
                     rest = [_component_text(m) for m in node.components if m is not mc]
                     out.append(
-                        (name, f"drop {mc}", edited(lambda n, k=name, r=rest: n[k].update(components=r)))
+                        (
+                            name,
+                            f"drop {mc}",
+                            edited(lambda n, k=name, r=rest: n[k].update(components=r)),
+                        )
                     )
         for i, child in enumerate(hyp.children(name)):
             channels = hyp.edge(child, name).channels
