@@ -92,6 +92,7 @@ class Ablation:
         """``comp``'s ablation value at every position: ``(rows, pos, d)``."""
         if self.means is None:
             return torch.zeros(*shape, model.output_width(comp), device=model.device)
+        assert classes is not None
         return self.means.means[comp].to(model.device)[classes.to(model.device)]
 
 

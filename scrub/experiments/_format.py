@@ -60,7 +60,7 @@ def format_comparison(cmp: Comparison) -> str:
     header = ["hypothesis", "recovered", f"{pct} CI"]
     several = len(exp["draw_seeds"]) > 1
     if several:
-        header += ["draw sd", f"{pct} CI (examples + draws)"]
+        header += ["draw sd", "± examples / draws", f"{pct} CI (examples + draws)"]
     header += ["p(recovered < 1)", f"TOST p (ε={eps:g})"]
     controls = any(h.controls for h in cmp.hypotheses)
     if controls:
@@ -70,7 +70,9 @@ def format_comparison(cmp: Comparison) -> str:
         row = [h.name, num(h.recovered), interval(h.ci)]
         if several:
             sd = float(np.std(h.per_draw, ddof=1))
-            row += [num(sd, 4), interval(h.total_ci)]
+            examples = (h.ci[1] - h.ci[0]) / 2
+            row += [num(sd, 4), f"{num(examples, 4)} / {num(h.draws_half_width, 4)}"]
+            row.append(interval(h.total_ci))
         row += [pvalue(h.complete["p_incomplete"]), pvalue(h.complete["p_equivalent"])]
         if controls:
             c = h.controls

@@ -150,7 +150,7 @@ class Comparison:
         """Strict JSON (no NaN)."""
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
-    def to_frame(self):
+    def to_frame(self) -> Any:
         """A pandas long table: one row per hypothesis or pair and statistic."""
         import pandas as pd
 

@@ -109,7 +109,7 @@ class Diagnosis:
         """Strict JSON (no NaN)."""
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
-    def to_frame(self):
+    def to_frame(self) -> Any:
         """A pandas table, one row per variant."""
         import pandas as pd
 
