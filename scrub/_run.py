@@ -4,6 +4,10 @@ The clean model runs on the reference batch; the baseline is the same engine on 
 (everything on ``O_root``), so an empty hypothesis scores exactly 0; the scrubbed model is the
 engine on the whole tree. All three share the reference batch and the root's other inputs.
 
+The file's ``ablation:`` (resample, mean, zero; :mod:`scrub.engine._ablation`) goes to the
+engine; its ``baseline:`` (default: the one matching the ablation) is computed in one place,
+:func:`_baseline`. Every result records the methodology (:func:`scrub._result.methodology`).
+
 Logits are only needed where the metric reads them, so the engines are asked for those
 positions only. With a shared :class:`~scrub.engine.ActivationCache` (and a shared dataset),
 competing hypotheses reuse the clean and baseline outputs and every cached leaf activation.

@@ -270,6 +270,18 @@ class Scorer:
         )
 
 
+def _number(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def undefined_reason(results: list[ScrubResult]) -> str | None:
+    """Why recovered is undefined for these runs (clean ≈ baseline), if it is."""
+    for r in results:
+        if r.recovered is None or not math.isfinite(r.recovered):
+            return getattr(r, "recovered_undefined_reason", None) or "clean and baseline agree"
+    return None
+
+
 def _content_key(hyp: Hypothesis) -> str:
     spec = hyp.spec.model_dump(mode="json", exclude_none=True)
     spec.pop("name", None)
@@ -292,7 +304,10 @@ def score_hypothesis(
     results = scorer.results(hyp)
     C, B, S = scorer.arrays(hyp)
     c, b, s = C.mean(axis=0), B.mean(axis=0), S.mean(axis=0)
-    if len(results) == 1:
+    undefined = undefined_reason(results)
+    if undefined is not None:
+        recovered, ci = math.nan, (math.nan, math.nan)
+    elif len(results) == 1:
         recovered, ci = results[0].recovered, results[0].recovered_ci
     else:
         recovered = float(recovered_of(c, b, s))
@@ -302,11 +317,13 @@ def score_hypothesis(
             rng=stream(scorer.seed, "compare", "bootstrap", name),
             confidence=scorer.confidence,
         )
-    per_draw = [r.recovered for r in results]
+    per_draw = [_number(r.recovered) for r in results]
     both = _stats.combined_interval(recovered, ci, per_draw, confidence=scorer.confidence)
     complete = _stats.completeness(
         c, b, s, margin=margin, alpha=alpha, rng=stream(scorer.seed, "compare", "complete", name)
     )
+    if undefined is not None:
+        complete = {**{k: math.nan for k in complete}, "margin": margin, "reason": undefined}
     messages = list(dict.fromkeys(w for r in results for w in r.warnings))
     return HypothesisScore(
         name=name,
@@ -345,6 +362,8 @@ def score_pair(
     per_draw = [float(_stats.recovered_difference(C[k], B[k], SA[k], SB[k])) for k in range(len(C))]
     both = _stats.combined_interval(difference, ci, per_draw, confidence=scorer.confidence)
     p = _stats.sign_flip_p(sa - sb, rng=stream(scorer.seed, "compare", "sign-flip", *names))
+    if undefined_reason(scorer.results(a) + scorer.results(b)) is not None:
+        difference, ci, p = math.nan, (math.nan, math.nan), math.nan
     if not math.isfinite(difference):
         p = math.nan
     return {

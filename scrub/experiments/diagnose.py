@@ -48,7 +48,7 @@ from scrub.data import Dataset
 from scrub.engine import ActivationCache
 from scrub.experiments import _stats
 from scrub.experiments._experiment import experiment_of
-from scrub.experiments.compare import Scorer
+from scrub.experiments.compare import Scorer, undefined_reason
 
 __all__ = ["BY_FIELDS", "Diagnosis", "VariantScore", "diagnose", "variants"]
 
@@ -290,6 +290,13 @@ def diagnose(
         keys = np.asarray([str(v) for v in labels])
         return {g: float(recovered_of(c[keys == g], b[keys == g], s[keys == g])) for g in groups}
 
+    if undefined_reason([base]) is not None:
+        raise HypothesisError(
+            f"cannot diagnose {hyp.name!r}: its fraction recovered is undefined "
+            f"({undefined_reason([base])})",
+            file=hyp.file,
+            hint="use a metric or dataset on which clean and baseline differ, or a larger n",
+        )
     rows = [VariantScore("—", "keep", base.recovered, 0.0, (0.0, 0.0), 1.0, by_group(s0))]
     skipped = []
     scored = []
