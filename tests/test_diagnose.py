@@ -95,3 +95,20 @@ def test_diagnose_breaks_examples_down_by_a_field(tiny_model_dir, tiny_model):
     assert set(diag.rows[0].by_group) == {"0", "1"}
     with pytest.raises(scrub.HypothesisError, match="no field 'nope'"):
         scrub.diagnose(hyp, model=tiny_model, dataset=ds, by="nope")
+
+
+def test_cli_diagnose_prints_the_ranked_table(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from scrub.cli import main
+
+    path = tmp_path / "h.yaml"
+    path.write_text(yaml.safe_dump(_hyp(tiny_model_dir).spec.model_dump(mode="json")))
+    out = tmp_path / "diag.json"
+    assert main(["diagnose", str(path), "--n", "12", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "keep" in printed and "drop a1.h0" in printed
+    data = json.loads(out.read_text())
+    assert data["rows"][0]["change"] == "keep" and data["experiment"]["n"] == 12
