@@ -64,6 +64,7 @@ def test_diagnose_rows_equal_separate_runs(tiny_model_dir, tiny_model):
     cut = next(r for r in diag.rows if (r.node, r.change) == ("out", "cut inputs"))
     assert cut.recovered == 0.0  # the root alone is the baseline
     assert "keep" in diag.table()
+    assert repr(diag) == f"Diagnosis('h', {len(diag.rows)} rows, by=None)"
 
 
 def test_diagnose_full_hypothesis_keeps_everything(tiny_model_dir, tiny_model):
