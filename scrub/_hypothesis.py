@@ -310,7 +310,6 @@ def _model_at(key: tuple) -> type[pydantic.BaseModel] | None:
     """The schema model that lives at YAML key path ``key`` (for listing allowed keys)."""
     from scrub._schema import (
         AblationSpec,
-        BaselineSpec,
         DatasetSpec,
         DefaultsSpec,
         EdgeSpec,
@@ -319,7 +318,6 @@ def _model_at(key: tuple) -> type[pydantic.BaseModel] | None:
 
     top: dict[str, type[pydantic.BaseModel]] = {
         "ablation": AblationSpec,
-        "baseline": BaselineSpec,
         "dataset": DatasetSpec,
         "metric": MetricSpec,
         "defaults": DefaultsSpec,

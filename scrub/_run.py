@@ -1,12 +1,17 @@
 """``scrub.run``: hypothesis → bound → sampled tree → evaluated → scored.
 
-The clean model runs on the reference batch; the baseline is the same engine on the root alone
-(everything on ``O_root``), so an empty hypothesis scores exactly 0; the scrubbed model is the
-engine on the whole tree. All three share the reference batch and the root's other inputs.
+The clean model runs on the reference batch; the scrubbed model is the engine on the whole
+tree; the baseline belongs to the experiment, not to the hypothesis (:mod:`scrub.engine.
+baseline`): by default (``resample_all``) the whole model on rows drawn from the seed's
+baseline stream, which the root's default ``other: uncond`` draw shares, so an empty hypothesis
+scores exactly 0 and every hypothesis on one experiment shares one denominator.
+
+The fraction recovered is **undefined** (``None``, with ``recovered_undefined_reason``) when
+clean and baseline cannot be told apart: the paired bootstrap CI of clean − baseline contains 0,
+a mean is not finite, or there are too few examples. It is never reported as a number then.
 
 The file's ``ablation:`` (resample, mean, zero; :mod:`scrub.engine._ablation`) goes to the
-engine; its ``baseline:`` (default: the one matching the ablation) is computed in one place,
-:func:`_baseline`. Every result records the methodology (:func:`scrub._result.methodology`).
+engine, and so does the ablation of a ``mean`` / ``zero`` baseline. Every result records the methodology (:func:`scrub._result.methodology`).
 
 Logits are only needed where the metric reads them, so the engines are asked for those
 positions only. With a shared :class:`~scrub.engine.ActivationCache` (and a shared dataset),
@@ -16,11 +21,15 @@ competing hypotheses reuse the clean and baseline outputs and every cached leaf 
 from __future__ import annotations
 
 import functools
+import math
+import numbers
+import os
 import platform
 import warnings
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,9 +43,9 @@ from scrub._metrics import per_example_metric
 from scrub._model import ScrubModel, load_model
 from scrub._positions import resolve_positions
 from scrub._result import ScrubResult, bootstrap_ci, methodology, recovered_of
-from scrub._tree import SampledTree, TreeNode, sample_tree, stream
+from scrub._tree import MAX_TREE_NODES, SampledTree, sample_tree, stream
 from scrub.data import Dataset
-from scrub.engine import ActivationCache, FastEngine, evaluate_reference
+from scrub.engine import ActivationCache, FastEngine, baseline_for, evaluate_reference
 from scrub.engine._ablation import Ablation, ablation_for
 
 __all__ = ["ENGINES", "run"]
@@ -56,10 +65,12 @@ def run(
     seed: int | None = None,
     reference_seed: int | None = None,
     engine: str = "fast",
+    baseline: str | None = None,
     cache: ActivationCache | None = None,
     max_batch_rows: int = 4096,
+    max_tree_nodes: int = MAX_TREE_NODES,
     confidence: float = 0.95,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> ScrubResult:
     """Scrub a hypothesis and score it.
 
@@ -72,25 +83,39 @@ def run(
         reference_seed: draw the reference batch from this seed instead (default: ``seed``),
             to re-draw the tree on one reference batch (``scrub compare --seeds``).
         engine: the evaluator, ``fast`` (default) or ``reference``; they agree to 1e-4.
+        baseline: the experiment's baseline kind (default: the file's ``baseline``, else the
+            one matching its ``ablation``: ``resample_all`` for ``resample``); see
+            :mod:`scrub.engine.baseline`.
         cache: activations to reuse across runs on the same model and dataset (fast engine);
             pass the same ``dataset`` too.
         max_batch_rows: most rows in one forward pass (fast engine); results do not depend
             on it beyond float rounding.
+        max_tree_nodes: refuse hypotheses whose treeified graph has more nodes than this.
         confidence: confidence level of the bootstrap intervals.
-        progress: show a progress bar on stderr.
+        progress: show a progress bar on stderr (``None``: only if stderr is a terminal).
 
     Returns:
         The :class:`ScrubResult`.
 
     Raises:
         HypothesisError: the hypothesis is invalid for this model or dataset.
+        ValueError: an option is out of range (``n < 1``, ``seed < 0``, ...).
     """
     hyp = hypothesis if isinstance(hypothesis, Hypothesis) else load_hypothesis(hypothesis)
     spec = hyp.spec
-    n = spec.defaults.n if n is None else n
-    seed = spec.defaults.seed if seed is None else seed
+    n = _count("n", spec.defaults.n if n is None else n, minimum=1)
+    seed = _count("seed", spec.defaults.seed if seed is None else seed, minimum=0)
+    max_batch_rows = _count("max_batch_rows", max_batch_rows, minimum=1)
+    max_tree_nodes = _count("max_tree_nodes", max_tree_nodes, minimum=1)
+    if not (isinstance(confidence, float | int) and 0 < confidence < 1):
+        raise ValueError(f"confidence must be between 0 and 1 (exclusive), not {confidence!r}")
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; engines: {', '.join(ENGINES)}")
+    kind = spec.baseline_kind if baseline is None else baseline
+    if kind not in ("resample_all", "mean", "zero", "permuted_labels"):
+        baseline_for(kind)  # raises, naming the kinds
+    if kind == "mean" and spec.ablation.kind != "mean":
+        raise ValueError("baseline 'mean' takes its means from the file's mean 'ablation:'")
     if cache is None:
         cache = ActivationCache(max_batch_rows=max_batch_rows)
     if not isinstance(model, ScrubModel):
@@ -98,17 +123,33 @@ def run(
     if dataset is None:
         dataset = make_dataset_for(hyp, seed=seed)
     bound = bind(hyp, model, dataset)
-    tree = sample_tree(bound, n=n, seed=seed, reference_seed=reference_seed)
+    tree = sample_tree(
+        bound, n=n, seed=seed, max_tree_nodes=max_tree_nodes, reference_seed=reference_seed
+    )
     messages = list(tree.warnings)
 
     ablation = ablation_for(hyp, model, dataset, cache)
     evaluate = _engine(engine, cache, max_batch_rows, ablation)
+    base_ablation = {"mean": ablation, "zero": Ablation("zero")}.get(kind)
+    base = baseline_for(kind, ablation=base_ablation)
     x = tree.reference
     o_root = tree.rows(tree.root)
     clean_pos = resolve_positions(spec.metric.positions, dataset, x)
     root_pos = resolve_positions(spec.metric.positions, dataset, o_root)
-    bar = tqdm(desc=f"scrub {hyp.name}", unit="pass", disable=not progress, leave=False)
+    stages = ("clean", "baseline", "scrubbed")
+    bar = tqdm(  # cleared when closed, so it never shares a line with the table
+        total=len(stages),
+        desc=f"scrub {hyp.name}",
+        unit="stage",
+        disable=_no_bar(progress),
+        leave=False,
+    )
+
+    def tick() -> None:
+        bar.refresh()
+
     try:
+        bar.set_postfix_str(stages[0])
         clean_logits = cache.memo(
             model,
             dataset,
@@ -116,21 +157,26 @@ def run(
             lambda: _clean(model, dataset, x, clean_pos, max_batch_rows),
         )
         bar.update()
-        baseline_logits, labelled, baseline_clean = _baseline(
-            spec.baseline_kind,
+        bar.set_postfix_str(stages[1])
+        base_run = base(
             model=model,
             dataset=dataset,
-            cache=cache,
-            tree=tree,
-            engine=engine,
-            max_batch_rows=max_batch_rows,
-            ablation=ablation,
-            clean_logits=clean_logits,
-            positions=root_pos,
+            reference=x,
             seed=seed,
-            tick=bar.update,
+            metric_positions=spec.metric.positions,
+            evaluate=_engine(engine, cache, max_batch_rows, base_ablation),
+            engine=engine,
+            cache=cache,
+            on_pass=tick,
+            clean_logits=clean_logits,
         )
-        scrubbed_logits = evaluate(model, tree, positions=root_pos, on_pass=bar.update)
+        baseline_logits = base_run.logits
+        labelled = x if base_run.labels is None else base_run.labels
+        baseline_clean = clean_logits if base_run.clean is None else base_run.clean
+        bar.update()
+        bar.set_postfix_str(stages[2])
+        scrubbed_logits = evaluate(model, tree, positions=root_pos, on_pass=tick)
+        bar.update()
     finally:
         bar.close()
 
@@ -140,7 +186,7 @@ def run(
         )
 
     clean = metric(clean_logits)
-    baseline = per_example_metric(
+    baseline_values = per_example_metric(
         spec.metric,
         baseline_logits,
         reference=labelled,
@@ -159,15 +205,29 @@ def run(
             "the scrubbed output equals the baseline exactly: this hypothesis keeps nothing "
             "that reaches the output"
         )
-    if np.isclose(clean.mean(), baseline.mean(), rtol=0, atol=1e-12):
-        messages.append(
-            "clean and baseline metrics agree, so the fraction recovered is undefined (NaN)"
-        )
+    for name, values in (("clean", clean), ("baseline", baseline_values), ("scrubbed", scrubbed)):
+        bad = int((~np.isfinite(values)).sum())
+        if bad:
+            messages.append(
+                f"the {name} metric is not finite on {bad} of {len(values)} examples (written "
+                "as null in JSON)"
+            )
 
     rng = stream(seed, "bootstrap")
 
     def ci(values: np.ndarray) -> tuple[float, float]:
         return bootstrap_ci((values,), np.mean, rng=rng, confidence=confidence)
+
+    clean_ci, baseline_ci, scrubbed_ci = ci(clean), ci(baseline_values), ci(scrubbed)
+    reason = _undefined_reason(clean, baseline_values, scrubbed, seed=seed, confidence=confidence)
+    if reason is None:
+        recovered: float | None = float(recovered_of(clean, baseline_values, scrubbed))
+        recovered_ci = bootstrap_ci(
+            (clean, baseline_values, scrubbed), recovered_of, rng=rng, confidence=confidence
+        )
+    else:
+        recovered, recovered_ci = None, (math.nan, math.nan)
+        messages.append(f"the fraction recovered is undefined: {reason}")
 
     result = ScrubResult(
         hypothesis=hyp.name,
@@ -178,36 +238,109 @@ def run(
         dataset={
             "generator": spec.dataset.generator,
             "params": dict(dataset.params),
-            "spec_file": hyp.dataset_file,
+            "spec_file": _relative_to_file(hyp.dataset_file, hyp.file),
         },
         metric=spec.metric.model_dump(),
         n=n,
         seed=seed,
         engine=engine,
-        baseline_kind=spec.baseline_kind,
+        baseline_kind=base_run.kind,
         clean=float(clean.mean()),
-        baseline=float(baseline.mean()),
+        baseline=float(baseline_values.mean()),
         scrubbed=float(scrubbed.mean()),
-        clean_ci=ci(clean),
-        baseline_ci=ci(baseline),
-        scrubbed_ci=ci(scrubbed),
-        recovered=float(recovered_of(clean, baseline, scrubbed)),
-        recovered_ci=bootstrap_ci(
-            (clean, baseline, scrubbed), recovered_of, rng=rng, confidence=confidence
-        ),
+        clean_ci=clean_ci,
+        baseline_ci=baseline_ci,
+        scrubbed_ci=scrubbed_ci,
+        recovered=recovered,
+        recovered_ci=recovered_ci,
         confidence=confidence,
         per_example=scrubbed.tolist(),
         per_example_clean=clean.tolist(),
-        per_example_baseline=baseline.tolist(),
+        per_example_baseline=baseline_values.tolist(),
         reference=x.tolist(),
         draws=tree.draws(),
         warnings=messages,
         versions=dict(_versions()),
+        recovered_undefined_reason=reason,
+        baseline_rows=None if base_run.rows is None else base_run.rows.tolist(),
+        self_draws=tree.self_draws,
+        generated=_generated_examples(tree),
         methodology=methodology(hyp, ablation),
     )
     for message in messages:
         warnings.warn(message, ScrubWarning, stacklevel=2)
     return result
+
+
+def _count(name: str, value: Any, *, minimum: int) -> int:
+    """``value`` as an int of at least ``minimum``, else a ValueError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, not {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, not {value}")
+    return int(value)
+
+
+def _no_bar(progress: bool | None) -> bool | None:
+    """tqdm's ``disable``: ``None`` lets tqdm hide the bar when stderr is not a terminal."""
+    return None if progress is None else not progress
+
+
+def _undefined_reason(
+    clean: np.ndarray, baseline: np.ndarray, scrubbed: np.ndarray, *, seed: int, confidence: float
+) -> str | None:
+    """Why (scrubbed − baseline) / (clean − baseline) is not a meaningful number, if it is not."""
+    means = {"clean": clean.mean(), "baseline": baseline.mean(), "scrubbed": scrubbed.mean()}
+    bad = [name for name, value in means.items() if not math.isfinite(value)]
+    if bad:
+        return f"the {' and '.join(bad)} mean is not finite"
+    if means["clean"] == means["baseline"]:
+        return "clean and baseline metrics are equal"
+    if len(clean) < 2:
+        return f"n = {len(clean)}: too few examples to tell clean from baseline"
+    lo, hi = bootstrap_ci(
+        (clean, baseline),
+        _mean_difference,
+        rng=stream(seed, "bootstrap", "clean-baseline"),
+        confidence=confidence,
+    )
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "the confidence interval of clean − baseline is undefined"
+    if lo <= 0 <= hi:
+        return (
+            f"clean and baseline are not distinguishable: the {confidence:.0%} CI of "
+            f"clean − baseline, [{lo:.4g}, {hi:.4g}], contains 0"
+        )
+    return None
+
+
+def _mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(a - b, axis=axis)
+
+
+def _relative_to_file(path: str | None, file: str | None) -> str | None:
+    """``path`` relative to the directory of ``file`` (POSIX separators), for portable JSON."""
+    if path is None or file is None:
+        return path
+    start = Path(file).resolve().parent
+    return Path(os.path.relpath(Path(path).resolve(), start)).as_posix()
+
+
+def _generated_examples(tree: SampledTree) -> dict[str, dict[str, Any]]:
+    """Every generated row a draw uses: its tokens, named positions and fields, by row id.
+
+    Generated examples are not in the dataset its spec makes, so a result keeps them to be
+    re-scored from its JSON alone.
+    """
+    ds = tree.dataset
+    out: dict[str, dict[str, Any]] = {}
+    for row in tree.generated_rows():
+        out[str(row)] = {
+            "tokens": ds.tokens[row].tolist(),
+            "positions": {name: pos[row].tolist() for name, pos in sorted(ds.positions.items())},
+            "fields": {name: np.asarray(v[row]).tolist() for name, v in sorted(ds.fields.items())},
+        }
+    return out
 
 
 def _clean(
@@ -230,50 +363,10 @@ def _gather(logits: Tensor, positions: np.ndarray) -> Tensor:
 def _engine(
     engine: str, cache: ActivationCache, max_batch_rows: int, ablation: Ablation | None
 ) -> Evaluate:
+    """The evaluator named ``engine``, ablating unmapped inputs as ``ablation`` says."""
     if engine == "fast":
         return FastEngine(cache=cache, max_batch_rows=max_batch_rows, ablation=ablation)
     return _gathering(functools.partial(evaluate_reference, ablation=ablation))
-
-
-def _baseline(
-    kind: str,
-    *,
-    model: ScrubModel,
-    dataset: Dataset,
-    cache: ActivationCache,
-    tree: SampledTree,
-    engine: str,
-    max_batch_rows: int,
-    ablation: Ablation | None,
-    clean_logits: Tensor,
-    positions: np.ndarray,
-    seed: int,
-    tick: Callable[[], None],
-) -> tuple[Tensor, np.ndarray, Tensor]:
-    """The baseline's logits, the reference rows it is scored against and their clean logits.
-
-    ``resample_all``: the root alone (everything on ``O_root``); ``mean`` / ``zero``: the root
-    alone with every component ablated; ``permuted_labels``: the clean outputs scored against
-    the labels of a permutation of the reference batch.
-    """
-    x = tree.reference
-    if kind == "permuted_labels":
-        perm = stream(seed, "baseline", "permuted_labels").permutation(len(x))
-        return clean_logits, x[perm], clean_logits[perm]
-    kept = {"resample_all": None, "mean": ablation, "zero": ablation}[kind]
-    if kind == "zero" and (ablation is None or ablation.kind != "zero"):
-        kept = Ablation("zero")
-    assert kind != "mean" or kept is not None, "baseline 'mean' needs mean ablation"
-    o_root = tree.rows(tree.root)
-    logits = cache.memo(
-        model,
-        dataset,
-        ("baseline", kind, kept.key if kept else "", engine, o_root.tobytes(), positions.tobytes()),
-        lambda: _engine(engine, cache, max_batch_rows, kept)(
-            model, _root_only(tree), positions=positions, on_pass=tick
-        ),
-    )
-    return logits, x, clean_logits
 
 
 def _gathering(evaluate: Callable[..., Tensor]) -> Evaluate:
@@ -283,19 +376,6 @@ def _gathering(evaluate: Callable[..., Tensor]) -> Evaluate:
         return _gather(evaluate(model, tree, on_pass=on_pass), positions)
 
     return gathered
-
-
-def _root_only(tree: SampledTree) -> SampledTree:
-    """The baseline tree: the root alone, on the same reference batch and other inputs."""
-    root = tree.root
-    alone = TreeNode(name=root.name, path=root.path, interp=root.interp, edge=None)
-    return SampledTree(
-        root=alone,
-        data={root.name: tree.data[root.name]},
-        other={root.name: tree.other[root.name]},
-        dataset=tree.dataset,
-        warnings=[],
-    )
 
 
 @functools.cache

@@ -39,7 +39,6 @@ from scrub._positions import parse_positions
 
 __all__ = [
     "AblationSpec",
-    "BaselineSpec",
     "CondSpec",
     "DatasetSpec",
     "DefaultsSpec",
@@ -253,19 +252,6 @@ class AblationSpec(_Frozen):
         return self
 
 
-class BaselineSpec(_Frozen):
-    """What recovering nothing means (``baseline:``); default: the one matching the ablation.
-
-    Attributes:
-        kind: ``resample_all`` (the whole model on resampled inputs), ``mean`` / ``zero``
-            (every component output mean- or zero-ablated; the means of ``ablation:``, which
-            must then be ``mean``), ``permuted_labels`` (the clean model scored against
-            another reference example's labels).
-    """
-
-    kind: Literal["resample_all", "mean", "zero", "permuted_labels"] = "resample_all"
-
-
 class DefaultsSpec(_Frozen):
     """Run defaults, overridable from the command line."""
 
@@ -273,8 +259,19 @@ class DefaultsSpec(_Frozen):
     seed: int = Field(default=0, ge=0)
 
 
+BaselineKind = Literal["resample_all", "mean", "zero", "permuted_labels"]
+"""Baseline kinds a file may name (see :mod:`scrub.engine.baseline`): ``resample_all`` (the
+whole model on resampled inputs), ``mean`` / ``zero`` (every component output mean- or
+zero-ablated; ``mean`` takes the means of ``ablation:``, which must then be ``mean``),
+``permuted_labels`` (the clean model scored against another reference example's labels)."""
+
+
 class HypothesisSpec(_Frozen):
-    """A whole hypothesis file."""
+    """A whole hypothesis file.
+
+    ``baseline`` names the experiment's baseline (default ``resample_all``: the whole model on
+    unconditionally resampled inputs); it never depends on the hypothesis's own nodes.
+    """
 
     name: str | None = None
     description: str | None = None
@@ -284,16 +281,16 @@ class HypothesisSpec(_Frozen):
     features: dict[str, str] = Field(default_factory=dict)
     defaults: DefaultsSpec = DefaultsSpec()
     ablation: AblationSpec = AblationSpec()
-    baseline: BaselineSpec | None = None
+    baseline: BaselineKind | None = None
     nodes: dict[str, NodeSpec] = Field(min_length=1)
 
-    _shorthand = field_validator("ablation", "baseline", mode="before")(
+    _shorthand = field_validator("ablation", mode="before")(
         classmethod(lambda cls, v: _sampler_shorthand(v))
     )
 
     @model_validator(mode="after")
     def _baseline_fits_ablation(self) -> HypothesisSpec:
-        if self.baseline and self.baseline.kind == "mean" and self.ablation.kind != "mean":
+        if self.baseline == "mean" and self.ablation.kind != "mean":
             raise ValueError(
                 "baseline 'mean' takes its means from 'ablation', which is "
                 f"{self.ablation.kind!r}: set 'ablation: {{kind: mean, ...}}'"
@@ -304,5 +301,5 @@ class HypothesisSpec(_Frozen):
     def baseline_kind(self) -> str:
         """The baseline, explicit or the one matching the ablation."""
         if self.baseline is not None:
-            return self.baseline.kind
+            return self.baseline
         return {"resample": "resample_all"}.get(self.ablation.kind, self.ablation.kind)

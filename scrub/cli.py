@@ -1,30 +1,77 @@
-"""The ``scrub`` command: ``scrub run``, ``check``, ``graph``, ``compare`` and ``diagnose``.
+"""The scrub command: scrub run, check, graph, compare and diagnose FILE(S).
 
-Exit codes: 0 success, 1 invalid hypothesis (the message names the file, key and fix), 2 bad
-command-line usage.
+Exit codes: 0 success, 1 invalid hypothesis or an output that cannot be written (the message
+names the file, key and fix), 2 bad command-line usage, 130 interrupted (Ctrl-C).
+
+Pitfall: :func:`main` is what tests call, so it lets unexpected exceptions through (a bug must
+fail a test, not become an exit code). The installed ``scrub`` command (:func:`console`) also
+turns those into one line, unless ``SCRUB_DEBUG=1`` asks for the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from scrub._errors import HypothesisError, ScrubWarning
 
-__all__ = ["main"]
+__all__ = ["console", "main"]
+
+
+class OutputError(Exception):
+    """An output file cannot be written (reported as one line, exit 1)."""
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("scrub")
+    except metadata.PackageNotFoundError:
+        import scrub
+
+        return scrub.__version__
+
+
+def _int_at_least(minimum: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what}, not {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{what}, not {value}")
+        return value
+
+    return parse
+
+
+_POSITIVE = _int_at_least(1, "must be a positive integer")
+_NON_NEGATIVE = _int_at_least(0, "must be a non-negative integer")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scrub", description=__doc__.splitlines()[0])
+    description = (__doc__ or "").split("\n\n")[0].replace("\n", " ")
+    parser = argparse.ArgumentParser(
+        prog="scrub",
+        description=description,
+        epilog="exit codes: 0 ok, 1 invalid hypothesis or unwritable output, 2 usage error, "
+        "130 interrupted. SCRUB_DEBUG=1 shows tracebacks of unexpected errors.",
+    )
+    parser.add_argument("--version", action="version", version=f"scrub {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="scrub a hypothesis and print how much it recovers")
     run.add_argument("file", type=Path, help="hypothesis YAML file")
     run.add_argument("--model", help="model: shipped name, local HF directory or hub name")
-    run.add_argument("--n", type=int, help="number of reference examples")
-    run.add_argument("--seed", type=int, help="seed of every random draw")
+    run.add_argument("--n", type=_POSITIVE, help="number of reference examples (at least 1)")
+    run.add_argument("--seed", type=_NON_NEGATIVE, help="seed of every random draw (0 or more)")
     run.add_argument(
         "--engine",
         default="fast",
@@ -33,30 +80,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--max-batch-rows",
-        type=int,
+        type=_POSITIVE,
         default=4096,
         help="most rows in one forward pass (caps memory; results do not change)",
     )
     run.add_argument("--out", type=Path, help="write the result as JSON here")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    bar = run.add_mutually_exclusive_group()
+    bar.add_argument("--quiet", action="store_true", help="no progress bar")
+    bar.add_argument(
+        "--progress", action="store_true", help="a progress bar even if stderr is not a terminal"
+    )
 
-    check = sub.add_parser("check", help="validate a hypothesis against its model and dataset")
+    check = sub.add_parser(
+        "check",
+        help="validate a hypothesis against its model and dataset, and sample its tree once "
+        "(no model run)",
+    )
     check.add_argument("file", type=Path, help="hypothesis YAML file")
     check.add_argument("--model", help="model: shipped name, local HF directory or hub name")
     cmp = sub.add_parser("compare", help="compare rival hypotheses on one experiment")
     cmp.add_argument("files", type=Path, nargs="+", help="hypothesis YAML files")
     cmp.add_argument("--model", help="model: shipped name, local HF directory or hub name")
-    cmp.add_argument("--n", type=int, help="number of reference examples")
-    cmp.add_argument("--seed", type=int, help="seed of the reference batch and the first draw")
+    cmp.add_argument("--n", type=_POSITIVE, help="number of reference examples (at least 1)")
     cmp.add_argument(
-        "--seeds", type=int, default=1, help="draws of the tree on the reference batch (K)"
+        "--seed", type=_NON_NEGATIVE, help="seed of the reference batch and of the first draw"
+    )
+    cmp.add_argument(
+        "--seeds", type=_POSITIVE, default=1, help="draws of the tree on the reference batch (K)"
     )
     cmp.add_argument(
         "--experiment", type=Path, help="YAML whose model/dataset/metric/... every file gets"
     )
     cmp.add_argument(
         "--random-controls",
-        type=int,
+        type=_NON_NEGATIVE,
         default=0,
         metavar="N",
         help="rank each hypothesis among N random ones of the same shape",
@@ -68,8 +125,8 @@ def _parser() -> argparse.ArgumentParser:
     diag = sub.add_parser("diagnose", help="which part of a hypothesis loses the metric")
     diag.add_argument("file", type=Path, help="hypothesis YAML file")
     diag.add_argument("--model", help="model: shipped name, local HF directory or hub name")
-    diag.add_argument("--n", type=int, help="number of reference examples")
-    diag.add_argument("--seed", type=int, help="seed of every random draw")
+    diag.add_argument("--n", type=_POSITIVE, help="number of reference examples (at least 1)")
+    diag.add_argument("--seed", type=_NON_NEGATIVE, help="seed of every random draw (0 or more)")
     diag.add_argument("--by", help="dataset field to break examples down by ('' for none)")
     diag.add_argument("--engine", default="fast", choices=["fast", "reference"])
     diag.add_argument("--out", type=Path, help="write the diagnosis as JSON here")
@@ -81,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``scrub`` command."""
+    """Entry point of the ``scrub`` command (see the module docstring for exit codes)."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "check":
@@ -96,24 +153,84 @@ def main(argv: list[str] | None = None) -> int:
     except HypothesisError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (``scrub graph | head``): stop quietly, and keep Python from
+        # complaining again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def console() -> None:
+    """The installed ``scrub`` command: :func:`main`, with unexpected errors as one line."""
+    if os.environ.get("SCRUB_DEBUG"):
+        sys.exit(main())
+    try:
+        code = main()
+    except Exception as exc:
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc}\n"
+            "run with SCRUB_DEBUG=1 for the traceback",
+            file=sys.stderr,
+        )
+        code = 1
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def _quiet_hf() -> Iterator[None]:
+    """Silence Hugging Face's progress bars and logging (model loading, padding advice)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        yield
+        return
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load(args: argparse.Namespace):
+    """The hypothesis and its model, loaded quietly."""
+    from scrub._hypothesis import load_hypothesis
+    from scrub._model import load_model
+
+    hyp = load_hypothesis(args.file)
+    with _quiet_hf():
+        model = load_model(args.model or hyp.spec.model)
+    return hyp, model
 
 
 def _check(args: argparse.Namespace) -> int:
     from scrub._bind import bind, make_dataset_for
-    from scrub._hypothesis import load_hypothesis
-    from scrub._model import load_model
-    from scrub._tree import treeify
+    from scrub._tree import sample_tree
 
-    hyp = load_hypothesis(args.file)
-    model = load_model(args.model or hyp.spec.model)
-    dataset = make_dataset_for(hyp, seed=hyp.spec.defaults.seed)
-    bind(hyp, model, dataset)
-    tree = treeify(hyp)
+    hyp, model = _load(args)
+    n, seed = hyp.spec.defaults.n, hyp.spec.defaults.seed
+    dataset = make_dataset_for(hyp, seed=seed)
+    bound = bind(hyp, model, dataset)
+    # A dry sampling on the defaults: what ``run`` would reject at sampling time is caught
+    # here (n larger than the pool, ...), and what it would warn about is shown.
+    tree = sample_tree(bound, n=n, seed=seed)
     print(
         f"ok: {args.file}: hypothesis {hyp.name!r}, {hyp.graph.number_of_nodes()} nodes "
-        f"({sum(1 for _ in tree.walk())} after treeifying), model {model.source!r}, "
-        f"dataset {dataset.name!r} ({dataset.n_base} examples)"
+        f"({sum(1 for _ in tree.root.walk())} after treeifying), model {model.source!r}, "
+        f"dataset {dataset.name!r} ({dataset.n_base} examples), sampled n={n} seed={seed}"
     )
+    for message in tree.warnings:
+        print(f"warning: {message}")
     return 0
 
 
@@ -123,7 +240,8 @@ def _graph(args: argparse.Namespace) -> int:
 
     hyp = load_hypothesis(args.file)
     if args.out is None:
-        print(to_dot(hyp).source)
+        sys.stdout.write(to_dot(hyp).source + "\n")
+        sys.stdout.flush()
         return 0
     try:
         print(f"wrote {render(hyp, args.out)}")
@@ -134,42 +252,41 @@ def _graph(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from scrub._model import ScrubModel
     from scrub._report import format_result
     from scrub._run import run
 
-    with warnings.catch_warnings():  # the table lists them; don't print them twice
+    if args.out is not None:
+        _check_writable(args.out)  # before the run, which may take long
+    hyp, model = _load(args)
+    assert isinstance(model, ScrubModel)
+    with warnings.catch_warnings(), _quiet_hf():  # the table lists the warnings
         warnings.simplefilter("ignore", ScrubWarning)
         result = run(
-            args.file,
-            model=args.model,
+            hyp,
+            model=model,
             n=args.n,
             seed=args.seed,
             engine=args.engine,
             max_batch_rows=args.max_batch_rows,
-            progress=not args.quiet,
+            progress=False if args.quiet else (True if args.progress else None),
         )
     print(format_result(result))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(result.to_json() + "\n")
+    if args.out is not None:
+        _write_atomically(args.out, result.to_json() + "\n")
         print(f"wrote {args.out}")
     return 0
-
-
-def _write(path: Path | None, text: str) -> None:
-    if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
-        print(f"wrote {path}")
 
 
 def _compare(args: argparse.Namespace) -> int:
     from scrub.experiments import compare
 
-    if args.seeds < 1 or args.random_controls < 0 or not 0 < args.margin < 1:
-        print("error: need --seeds >= 1, --random-controls >= 0, 0 < --margin < 1", file=sys.stderr)
+    if not 0 < args.margin < 1:
+        print(f"error: --margin must be between 0 and 1, not {args.margin}", file=sys.stderr)
         return 2
-    with warnings.catch_warnings():  # the table lists them
+    if args.out is not None:
+        _check_writable(args.out)
+    with warnings.catch_warnings(), _quiet_hf():  # the table lists the warnings
         warnings.simplefilter("ignore", ScrubWarning)
         result = compare(
             args.files,
@@ -183,22 +300,80 @@ def _compare(args: argparse.Namespace) -> int:
             engine=args.engine,
         )
     print(result.table())
-    _write(args.out, result.to_json())
+    if args.out is not None:
+        _write_atomically(args.out, result.to_json() + "\n")
+        print(f"wrote {args.out}")
     return 0
 
 
 def _diagnose(args: argparse.Namespace) -> int:
     from scrub.experiments import diagnose
 
-    with warnings.catch_warnings():
+    if args.out is not None:
+        _check_writable(args.out)
+    with warnings.catch_warnings(), _quiet_hf():
         warnings.simplefilter("ignore", ScrubWarning)
         result = diagnose(
             args.file, model=args.model, n=args.n, seed=args.seed, by=args.by, engine=args.engine
         )
     print(result.table())
-    _write(args.out, result.to_json())
+    if args.out is not None:
+        _write_atomically(args.out, result.to_json() + "\n")
+        print(f"wrote {args.out}")
     return 0
 
 
+def _check_writable(path: Path) -> None:
+    """Fail now, not after the run, if ``path`` cannot be written.
+
+    Raises:
+        OutputError: naming the path and the reason.
+    """
+    if path.is_dir():
+        raise OutputError(f"--out {path} is a directory; give a file name, e.g. {path / 'x.json'}")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.", suffix=".tmp"):
+            pass
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write --out {path}: {exc.strerror or exc} (in {parent})"
+        ) from None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``.
+
+    A reader never sees a half-written file, and a failure leaves any old file intact.
+
+    Raises:
+        OutputError: naming the path and the reason.
+    """
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"cannot write --out {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a file's mode
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise OutputError(f"cannot write --out {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

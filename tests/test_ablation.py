@@ -92,10 +92,18 @@ def test_mean_ablation_of_every_component_is_the_mean_baseline(tiny_model, engin
     rows = np.asarray(result.draws["out.other"])
     logits, _, _ = tiny_model.run(ds.tokens[torch.as_tensor(rows)], patches=means.patches(ds, rows))
     reference = np.asarray(result.reference)
-    positions = scrub._positions.resolve_positions(("REP",), ds, rows)
-    gathered = logits[torch.arange(len(rows))[:, None], torch.as_tensor(positions)]
+
+    def at_rep(out: torch.Tensor, of: np.ndarray) -> torch.Tensor:
+        positions = scrub._positions.resolve_positions(("REP",), ds, of)
+        return out[torch.arange(len(of))[:, None], torch.as_tensor(positions)]
+
+    clean, _, _ = tiny_model.run(ds.tokens[torch.as_tensor(reference)])
     expected = scrub._metrics.per_example_metric(
-        hyp.spec.metric, gathered, reference=reference, dataset=ds
+        hyp.spec.metric,
+        at_rep(logits, rows),
+        reference=reference,
+        dataset=ds,
+        clean_logits=at_rep(clean, reference),
     )
     np.testing.assert_allclose(result.per_example_baseline, expected, atol=1e-5)
     assert result.methodology["ablation_reference"]["size"] > 0

@@ -139,7 +139,8 @@ def test_several_draws_keep_the_reference_batch_and_widen_the_interval(tiny_mode
 
 def test_rivals_on_different_experiments_are_refused(tiny_model_dir, tiny_model, tmp_path):
     a = _small(tiny_model_dir, ["a1.h0"], name="a")
-    b = _small(tiny_model_dir, ["a1.h3"], name="b", metric={"kind": "kl", "positions": "REP"})
+    loss = {"kind": "loss", "positions": "REP", "labels": "next"}
+    b = _small(tiny_model_dir, ["a1.h3"], name="b", metric=loss)
     with pytest.raises(scrub.HypothesisError, match="differ in 'metric'") as info:
         scrub.compare([a, b], model=tiny_model)
     assert info.value.key == ("metric",)
@@ -147,9 +148,9 @@ def test_rivals_on_different_experiments_are_refused(tiny_model_dir, tiny_model,
     with pytest.raises(scrub.HypothesisError, match=r"defaults\.n"):
         scrub.compare([a, c], model=tiny_model)
     exp = tmp_path / "exp.yaml"
-    exp.write_text(yaml.safe_dump({"metric": {"kind": "kl", "positions": "REP"}}))
+    exp.write_text(yaml.safe_dump({"metric": loss}))
     cmp = _quiet(scrub.compare, [a, b], model=tiny_model, experiment=exp)
-    assert cmp.experiment["metric"]["kind"] == "kl"
+    assert cmp.experiment["metric"]["kind"] == "loss"
 
 
 def test_json_is_strict_and_the_frame_is_long(tiny_model_dir, tiny_model):

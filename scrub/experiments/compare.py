@@ -270,7 +270,8 @@ class Scorer:
         )
 
 
-def _number(value: float | None) -> float:
+def number(value: float | None) -> float:
+    """``value``, with ``None`` (undefined) as NaN."""
     return math.nan if value is None else float(value)
 
 
@@ -308,7 +309,7 @@ def score_hypothesis(
     if undefined is not None:
         recovered, ci = math.nan, (math.nan, math.nan)
     elif len(results) == 1:
-        recovered, ci = results[0].recovered, results[0].recovered_ci
+        recovered, ci = number(results[0].recovered), results[0].recovered_ci
     else:
         recovered = float(recovered_of(c, b, s))
         ci = bootstrap_ci(
@@ -317,7 +318,7 @@ def score_hypothesis(
             rng=stream(scorer.seed, "compare", "bootstrap", name),
             confidence=scorer.confidence,
         )
-    per_draw = [_number(r.recovered) for r in results]
+    per_draw = [number(r.recovered) for r in results]
     both = _stats.combined_interval(recovered, ci, per_draw, confidence=scorer.confidence)
     complete = _stats.completeness(
         c, b, s, margin=margin, alpha=alpha, rng=stream(scorer.seed, "compare", "complete", name)

@@ -48,7 +48,7 @@ from scrub.data import Dataset
 from scrub.engine import ActivationCache
 from scrub.experiments import _stats
 from scrub.experiments._experiment import experiment_of
-from scrub.experiments.compare import Scorer, undefined_reason
+from scrub.experiments.compare import Scorer, number, undefined_reason
 
 __all__ = ["BY_FIELDS", "Diagnosis", "VariantScore", "diagnose", "variants"]
 
@@ -297,7 +297,7 @@ def diagnose(
             file=hyp.file,
             hint="use a metric or dataset on which clean and baseline differ, or a larger n",
         )
-    rows = [VariantScore("—", "keep", base.recovered, 0.0, (0.0, 0.0), 1.0, by_group(s0))]
+    rows = [VariantScore("—", "keep", number(base.recovered), 0.0, (0.0, 0.0), 1.0, by_group(s0))]
     skipped = []
     scored = []
     for node, change, data in variants(hyp):
@@ -323,7 +323,7 @@ def diagnose(
     return Diagnosis(
         hypothesis=hyp.name,
         experiment=exp,
-        recovered=base.recovered,
+        recovered=number(base.recovered),
         ci=base.recovered_ci,
         by=by or None,
         groups=groups,
