@@ -1,4 +1,5 @@
-"""The scrub command: scrub run, check, graph, compare and diagnose FILE(S).
+"""The scrub command: scrub run FILE, scrub check FILE, scrub graph FILE, scrub compare
+FILES, scrub diagnose FILE.
 
 Exit codes: 0 success, 1 invalid hypothesis or an output that cannot be written (the message
 names the file, key and fix), 2 bad command-line usage, 130 interrupted (Ctrl-C).
