@@ -37,17 +37,20 @@ from scrub._tokenizer import gpt2_tokenizer
 from scrub._tree import SampledTree, TreeNode, sample_tree, treeify
 from scrub.data import Dataset, make_dataset
 from scrub.engine import ActivationCache, FastEngine, evaluate_reference
+from scrub.experiments import Comparison, Diagnosis, compare, diagnose
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationCache",
     "BoundHypothesis",
+    "Comparison",
     "Component",
     "ComponentMeans",
     "CondSampler",
     "Correspondence",
     "Dataset",
+    "Diagnosis",
     "ExactSampler",
     "FastEngine",
     "FixedSampler",
@@ -65,7 +68,9 @@ __all__ = [
     "UncondSampler",
     "UncondTogetherSampler",
     "bind",
+    "compare",
     "component_means",
+    "diagnose",
     "evaluate_reference",
     "gpt2_tokenizer",
     "hypothesis_from_dict",

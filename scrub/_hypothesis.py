@@ -209,6 +209,10 @@ def hypothesis_from_dict(
     if isinstance(data.get("dataset"), str):
         dataset_file, dataset = _load_dataset_file(data["dataset"], file)
         data = {**data, "dataset": dataset}
+    ablation = data.get("ablation")
+    if isinstance(ablation, dict) and isinstance(ablation.get("dataset"), str):
+        _, reference = _load_dataset_file(ablation["dataset"], file)
+        data = {**data, "ablation": {**ablation, "dataset": reference}}
     try:
         spec = HypothesisSpec.model_validate(data)
     except pydantic.ValidationError as exc:
@@ -304,9 +308,16 @@ _SAMPLER_KINDS = ("exact", "uncond", "uncond_together", "cond", "fixed", "genera
 
 def _model_at(key: tuple) -> type[pydantic.BaseModel] | None:
     """The schema model that lives at YAML key path ``key`` (for listing allowed keys)."""
-    from scrub._schema import DatasetSpec, DefaultsSpec, EdgeSpec, MetricSpec
+    from scrub._schema import (
+        AblationSpec,
+        DatasetSpec,
+        DefaultsSpec,
+        EdgeSpec,
+        MetricSpec,
+    )
 
     top: dict[str, type[pydantic.BaseModel]] = {
+        "ablation": AblationSpec,
         "dataset": DatasetSpec,
         "metric": MetricSpec,
         "defaults": DefaultsSpec,

@@ -38,6 +38,7 @@ from scrub._errors import HypothesisError
 from scrub._positions import parse_positions
 
 __all__ = [
+    "AblationSpec",
     "CondSpec",
     "DatasetSpec",
     "DefaultsSpec",
@@ -227,6 +228,30 @@ class MetricSpec(_Frozen):
         return self
 
 
+class AblationSpec(_Frozen):
+    """How the inputs a hypothesis leaves unmapped are ablated (``ablation:``).
+
+    Attributes:
+        kind: ``resample`` (causal scrubbing: drawn by each node's ``other:`` sampler; the
+            default), ``mean`` (each unmapped component output replaced by its mean over
+            ``dataset``, per position class) or ``zero``.
+        dataset: the reference distribution of the means (a generator and params, or a dataset
+            spec file relative to the hypothesis file); default: the hypothesis's own dataset.
+        classes: named positions that get their own mean (e.g. ``[IO, S1, S2, END]``); every
+            other real position shares one ``other`` mean.
+    """
+
+    kind: Literal["resample", "mean", "zero"] = "resample"
+    dataset: DatasetSpec | None = None
+    classes: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _mean_only(self) -> AblationSpec:
+        if self.kind != "mean" and (self.dataset is not None or self.classes):
+            raise ValueError(f"'dataset' and 'classes' are for 'mean' ablation, not {self.kind!r}")
+        return self
+
+
 class DefaultsSpec(_Frozen):
     """Run defaults, overridable from the command line."""
 
@@ -234,8 +259,11 @@ class DefaultsSpec(_Frozen):
     seed: int = Field(default=0, ge=0)
 
 
-BaselineKind = Literal["resample_all"]
-"""Baseline kinds a file may name (see :mod:`scrub.engine.baseline`)."""
+BaselineKind = Literal["resample_all", "mean", "zero", "permuted_labels"]
+"""Baseline kinds a file may name (see :mod:`scrub.engine.baseline`): ``resample_all`` (the
+whole model on resampled inputs), ``mean`` / ``zero`` (every component output mean- or
+zero-ablated; ``mean`` takes the means of ``ablation:``, which must then be ``mean``),
+``permuted_labels`` (the clean model scored against another reference example's labels)."""
 
 
 class HypothesisSpec(_Frozen):
@@ -252,5 +280,26 @@ class HypothesisSpec(_Frozen):
     metric: MetricSpec
     features: dict[str, str] = Field(default_factory=dict)
     defaults: DefaultsSpec = DefaultsSpec()
-    baseline: BaselineKind = "resample_all"
+    ablation: AblationSpec = AblationSpec()
+    baseline: BaselineKind | None = None
     nodes: dict[str, NodeSpec] = Field(min_length=1)
+
+    _shorthand = field_validator("ablation", mode="before")(
+        classmethod(lambda cls, v: _sampler_shorthand(v))
+    )
+
+    @model_validator(mode="after")
+    def _baseline_fits_ablation(self) -> HypothesisSpec:
+        if self.baseline == "mean" and self.ablation.kind != "mean":
+            raise ValueError(
+                "baseline 'mean' takes its means from 'ablation', which is "
+                f"{self.ablation.kind!r}: set 'ablation: {{kind: mean, ...}}'"
+            )
+        return self
+
+    @property
+    def baseline_kind(self) -> str:
+        """The baseline, explicit or the one matching the ablation."""
+        if self.baseline is not None:
+            return self.baseline
+        return {"resample": "resample_all"}.get(self.ablation.kind, self.ablation.kind)
