@@ -13,6 +13,7 @@ Start with :func:`run`; ``scrub run FILE`` is the same from the shell.
 from scrub._bind import BoundHypothesis, bind, make_dataset_for
 from scrub._components import Component, ModelShape
 from scrub._errors import HypothesisError, ScrubWarning
+from scrub._imports import dataset_generator, feature
 from scrub._hypothesis import (
     Correspondence,
     Hypothesis,
@@ -66,7 +67,9 @@ __all__ = [
     "UncondTogetherSampler",
     "bind",
     "component_means",
+    "dataset_generator",
     "evaluate_reference",
+    "feature",
     "gpt2_tokenizer",
     "hypothesis_from_dict",
     "load_hypothesis",

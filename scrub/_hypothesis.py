@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
 import pydantic
-import yaml
 
 from scrub._components import Channel, Component, parse_component
 from scrub._errors import HypothesisError
@@ -44,6 +44,7 @@ from scrub._schema import (
     UncondSpec,
     UncondTogetherSpec,
 )
+from scrub._yaml import YamlDocument, read_yaml_document
 
 __all__ = [
     "Correspondence",
@@ -138,7 +139,10 @@ class Hypothesis:
         root: the node that maps ``logits``.
         file: where it was loaded from, if anywhere.
         sha256: hash of the file's bytes (or of the canonical spec), for provenance.
-        dataset_file: the dataset spec file, when ``dataset:`` names one.
+        dataset_file: the dataset spec file when ``dataset:`` names one, as written there
+            (relative to the hypothesis file, so it reads the same in every checkout).
+        dataset_path: where that spec file was read (the path errors name).
+        source, dataset_source: the YAML documents read (for the lines of errors).
     """
 
     name: str
@@ -148,6 +152,21 @@ class Hypothesis:
     file: str | None
     sha256: str
     dataset_file: str | None = None
+    dataset_path: str | None = None
+    source: YamlDocument | None = field(default=None, repr=False, compare=False)
+    dataset_source: YamlDocument | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def base_dir(self) -> Path | None:
+        """The directory relative paths in the file are relative to (``None``: no file)."""
+        return Path(self.file).parent if self.file else None
+
+    def locate(self, error: HypothesisError) -> HypothesisError:
+        """``error`` with the lines of its keys, where they are in the files read."""
+        for doc in (self.source, self.dataset_source):
+            if doc is not None:
+                error = doc.locate(error)
+        return error
 
     def node(self, name: str) -> InterpNode:
         return self.graph.nodes[name]["interp"]
@@ -172,23 +191,20 @@ def load_hypothesis(path: str | Path) -> Hypothesis:
 
     Raises:
         HypothesisError: the file is missing, not YAML, or not a valid hypothesis; the message
-            names the file, the key and a fix.
+            names the file, the key (and its line) and a fix, and lists every independent
+            problem the schema found.
     """
-    path = Path(path)
+    doc = read_yaml_document(path, what="hypothesis file")
     try:
-        raw_bytes = path.read_bytes()
-    except OSError as exc:
-        raise HypothesisError(f"cannot read hypothesis file: {exc.strerror}", file=path) from exc
-    try:
-        data = yaml.safe_load(raw_bytes) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise HypothesisError(f"not valid YAML{where}: {problem}", file=path) from exc
-    return hypothesis_from_dict(
-        data, file=str(path), sha256=hashlib.sha256(raw_bytes).hexdigest(), default_name=path.stem
-    )
+        return hypothesis_from_dict(
+            doc.data,
+            file=str(path),
+            sha256=hashlib.sha256(doc.raw).hexdigest(),
+            default_name=Path(path).stem,
+            source=doc,
+        )
+    except HypothesisError as exc:
+        raise doc.locate(exc) from None
 
 
 def hypothesis_from_dict(
@@ -197,6 +213,7 @@ def hypothesis_from_dict(
     file: str | None = None,
     sha256: str | None = None,
     default_name: str = "hypothesis",
+    source: YamlDocument | None = None,
 ) -> Hypothesis:
     """Validate a hypothesis given as plain data (what ``yaml.safe_load`` returns)."""
     if not isinstance(data, dict):
@@ -205,14 +222,20 @@ def hypothesis_from_dict(
             file=file,
             hint="start with 'model:', 'dataset:', 'metric:' and 'nodes:' keys",
         )
-    dataset_file = None
+    dataset_file = dataset_path = dataset_source = None
     if isinstance(data.get("dataset"), str):
-        dataset_file, dataset = _load_dataset_file(data["dataset"], file)
-        data = {**data, "dataset": dataset}
+        dataset_file = data["dataset"]
+        dataset_source = _load_dataset_file(dataset_file, file)
+        dataset_path = dataset_source.file
+        data = {**data, "dataset": dataset_source.data}
     try:
         spec = HypothesisSpec.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise _from_validation_error(exc, file) from None
+        err = _from_validation_error(exc, file)
+        if dataset_source is not None:
+            err = HypothesisError.collect([_in_dataset_file(e, dataset_source) for e in err.errors])
+            err = dataset_source.locate(err)
+        raise err from None
     try:
         graph, root = _build_graph(spec)
     except HypothesisError as exc:
@@ -227,64 +250,118 @@ def hypothesis_from_dict(
         file=file,
         sha256=sha256,
         dataset_file=dataset_file,
+        dataset_path=dataset_path,
+        source=source,
+        dataset_source=dataset_source,
     )
 
 
-def _load_dataset_file(ref: str, file: str | None) -> tuple[str, dict]:
+def _in_dataset_file(err: HypothesisError, doc: YamlDocument) -> HypothesisError:
+    """An error at ``dataset.X`` of the merged spec, moved to key ``X`` of the spec file."""
+    if err.key[:1] != ("dataset",):
+        return err
+    return HypothesisError(
+        err.problem, file=doc.file, key=err.key[1:], hint=err.hint, line=err.line
+    )
+
+
+def dataset_spec_path(ref: str, file: str | None) -> str:
+    """Where a ``dataset: PATH`` spec is, as errors name it.
+
+    Relative to the hypothesis file's directory; a spec inside that directory's tree is named
+    by the path the hypothesis was given with (``hypotheses/x/data.yaml``), one outside it by its
+    plain absolute path (``/work/datasets/induction.yaml``), never by a chain of ``..``.
+    """
+    base = Path(file).parent if file else Path()
+    joined = Path(ref).expanduser()
+    if not joined.is_absolute():
+        joined = base / joined
+    resolved = joined.resolve()
+    if resolved.is_relative_to(base.resolve()):
+        return os.path.normpath(joined)
+    return str(resolved)
+
+
+def _load_dataset_file(ref: str, file: str | None) -> YamlDocument:
     """Read a dataset spec file named by ``dataset: PATH`` (relative to the hypothesis file)."""
     from scrub._schema import DatasetSpec
 
-    base = Path(file).parent if file else Path.cwd()
-    path = (base / ref).resolve() if not Path(ref).is_absolute() else Path(ref)
+    path = dataset_spec_path(ref, file)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
+        doc = read_yaml_document(path, what="dataset spec")
+    except HypothesisError as exc:
         raise HypothesisError(
-            f"cannot read dataset spec {ref!r} ({path}): {exc.strerror}",
+            f"cannot use dataset spec {ref!r} ({path}): {exc.problem}",
             file=file,
             key=("dataset",),
-            hint="'dataset:' is a mapping (generator, params) or the path of a dataset spec "
+            hint=(exc.hint + "; " if exc.hint else "")
+            + "'dataset:' is a mapping (generator, params) or the path of a dataset spec "
             "file, relative to this hypothesis file",
-        ) from exc
-    except yaml.YAMLError as exc:
-        raise HypothesisError(f"not valid YAML: {exc}", file=path) from exc
-    if not isinstance(data, dict):
+            line=exc.line,
+        ) from None
+    if not isinstance(doc.data, dict):
         raise HypothesisError(
-            "a dataset spec file must be a mapping with 'generator' and 'params'", file=path
+            f"a dataset spec file must be a mapping with 'generator' and 'params', not "
+            f"{type(doc.data).__name__} (named by {file or 'the hypothesis'} at 'dataset:')",
+            file=path,
+            hint="write 'generator: NAME' and 'params: {...}'",
         )
     try:
-        DatasetSpec.model_validate(data)
+        DatasetSpec.model_validate(doc.data)
     except pydantic.ValidationError as exc:
-        raise _from_validation_error(exc, str(path), prefix=("dataset",)) from None
-    return str(path), data
+        raise doc.locate(_from_validation_error(exc, path, prefix=("dataset",))) from None
+    return doc
 
 
 def _from_validation_error(
     exc: pydantic.ValidationError, file: str | None, *, prefix: tuple = ()
 ) -> HypothesisError:
-    """One located error from pydantic's; ``prefix`` locates a sub-file in the schema."""
-    # An unknown key explains a missing one next to it (a typo), so report unknown keys first.
-    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    err = errors[0]
+    """Every problem pydantic found, located; ``prefix`` locates a sub-file in the schema.
+
+    An unknown key explains a missing one next to it (a typo), so unknown keys come first, and a
+    missing key that an unknown sibling misspells is not reported twice.
+    """
+    raw = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    typos = {
+        (tuple(e["loc"][:-1]), str(e["loc"][-1])) for e in raw if e["type"] == "extra_forbidden"
+    }
+    errors = []
+    for err in raw:
+        loc = tuple(err["loc"])
+        if err["type"] == "missing" and any(
+            parent == loc[:-1] and difflib.get_close_matches(str(loc[-1]), [typo], n=1)
+            for parent, typo in typos
+        ):
+            continue
+        errors.append(_one_validation_error(err, file, prefix))
+    return HypothesisError.collect(errors)
+
+
+def _one_validation_error(err: Any, file: str | None, prefix: tuple) -> HypothesisError:
     loc = tuple(err["loc"])
-    # Drop the discriminated union's tag from the location: ('sampler', 'cond', 'rows').
+    # Drop the discriminated union's tag from the location: ('sampler', 'cond', 'rows'), and
+    # pydantic's marker of a mapping key: ('nodes', 'x.y', '[key]').
     key = tuple(
         p
         for i, p in enumerate(loc)
         if not (i > 0 and loc[i - 1] in ("sampler", "other") and p in _SAMPLER_KINDS)
+        and p != "[key]"
     )
     kind = err["type"]
     hint = None
-    if kind == "extra_forbidden":
+    if kind == "scrub":
+        problem, hint = err["ctx"]["problem"], err["ctx"]["hint"]
+    elif kind == "extra_forbidden":
         parent = _model_at((*prefix, *key[:-1]))
         allowed = sorted(parent.model_fields) if parent else []
         close = difflib.get_close_matches(str(key[-1]), allowed, n=1)
         problem = f"unknown key {key[-1]!r}"
         hint = (f"did you mean {close[0]!r}? " if close else "") + (
-            f"allowed keys here: {', '.join(allowed)}" if allowed else ""
+            f"allowed keys here: {', '.join(allowed)}" if allowed else "remove it"
         )
     elif kind == "missing":
         problem = f"missing required key {key[-1]!r}"
+        hint = _MISSING_HINTS.get(str(key[-1]), f"add '{key[-1]}:'")
     elif kind == "union_tag_invalid":
         problem = (
             f"unknown sampler kind {err['input'].get('kind')!r}"
@@ -292,11 +369,53 @@ def _from_validation_error(
             else err["msg"]
         )
         hint = f"sampler kinds: {', '.join(_SAMPLER_KINDS)}"
+    elif kind == "union_tag_not_found":
+        problem = "a sampler needs a 'kind'"
+        hint = f"e.g. 'sampler: {{kind: cond, features: [f]}}'; kinds: {', '.join(_SAMPLER_KINDS)}"
     elif kind == "literal_error":
         problem = f"invalid value {err['input']!r}: {err['msg'].lower()}"
+        hint = "use one of the values listed"
+    elif loc and loc[-1] == "[key]" and isinstance(err.get("input"), bool | int | float):
+        problem = f"key {err['input']!r} is not a name"
+        hint = (
+            "quote it: YAML reads unquoted yes/no/on/off/true/false as booleans and digits as "
+            "numbers"
+        )
     else:
         problem = err["msg"].removeprefix("Value error, ")
+        hint = _TYPE_HINTS.get(kind, "see the file format in the README ('A hypothesis file')")
+        if kind in _TYPE_HINTS and "input" in err:
+            problem += f", not {err['input']!r}"[:200]
     return HypothesisError(problem, file=file, key=key, hint=hint)
+
+
+_MISSING_HINTS = {
+    "model": "add 'model:', a shipped model (induction, parens, ioi_toy), a local directory or "
+    "a hub name",
+    "dataset": "add 'dataset:', {generator: NAME, params: {...}} or the path of a dataset spec",
+    "metric": "add 'metric:', e.g. {kind: loss, positions: REP, labels: next}",
+    "nodes": "add 'nodes:', with one root node mapping [logits]",
+    "components": "add 'components:', e.g. [a1.h0, m0] or [logits] for the root",
+    "node": "add 'node:', the name of the input node",
+    "generator": "add 'generator:', a registered generator or 'package.module:function'",
+    "kind": "add 'kind:'",
+    "group": "add 'group:', the name shared by the nodes drawn together",
+    "rows": "add 'rows:', a list of pool rows",
+}
+
+_TYPE_HINTS = {
+    "int_type": "write a whole number without quotes, e.g. 'n: 200' (not true, 2.0 or '200')",
+    "int_from_float": "write a whole number, e.g. 200",
+    "greater_than": "use a positive number",
+    "greater_than_equal": "use a number >= 0",
+    "string_type": "write text (quote it if YAML reads it as something else)",
+    "dict_type": "write a mapping, 'key: value' lines or {key: value}",
+    "tuple_type": "write a list, '- item' lines or [a, b]",
+    "list_type": "write a list, '- item' lines or [a, b]",
+    "too_short": "give at least one item",
+    "model_type": "write a mapping, 'key: value' lines or {key: value}",
+    "bool_type": "write true or false",
+}
 
 
 _SAMPLER_KINDS = ("exact", "uncond", "uncond_together", "cond", "fixed", "generate")
@@ -373,15 +492,24 @@ def _mapped_components(name: str, spec: NodeSpec) -> tuple[MappedComponent, ...]
                     "a component entry is a name like 'a1.h3@REP' or a mapping with keys "
                     "'component' and 'positions'",
                     key=key,
+                    hint="e.g. 'a1.h3@REP' or {component: a1.h3, positions: [REP]}",
                 )
             text, positions_value = str(item["component"]), item.get("positions")
         elif isinstance(item, str):
             text, _, pos_text = item.partition("@")
             positions_value = pos_text if pos_text else None
             if "@" in item and not pos_text:
-                raise HypothesisError(f"nothing after '@' in {item!r}", key=key)
+                raise HypothesisError(
+                    f"nothing after '@' in {item!r}",
+                    key=key,
+                    hint=f"name the positions ('{text}@END') or drop the '@'",
+                )
         else:
-            raise HypothesisError(f"a component must be a name, not {item!r}", key=key)
+            raise HypothesisError(
+                f"a component must be a name, not {item!r}",
+                key=key,
+                hint="e.g. 'a1.h3', 'm0', 'embed', 'a9.h9@END' (quote it if YAML reads a number)",
+            )
         try:
             comps = parse_component(text)
             positions = parse_positions(positions_value)
@@ -393,6 +521,7 @@ def _mapped_components(name: str, spec: NodeSpec) -> tuple[MappedComponent, ...]
                     "'logits' takes no positions: the metric's 'positions' say where the "
                     "output is read",
                     key=key,
+                    hint="write 'logits' and set 'metric: {positions: ...}'",
                 )
             if comp in seen:
                 raise HypothesisError(
@@ -425,7 +554,9 @@ def _build_graph(spec: HypothesisSpec) -> tuple[nx.DiGraph, str]:
             )
         sampler = None
         if not is_root:
-            sampler_spec = node_spec.sampler or ExactSpec()
+            # A node that names a feature is resampled keeping that feature, unless its sampler
+            # says otherwise; never silently exact.
+            sampler_spec = node_spec.sampler or (CondSpec() if feature else ExactSpec())
             sampler = _sampler(
                 sampler_spec, name, feature, ("nodes", name, "sampler"), spec.features
             )
@@ -505,7 +636,11 @@ def _add_edge(graph: nx.DiGraph, parent: InterpNode, edge: Any, key: tuple) -> N
             + f"nodes in this file: {', '.join(graph)}",
         )
     if child_name == parent.name:
-        raise HypothesisError(f"node {parent.name!r} lists itself as an input", key=(*key, "node"))
+        raise HypothesisError(
+            f"node {parent.name!r} lists itself as an input",
+            key=(*key, "node"),
+            hint="an input is another node, upstream in the model; remove this entry",
+        )
     if graph.has_edge(child_name, parent.name):
         raise HypothesisError(
             f"node {parent.name!r} lists input {child_name!r} twice",
@@ -514,7 +649,11 @@ def _add_edge(graph: nx.DiGraph, parent: InterpNode, edge: Any, key: tuple) -> N
         )
     child: InterpNode = graph.nodes[child_name]["interp"]
     if child.is_output:
-        raise HypothesisError(f"the root {child_name!r} cannot be an input", key=(*key, "node"))
+        raise HypothesisError(
+            f"the root {child_name!r} cannot be an input",
+            key=(*key, "node"),
+            hint="the root maps the output, which nothing reads; remove this input",
+        )
     parent_channels = {ch for mc in parent.components for ch in mc.component.channels}
     if not parent_channels:
         raise HypothesisError(

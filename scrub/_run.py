@@ -88,7 +88,8 @@ def run(
     if cache is None:
         cache = ActivationCache(max_batch_rows=max_batch_rows)
     if not isinstance(model, ScrubModel):
-        model = load_model(model or spec.model)
+        # The file's 'model:' is relative to the file; a model given here to the cwd.
+        model = load_model(model or spec.model, relative_to=None if model else hyp.base_dir)
     if dataset is None:
         dataset = make_dataset_for(hyp, seed=seed)
     bound = bind(hyp, model, dataset)

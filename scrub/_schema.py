@@ -24,15 +24,34 @@ A hypothesis file is YAML::
 
 Every model here is frozen and forbids unknown keys, so a typo is an error, not a silent no-op.
 Samplers are a discriminated union on ``kind``; a bare string (``sampler: exact``) is shorthand
-for ``{kind: exact}``. Nothing in a file is evaluated as code: features, generators and metrics
-are registered names or ``package.module:function`` references.
+for ``{kind: exact}``. A node without ``sampler:`` is ``exact`` unless it names a ``feature:``,
+in which case it is ``cond`` on that feature: a node that says what it computes is resampled
+keeping exactly that (write ``sampler: exact`` to keep the whole input).
+
+Node names are identifiers (``[A-Za-z_][A-Za-z0-9_]*``): results name draws ``node`` and
+``node.other`` and tree copies ``parent/child``, so ``.``, ``/`` or ``>`` in a name could collide.
+Counts (``n``, ``seed``, fixed ``rows``) are strict integers (``n: true`` is an error, not 1).
+
+Nothing in a file is evaluated as code: features, generators and metrics are registered names
+or ``package.module:function`` references to functions marked ``@scrub.feature`` /
+``@scrub.dataset_generator``.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from scrub._errors import HypothesisError
 from scrub._positions import parse_positions
@@ -46,6 +65,7 @@ __all__ = [
     "FixedSpec",
     "GenerateSpec",
     "HypothesisSpec",
+    "NODE_NAME",
     "MetricSpec",
     "NodeSpec",
     "SamplerSpec",
@@ -56,6 +76,31 @@ __all__ = [
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def refuse(problem: str, hint: str) -> PydanticCustomError:
+    """A validation error with a hint, for validators (the loader reads both back)."""
+    return PydanticCustomError("scrub", "{problem}", {"problem": problem, "hint": hint})
+
+
+NODE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+"""What a node name may be: an identifier (no ``.``, ``/``, ``>``, spaces)."""
+
+
+def _node_name(name: str) -> str:
+    if not NODE_NAME.fullmatch(name):
+        suggestion = re.sub(r"[^A-Za-z0-9_]", "_", name)
+        if not suggestion or not NODE_NAME.fullmatch(suggestion):
+            suggestion = f"n_{suggestion}"
+        raise refuse(
+            f"node name {name!r} is not an identifier",
+            f"node names are letters, digits and '_', not starting with a digit (results name "
+            f"draws 'node.other' and tree copies 'parent/child'); e.g. {suggestion!r}",
+        )
+    return name
+
+
+NodeName = Annotated[str, AfterValidator(_node_name)]
 
 
 class ExactSpec(_Frozen):
@@ -89,6 +134,11 @@ class CondSpec(_Frozen):
     @field_validator("features", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple) and not value:
+            raise refuse(
+                "an empty list of features conditions on nothing",
+                "name the features to keep, or use 'uncond' to condition on nothing",
+            )
         return [value] if isinstance(value, str) else value
 
 
@@ -96,7 +146,7 @@ class FixedSpec(_Frozen):
     """Always the given pool rows (tiled to the batch)."""
 
     kind: Literal["fixed"] = "fixed"
-    rows: tuple[int, ...] = Field(min_length=1)
+    rows: tuple[StrictInt, ...] = Field(min_length=1)
 
 
 class GenerateSpec(_Frozen):
@@ -123,7 +173,7 @@ def _positions(value: Any) -> Any:
     try:
         return parse_positions(value)
     except HypothesisError as exc:
-        raise ValueError(f"{exc.problem} ({exc.hint})" if exc.hint else exc.problem) from None
+        raise refuse(exc.problem, exc.hint or "e.g. 'positions: [S2, END]'") from None
 
 
 Positions = tuple[int | str, ...] | None
@@ -155,7 +205,16 @@ class EdgeSpec(_Frozen):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return [c.strip() for c in value.split(",")]
+            value = [c.strip() for c in value.split(",")]
+        if isinstance(value, list | tuple):
+            if not value:
+                raise refuse(
+                    "an empty list of channels selects no path",
+                    "leave 'channels' out to mean every channel, or name some: q, k, v, in",
+                )
+            dup = next((c for i, c in enumerate(value) if c in value[:i]), None)
+            if dup is not None:
+                raise refuse(f"channel {dup!r} is listed twice", "list each channel once")
         return value
 
 
@@ -164,9 +223,10 @@ class NodeSpec(_Frozen):
 
     Attributes:
         components: model components, e.g. ``a1.h3``, ``a9.h9@END``, ``m0``, ``embed``.
-        feature: what this node computes, as a feature name (documentation, and the default
-            feature of ``cond`` / ``generate`` samplers).
-        sampler: how this node's data is drawn from its parent's (default ``exact``).
+        feature: what this node computes, as a feature name (the default feature of ``cond``
+            / ``generate`` samplers).
+        sampler: how this node's data is drawn from its parent's (default: ``cond`` on
+            ``feature`` when the node names one, else ``exact``).
         other: how the node's other inputs are drawn from its own data (default ``uncond``).
         inputs: the child nodes whose outputs this node reads.
         description: free text.
@@ -220,18 +280,48 @@ class MetricSpec(_Frozen):
 
     @model_validator(mode="after")
     def _labels_fit_kind(self) -> MetricSpec:
-        if self.kind in ("loss", "accuracy") and self.labels is None:
-            raise ValueError(f"metric {self.kind!r} needs 'labels' (e.g. 'labels: next')")
-        if self.kind == "logit_diff" and (self.correct is None or self.wrong is None):
-            raise ValueError("metric 'logit_diff' needs 'correct' and 'wrong' label fields")
+        given = [k for k in ("labels", "correct", "wrong") if getattr(self, k) is not None]
+        if self.kind in ("loss", "accuracy"):
+            if self.labels is None:
+                raise refuse(
+                    f"metric {self.kind!r} needs 'labels' (e.g. 'labels: next')",
+                    "'labels' is 'next' (the next token) or a label field of the dataset",
+                )
+            extra = [k for k in given if k != "labels"]
+        elif self.kind == "logit_diff":
+            if self.correct is None or self.wrong is None:
+                raise refuse(
+                    "metric 'logit_diff' needs 'correct' and 'wrong' label fields",
+                    "e.g. {kind: logit_diff, positions: END, correct: io, wrong: s}",
+                )
+            if self.correct == self.wrong:
+                raise refuse(
+                    f"metric 'logit_diff' has correct == wrong ({self.correct!r}): the "
+                    "difference is 0 for every example",
+                    "name two different label fields, e.g. correct: io, wrong: s",
+                )
+            extra = [k for k in given if k not in ("correct", "wrong")]
+        else:  # kl
+            extra = given
+        if extra:
+            uses = {
+                "loss": "'labels'",
+                "accuracy": "'labels'",
+                "logit_diff": "'correct' and 'wrong'",
+                "kl": "no labels (it compares with the clean model's output)",
+            }[self.kind]
+            raise refuse(
+                f"metric {self.kind!r} takes no {' or '.join(repr(k) for k in extra)}",
+                f"{self.kind} uses {uses}; remove {', '.join(repr(k) for k in extra)}",
+            )
         return self
 
 
 class DefaultsSpec(_Frozen):
     """Run defaults, overridable from the command line."""
 
-    n: int = Field(default=200, gt=0)
-    seed: int = Field(default=0, ge=0)
+    n: StrictInt = Field(default=200, gt=0)
+    seed: StrictInt = Field(default=0, ge=0)
 
 
 class HypothesisSpec(_Frozen):
@@ -244,4 +334,4 @@ class HypothesisSpec(_Frozen):
     metric: MetricSpec
     features: dict[str, str] = Field(default_factory=dict)
     defaults: DefaultsSpec = DefaultsSpec()
-    nodes: dict[str, NodeSpec] = Field(min_length=1)
+    nodes: dict[NodeName, NodeSpec] = Field(min_length=1)

@@ -70,7 +70,8 @@ def _check(args: argparse.Namespace) -> int:
     from scrub._tree import treeify
 
     hyp = load_hypothesis(args.file)
-    model = load_model(args.model or hyp.spec.model)
+    # The file's 'model:' is relative to the file; --model to the current directory.
+    model = load_model(args.model or hyp.spec.model, relative_to=None if args.model else hyp.base_dir)
     dataset = make_dataset_for(hyp, seed=hyp.spec.defaults.seed)
     bind(hyp, model, dataset)
     tree = treeify(hyp)
