@@ -28,13 +28,13 @@ from scrub._components import Component
 from scrub._errors import HypothesisError
 from scrub._hypothesis import Correspondence, Hypothesis, MappedComponent
 from scrub._imports import import_marked
-from scrub._model import ScrubModel
+from scrub._model import ScrubModel, load_model
 from scrub._positions import format_positions, resolve_positions
 from scrub._schema import MetricSpec
 from scrub._samplers import CondSampler, GenerateSampler
 from scrub.data import Dataset, make_dataset
 
-__all__ = ["BoundHypothesis", "bind", "make_dataset_for"]
+__all__ = ["BoundHypothesis", "bind", "load_model_for", "make_dataset_for"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,23 @@ class BoundHypothesis:
 
     def __repr__(self) -> str:
         return f"BoundHypothesis({self.hypothesis.name!r}, {self.model!r}, {self.dataset!r})"
+
+
+def load_model_for(hypothesis: Hypothesis, model: str | None = None) -> ScrubModel:
+    """Load the model a hypothesis file names (relative to the file), or ``model`` instead.
+
+    ``model`` (a command-line ``--model``) is relative to the current directory.
+
+    Raises:
+        HypothesisError: located at the file's ``model`` key when the file named it.
+    """
+    if model is not None:
+        return load_model(model)
+    try:
+        return load_model(hypothesis.spec.model, relative_to=hypothesis.base_dir)
+    except HypothesisError as exc:
+        located = exc.with_context(file=hypothesis.file, key_prefix=("model",))
+        raise hypothesis.locate(located) from None
 
 
 def make_dataset_for(hypothesis: Hypothesis, *, seed: int) -> Dataset:

@@ -100,7 +100,10 @@ class HypothesisError(ValueError):
             where.append(f"at {_format_key(self.key)}")
         head = ": ".join([" ".join(where), self.problem]) if where else self.problem
         if self.line is not None:
-            head += f"\n  line {self.line}" + (f": {self.source_line}" if self.source_line else "")
+            source = self.source_line
+            if source and len(source) > 120:
+                source = source[:117] + "..."
+            head += f"\n  line {self.line}" + (f": {source}" if source else "")
         return f"{head}\n  hint: {self.hint}" if self.hint else head
 
     def _message(self) -> str:

@@ -44,7 +44,7 @@ from scrub._schema import (
     UncondSpec,
     UncondTogetherSpec,
 )
-from scrub._yaml import YamlDocument, read_yaml_document
+from scrub._yaml import YamlDocument, parse_yaml, read_bounded, read_yaml_document
 
 __all__ = [
     "Correspondence",
@@ -288,17 +288,18 @@ def _load_dataset_file(ref: str, file: str | None) -> YamlDocument:
 
     path = dataset_spec_path(ref, file)
     try:
-        doc = read_yaml_document(path, what="dataset spec")
-    except HypothesisError as exc:
+        raw = read_bounded(path, what="dataset spec")
+    except HypothesisError as exc:  # located at this file's 'dataset:'
+        detail = exc.problem.removeprefix("cannot read dataset spec: ")
         raise HypothesisError(
-            f"cannot use dataset spec {ref!r} ({path}): {exc.problem}",
+            f"cannot read dataset spec {ref!r} ({path}): {detail}",
             file=file,
             key=("dataset",),
             hint=(exc.hint + "; " if exc.hint else "")
             + "'dataset:' is a mapping (generator, params) or the path of a dataset spec "
             "file, relative to this hypothesis file",
-            line=exc.line,
         ) from None
+    doc = parse_yaml(raw, file=path, what="dataset spec")  # errors located in the spec file
     if not isinstance(doc.data, dict):
         raise HypothesisError(
             f"a dataset spec file must be a mapping with 'generator' and 'params', not "

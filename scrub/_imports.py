@@ -22,6 +22,7 @@ Relative module names (``.mod:f``) have no package to be relative to and are ref
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -118,7 +119,13 @@ def import_marked(ref: str, *, what: str) -> Callable[..., Any]:
                 hint=f"check the spelling; define it in {module_name} and mark it:\n    {example}",
             ) from None
     if getattr(obj, attr_name, False) is not True:
-        kind = "a function" if callable(obj) else f"a {type(obj).__name__}"
+        kind = (
+            "a class"
+            if inspect.isclass(obj)
+            else "a function"
+            if callable(obj)
+            else f"a {type(obj).__name__}, not a function,"
+        )
         raise HypothesisError(
             f"{ref!r} is {kind} not marked as a scrub {what}; a file may only call functions "
             f"declared with @scrub.{decorator}",

@@ -23,11 +23,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from scrub._bind import bind, make_dataset_for
+from scrub._bind import bind, load_model_for, make_dataset_for
 from scrub._errors import ScrubWarning
 from scrub._hypothesis import Hypothesis, load_hypothesis
 from scrub._metrics import per_example_metric
-from scrub._model import ScrubModel, load_model
+from scrub._model import ScrubModel
 from scrub._positions import resolve_positions
 from scrub._result import ScrubResult, bootstrap_ci, recovered_of
 from scrub._tree import SampledTree, TreeNode, sample_tree, stream
@@ -88,8 +88,7 @@ def run(
     if cache is None:
         cache = ActivationCache(max_batch_rows=max_batch_rows)
     if not isinstance(model, ScrubModel):
-        # The file's 'model:' is relative to the file; a model given here to the cwd.
-        model = load_model(model or spec.model, relative_to=None if model else hyp.base_dir)
+        model = load_model_for(hyp, model)  # the file's model is relative to the file
     if dataset is None:
         dataset = make_dataset_for(hyp, seed=seed)
     bound = bind(hyp, model, dataset)

@@ -227,7 +227,9 @@ def parse_yaml(raw: bytes | str, *, file: str | None = None, what: str) -> YamlD
         try:
             node = loader.get_single_node()
         except _Refused as exc:
-            raise HypothesisError(exc.problem, file=file, hint=exc.hint).at_line(exc.line) from None
+            raise HypothesisError(
+                exc.problem, file=file, hint=exc.hint, line=exc.line, source_line=_line(text, exc)
+            ) from None
         except yaml.YAMLError as exc:
             raise _yaml_error(exc, file) from exc
         if node is None:
@@ -237,8 +239,13 @@ def parse_yaml(raw: bytes | str, *, file: str | None = None, what: str) -> YamlD
             _check_tree(node, loader, lines)
         except _Refused as exc:
             raise HypothesisError(
-                exc.problem, file=file, key=exc.key, hint=exc.hint
-            ).at_line(exc.line) from None
+                exc.problem,
+                file=file,
+                key=exc.key,
+                hint=exc.hint,
+                line=exc.line,
+                source_line=_line(text, exc),
+            ) from None
         try:
             data = loader.construct_document(node)
         except yaml.YAMLError as exc:
@@ -246,6 +253,14 @@ def parse_yaml(raw: bytes | str, *, file: str | None = None, what: str) -> YamlD
     finally:
         loader.dispose()
     return YamlDocument({} if data is None else data, raw, str(file), lines)
+
+
+def _line(text: str, exc: _Refused) -> str | None:
+    lines = text.splitlines()
+    if exc.line is None or not 0 < exc.line <= len(lines):
+        return None
+    line = lines[exc.line - 1].strip()
+    return line if len(line) <= 120 else line[:117] + "..."
 
 
 def _decode(raw: bytes, *, file: str | None, what: str) -> str:

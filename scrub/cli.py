@@ -64,15 +64,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from scrub._bind import bind, make_dataset_for
+    from scrub._bind import bind, load_model_for, make_dataset_for
     from scrub._hypothesis import load_hypothesis
-    from scrub._model import load_model
     from scrub._tree import treeify
 
     hyp = load_hypothesis(args.file)
-    # The file's 'model:' is relative to the file; --model to the current directory.
-    model = load_model(args.model or hyp.spec.model, relative_to=None if args.model else hyp.base_dir)
-    dataset = make_dataset_for(hyp, seed=hyp.spec.defaults.seed)
+    dataset = make_dataset_for(hyp, seed=hyp.spec.defaults.seed)  # before the (slower) model
+    model = load_model_for(hyp, args.model)  # the file's model is relative to the file
     bind(hyp, model, dataset)
     tree = treeify(hyp)
     print(
