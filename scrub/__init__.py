@@ -13,7 +13,6 @@ Start with :func:`run`; ``scrub run FILE`` is the same from the shell.
 from scrub._bind import BoundHypothesis, bind, make_dataset_for
 from scrub._components import Component, ModelShape
 from scrub._errors import HypothesisError, ScrubWarning
-from scrub._imports import dataset_generator, feature
 from scrub._hypothesis import (
     Correspondence,
     Hypothesis,
@@ -22,6 +21,7 @@ from scrub._hypothesis import (
     hypothesis_from_dict,
     load_hypothesis,
 )
+from scrub._imports import dataset_generator, feature
 from scrub._means import ComponentMeans, component_means
 from scrub._model import ScrubModel, load_model
 from scrub._result import ScrubResult

@@ -29,9 +29,9 @@ from scrub._errors import HypothesisError
 from scrub._hypothesis import Correspondence, Hypothesis, MappedComponent
 from scrub._imports import import_marked
 from scrub._model import ScrubModel, load_model
-from scrub._positions import format_positions, resolve_positions
-from scrub._schema import MetricSpec
+from scrub._positions import PositionSpec, format_positions, resolve_positions
 from scrub._samplers import CondSampler, GenerateSampler
+from scrub._schema import MetricSpec
 from scrub.data import Dataset, make_dataset
 
 __all__ = ["BoundHypothesis", "bind", "load_model_for", "make_dataset_for"]
@@ -153,7 +153,7 @@ def _check(hyp: Hypothesis, model: ScrubModel, ds: Dataset) -> None:
     _check_metric(hyp, ds, model)
 
 
-def _distinct(resolved: np.ndarray, spec: object) -> None:
+def _distinct(resolved: np.ndarray, spec: PositionSpec) -> None:
     """Fail if some example's positions name one position twice (e.g. overlapping sets)."""
     if resolved.shape[1] < 2:
         return
@@ -196,8 +196,7 @@ def _try_feature(name: str, ds: Dataset) -> None:
         got = "a scalar" if values.ndim == 0 else f"{values.shape[0]} values"
         raise HypothesisError(
             f"feature {name!r} returned {got} for {len(rows)} rows",
-            hint="a feature is f(dataset, rows) returning one value (or one row of values) per "
-            "row",
+            hint="a feature is f(dataset, rows) returning one value (or one row of values) per row",
         )
 
 
@@ -239,8 +238,10 @@ def _check_metric(hyp: Hypothesis, ds: Dataset, model: ScrubModel) -> None:
                 key=("metric", key),
                 hint="labels are token ids of the model; use the dataset made for this model",
             )
-    if "correct" in labels and "wrong" in labels and np.array_equal(
-        labels["correct"], labels["wrong"]
+    if (
+        "correct" in labels
+        and "wrong" in labels
+        and np.array_equal(labels["correct"], labels["wrong"])
     ):
         raise HypothesisError(
             f"'correct' ({metric.correct}) and 'wrong' ({metric.wrong}) are the same token in "

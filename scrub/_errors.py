@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["HypothesisError", "ScrubWarning"]
 
@@ -58,9 +59,7 @@ class HypothesisError(ValueError):
         self.hint = hint
         self.line = line
         self.source_line = source_line
-        self.more: tuple[HypothesisError, ...] = tuple(
-            e for err in more for e in err.errors
-        )
+        self.more: tuple[HypothesisError, ...] = tuple(e for err in more for e in err.errors)
         super().__init__(self._message())
 
     @property
@@ -80,8 +79,8 @@ class HypothesisError(ValueError):
     def _alone(self) -> HypothesisError:
         return self._copy(more=()) if self.more else self
 
-    def _copy(self, **changes) -> HypothesisError:
-        fields = {
+    def _copy(self, **changes: Any) -> HypothesisError:
+        fields: dict[str, Any] = {
             "file": self.file,
             "key": self.key,
             "hint": self.hint,

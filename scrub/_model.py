@@ -153,7 +153,8 @@ def _load_error(
             + f"not a model in the Hugging Face cache ({str(exc).splitlines()[0]})",
             hint=f"shipped models: {', '.join(_shipped_names())}; or a local Hugging Face "
             "directory (relative to the hypothesis file); hub names like 'gpt2' need the "
-            "weights in your Hugging Face cache" + (" (HF_HUB_OFFLINE=1 is set)" if offline else ""),
+            "weights in your Hugging Face cache"
+            + (" (HF_HUB_OFFLINE=1 is set)" if offline else ""),
         )
     return HypothesisError(
         f"cannot load model {source!r} from {path}: {str(exc).splitlines()[0]}",

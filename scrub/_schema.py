@@ -57,6 +57,7 @@ from scrub._errors import HypothesisError
 from scrub._positions import parse_positions
 
 __all__ = [
+    "NODE_NAME",
     "CondSpec",
     "DatasetSpec",
     "DefaultsSpec",
@@ -65,7 +66,6 @@ __all__ = [
     "FixedSpec",
     "GenerateSpec",
     "HypothesisSpec",
-    "NODE_NAME",
     "MetricSpec",
     "NodeSpec",
     "SamplerSpec",

@@ -277,8 +277,7 @@ def _decode(raw: bytes, *, file: str | None, what: str) -> str:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise HypothesisError(
-            f"{what} is not UTF-8 text: byte {exc.start} (line {line}) is "
-            f"0x{raw[exc.start]:02x}",
+            f"{what} is not UTF-8 text: byte {exc.start} (line {line}) is 0x{raw[exc.start]:02x}",
             file=file,
             hint="save the file as UTF-8 (scrub reads YAML files as UTF-8 only)",
         ) from None

@@ -336,7 +336,7 @@ def test_shipped_hypotheses_name_their_samplers() -> None:
 # Code from files: only decorated functions
 
 
-FEATURES_MODULE = '''
+FEATURES_MODULE = """
 import numpy as np
 import scrub
 
@@ -375,7 +375,7 @@ def not_a_dataset(*, rng, size: int = 50):
 
 def plain_generator(*, rng, size: int = 50):
     return scrub.make_dataset("induction", {"size": size}, rng)
-'''
+"""
 
 
 @pytest.fixture

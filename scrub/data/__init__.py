@@ -99,8 +99,7 @@ def make_dataset(generator: str, params: Mapping[str, Any], rng: np.random.Gener
         ) from exc
     if not isinstance(ds, Dataset):
         raise HypothesisError(
-            f"dataset generator {generator!r} returned a {type(ds).__name__}, not a "
-            "scrub.Dataset",
+            f"dataset generator {generator!r} returned a {type(ds).__name__}, not a scrub.Dataset",
             key=("generator",),
             hint="a dataset generator returns scrub.Dataset(name=..., params=..., tokens=..., "
             "positions=...)",

@@ -82,6 +82,7 @@ def check_pool_tokens(size: int, seq_len: int, *, param: str) -> None:
             hint="use a smaller size or shorter sequences",
         )
 
+
 Feature = Callable[["Dataset", np.ndarray], np.ndarray]
 """A feature: ``f(dataset, rows) -> values`` with one value (or row of values) per row."""
 

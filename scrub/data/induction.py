@@ -128,7 +128,11 @@ def induction(
     """
     if segment_len < 2:
         raise ValueError(f"segment_len must be at least 2, not {segment_len}")
-    for name, value in (("prefix_len", prefix_len), ("gap_len", gap_len), ("suffix_len", suffix_len)):
+    for name, value in (
+        ("prefix_len", prefix_len),
+        ("gap_len", gap_len),
+        ("suffix_len", suffix_len),
+    ):
         if value < 0:
             raise ValueError(f"{name} must be at least 0, not {value}")
     if not 2 <= vocab <= 1 << 31:
