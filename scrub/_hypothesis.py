@@ -36,6 +36,7 @@ from scrub._samplers import (
 )
 from scrub._schema import (
     CondSpec,
+    DatasetSpec,
     ExactSpec,
     FixedSpec,
     GenerateSpec,
@@ -284,8 +285,6 @@ def dataset_spec_path(ref: str, file: str | None) -> str:
 
 def _load_dataset_file(ref: str, file: str | None) -> YamlDocument:
     """Read a dataset spec file named by ``dataset: PATH`` (relative to the hypothesis file)."""
-    from scrub._schema import DatasetSpec
-
     path = dataset_spec_path(ref, file)
     try:
         raw = read_bounded(path, what="dataset spec")
@@ -360,6 +359,8 @@ def _one_validation_error(err: Any, file: str | None, prefix: tuple) -> Hypothes
         hint = (f"did you mean {close[0]!r}? " if close else "") + (
             f"allowed keys here: {', '.join(allowed)}" if allowed else "remove it"
         )
+        if parent is DatasetSpec and not close:
+            hint += " (a generator's parameters go under 'params:')"
     elif kind == "missing":
         problem = f"missing required key {key[-1]!r}"
         hint = _MISSING_HINTS.get(str(key[-1]), f"add '{key[-1]}:'")
@@ -424,7 +425,7 @@ _SAMPLER_KINDS = ("exact", "uncond", "uncond_together", "cond", "fixed", "genera
 
 def _model_at(key: tuple) -> type[pydantic.BaseModel] | None:
     """The schema model that lives at YAML key path ``key`` (for listing allowed keys)."""
-    from scrub._schema import DatasetSpec, DefaultsSpec, EdgeSpec, MetricSpec
+    from scrub._schema import DefaultsSpec, EdgeSpec, MetricSpec
 
     top: dict[str, type[pydantic.BaseModel]] = {
         "dataset": DatasetSpec,

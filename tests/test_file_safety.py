@@ -129,6 +129,18 @@ def test_cli_subprocess_exit_code_and_stderr() -> None:
 # The YAML loader
 
 
+@pytest.mark.parametrize(
+    ("target", "fragment"),
+    [("/dev/zero", "not a regular file"), (".", "it is a directory")],
+    ids=["dev-zero", "directory"],
+)
+def test_check_on_what_is_not_a_file(target: str, fragment: str, capsys) -> None:
+    assert scrub.cli.main(["check", target]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {target}: cannot read hypothesis file: {fragment}")
+    assert "hint: " in err and "Traceback" not in err
+
+
 def test_read_yaml_reads_plain_yaml(tmp_path: Path) -> None:
     path = tmp_path / "x.yaml"
     path.write_text(

@@ -140,8 +140,8 @@ def _check_params(generator: str, fn: Callable[..., Any], params: Mapping[str, A
                 f"dataset parameter {name!r} must be {expected}, not {value!r} "
                 f"({type(value).__name__})",
                 key=("params", name),
-                hint=f"write a {expected} without quotes"
-                + (", e.g. 1000" if expected == "int" else ""),
+                hint=f"write a value of type {expected}"
+                + (" (a whole number without quotes, e.g. 1000)" if expected == "int" else ""),
             ) from None
         except pydantic.PydanticSchemaGenerationError:
             continue
