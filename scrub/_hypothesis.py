@@ -415,6 +415,7 @@ _TYPE_HINTS = {
     "tuple_type": "write a list, '- item' lines or [a, b]",
     "list_type": "write a list, '- item' lines or [a, b]",
     "too_short": "give at least one item",
+    "string_too_short": "write a non-empty name",
     "model_type": "write a mapping, 'key: value' lines or {key: value}",
     "bool_type": "write true or false",
 }

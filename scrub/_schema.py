@@ -329,7 +329,7 @@ class HypothesisSpec(_Frozen):
 
     name: str | None = None
     description: str | None = None
-    model: str
+    model: str = Field(min_length=1)
     dataset: DatasetSpec
     metric: MetricSpec
     features: dict[str, str] = Field(default_factory=dict)

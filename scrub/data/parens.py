@@ -379,7 +379,7 @@ def parens(
     check_pool_size(size)
     check_pool_tokens(size, max_len + 1, param="max_len")
     fractions = (p_balanced, p_count, p_horizon)
-    if min(fractions) < 0 or sum(fractions) > 1 + 1e-12:
+    if not all(0 <= f <= 1 for f in fractions) or sum(fractions) > 1 + 1e-12:  # NaN too
         raise ValueError(
             f"p_balanced, p_count and p_horizon must be non-negative with sum <= 1, not {fractions}"
         )
