@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,6 @@ from scrub._samplers import (
 )
 from scrub._schema import (
     CondSpec,
-    DatasetSpec,
     ExactSpec,
     FixedSpec,
     GenerateSpec,
@@ -44,8 +42,10 @@ from scrub._schema import (
     NodeSpec,
     UncondSpec,
     UncondTogetherSpec,
+    schema_error,
 )
-from scrub._yaml import YamlDocument, parse_yaml, read_bounded, read_yaml_document
+from scrub._yaml import YamlDocument, read_yaml_document
+from scrub.data._spec import in_dataset_file, load_dataset_spec
 
 __all__ = [
     "Correspondence",
@@ -226,15 +226,15 @@ def hypothesis_from_dict(
     dataset_file = dataset_path = dataset_source = None
     if isinstance(data.get("dataset"), str):
         dataset_file = data["dataset"]
-        dataset_source = _load_dataset_file(dataset_file, file)
+        dataset_source = load_dataset_spec(dataset_file, file)
         dataset_path = dataset_source.file
         data = {**data, "dataset": dataset_source.data}
     try:
         spec = HypothesisSpec.model_validate(data)
     except pydantic.ValidationError as exc:
-        err = _from_validation_error(exc, file)
+        err = schema_error(exc, file)
         if dataset_source is not None:
-            err = HypothesisError.collect([_in_dataset_file(e, dataset_source) for e in err.errors])
+            err = HypothesisError.collect([in_dataset_file(e, dataset_source) for e in err.errors])
             err = dataset_source.locate(err)
         raise err from None
     try:
@@ -255,194 +255,6 @@ def hypothesis_from_dict(
         source=source,
         dataset_source=dataset_source,
     )
-
-
-def _in_dataset_file(err: HypothesisError, doc: YamlDocument) -> HypothesisError:
-    """An error at ``dataset.X`` of the merged spec, moved to key ``X`` of the spec file."""
-    if err.key[:1] != ("dataset",):
-        return err
-    return HypothesisError(
-        err.problem, file=doc.file, key=err.key[1:], hint=err.hint, line=err.line
-    )
-
-
-def dataset_spec_path(ref: str, file: str | None) -> str:
-    """Where a ``dataset: PATH`` spec is, as errors name it.
-
-    Relative to the hypothesis file's directory; a spec inside that directory's tree is named
-    by the path the hypothesis was given with (``hypotheses/x/data.yaml``), one outside it by its
-    plain absolute path (``/work/datasets/induction.yaml``), never by a chain of ``..``.
-    """
-    base = Path(file).parent if file else Path()
-    joined = Path(ref).expanduser()
-    if not joined.is_absolute():
-        joined = base / joined
-    resolved = joined.resolve()
-    if resolved.is_relative_to(base.resolve()):
-        return os.path.normpath(joined)
-    return str(resolved)
-
-
-def _load_dataset_file(ref: str, file: str | None) -> YamlDocument:
-    """Read a dataset spec file named by ``dataset: PATH`` (relative to the hypothesis file)."""
-    path = dataset_spec_path(ref, file)
-    try:
-        raw = read_bounded(path, what="dataset spec")
-    except HypothesisError as exc:  # located at this file's 'dataset:'
-        detail = exc.problem.removeprefix("cannot read dataset spec: ")
-        raise HypothesisError(
-            f"cannot read dataset spec {ref!r} ({path}): {detail}",
-            file=file,
-            key=("dataset",),
-            hint=(exc.hint + "; " if exc.hint else "")
-            + "'dataset:' is a mapping (generator, params) or the path of a dataset spec "
-            "file, relative to this hypothesis file",
-        ) from None
-    doc = parse_yaml(raw, file=path, what="dataset spec")  # errors located in the spec file
-    if not isinstance(doc.data, dict):
-        raise HypothesisError(
-            f"a dataset spec file must be a mapping with 'generator' and 'params', not "
-            f"{type(doc.data).__name__} (named by {file or 'the hypothesis'} at 'dataset:')",
-            file=path,
-            hint="write 'generator: NAME' and 'params: {...}'",
-        )
-    try:
-        DatasetSpec.model_validate(doc.data)
-    except pydantic.ValidationError as exc:
-        raise doc.locate(_from_validation_error(exc, path, prefix=("dataset",))) from None
-    return doc
-
-
-def _from_validation_error(
-    exc: pydantic.ValidationError, file: str | None, *, prefix: tuple = ()
-) -> HypothesisError:
-    """Every problem pydantic found, located; ``prefix`` locates a sub-file in the schema.
-
-    An unknown key explains a missing one next to it (a typo), so unknown keys come first, and a
-    missing key that an unknown sibling misspells is not reported twice.
-    """
-    raw = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    typos = {
-        (tuple(e["loc"][:-1]), str(e["loc"][-1])) for e in raw if e["type"] == "extra_forbidden"
-    }
-    errors = []
-    for err in raw:
-        loc = tuple(err["loc"])
-        if err["type"] == "missing" and any(
-            parent == loc[:-1] and difflib.get_close_matches(str(loc[-1]), [typo], n=1)
-            for parent, typo in typos
-        ):
-            continue
-        errors.append(_one_validation_error(err, file, prefix))
-    return HypothesisError.collect(errors)
-
-
-def _one_validation_error(err: Any, file: str | None, prefix: tuple) -> HypothesisError:
-    loc = tuple(err["loc"])
-    # Drop the discriminated union's tag from the location: ('sampler', 'cond', 'rows'), and
-    # pydantic's marker of a mapping key: ('nodes', 'x.y', '[key]').
-    key = tuple(
-        p
-        for i, p in enumerate(loc)
-        if not (i > 0 and loc[i - 1] in ("sampler", "other") and p in _SAMPLER_KINDS)
-        and p != "[key]"
-    )
-    kind = err["type"]
-    hint = None
-    if kind == "scrub":
-        problem, hint = err["ctx"]["problem"], err["ctx"]["hint"]
-    elif kind == "extra_forbidden":
-        parent = _model_at((*prefix, *key[:-1]))
-        allowed = sorted(parent.model_fields) if parent else []
-        close = difflib.get_close_matches(str(key[-1]), allowed, n=1)
-        problem = f"unknown key {key[-1]!r}"
-        hint = (f"did you mean {close[0]!r}? " if close else "") + (
-            f"allowed keys here: {', '.join(allowed)}" if allowed else "remove it"
-        )
-        if parent is DatasetSpec and not close:
-            hint += " (a generator's parameters go under 'params:')"
-    elif kind == "missing":
-        problem = f"missing required key {key[-1]!r}"
-        hint = _MISSING_HINTS.get(str(key[-1]), f"add '{key[-1]}:'")
-    elif kind == "union_tag_invalid":
-        problem = (
-            f"unknown sampler kind {err['input'].get('kind')!r}"
-            if isinstance(err.get("input"), dict)
-            else err["msg"]
-        )
-        hint = f"sampler kinds: {', '.join(_SAMPLER_KINDS)}"
-    elif kind == "union_tag_not_found":
-        problem = "a sampler needs a 'kind'"
-        hint = f"e.g. 'sampler: {{kind: cond, features: [f]}}'; kinds: {', '.join(_SAMPLER_KINDS)}"
-    elif kind == "literal_error":
-        problem = f"invalid value {err['input']!r}: {err['msg'].lower()}"
-        hint = "use one of the values listed"
-    elif loc and loc[-1] == "[key]" and isinstance(err.get("input"), bool | int | float):
-        problem = f"key {err['input']!r} is not a name"
-        hint = (
-            "quote it: YAML reads unquoted yes/no/on/off/true/false as booleans and digits as "
-            "numbers"
-        )
-    else:
-        problem = err["msg"].removeprefix("Value error, ")
-        hint = _TYPE_HINTS.get(kind, "see the file format in the README ('A hypothesis file')")
-        if kind in _TYPE_HINTS and "input" in err:
-            problem += f", not {err['input']!r}"[:200]
-    return HypothesisError(problem, file=file, key=key, hint=hint)
-
-
-_MISSING_HINTS = {
-    "model": "add 'model:', a shipped model (induction, parens, ioi_toy), a local directory or "
-    "a hub name",
-    "dataset": "add 'dataset:', {generator: NAME, params: {...}} or the path of a dataset spec",
-    "metric": "add 'metric:', e.g. {kind: loss, positions: REP, labels: next}",
-    "nodes": "add 'nodes:', with one root node mapping [logits]",
-    "components": "add 'components:', e.g. [a1.h0, m0] or [logits] for the root",
-    "node": "add 'node:', the name of the input node",
-    "generator": "add 'generator:', a registered generator or 'package.module:function'",
-    "kind": "add 'kind:'",
-    "group": "add 'group:', the name shared by the nodes drawn together",
-    "rows": "add 'rows:', a list of pool rows",
-}
-
-_TYPE_HINTS = {
-    "int_type": "write a whole number without quotes, e.g. 'n: 200' (not true, 2.0 or '200')",
-    "int_from_float": "write a whole number, e.g. 200",
-    "greater_than": "use a positive number",
-    "greater_than_equal": "use a number >= 0",
-    "string_type": "write text (quote it if YAML reads it as something else)",
-    "dict_type": "write a mapping, 'key: value' lines or {key: value}",
-    "tuple_type": "write a list, '- item' lines or [a, b]",
-    "list_type": "write a list, '- item' lines or [a, b]",
-    "too_short": "give at least one item",
-    "string_too_short": "write a non-empty name",
-    "model_type": "write a mapping, 'key: value' lines or {key: value}",
-    "bool_type": "write true or false",
-}
-
-
-_SAMPLER_KINDS = ("exact", "uncond", "uncond_together", "cond", "fixed", "generate")
-
-
-def _model_at(key: tuple) -> type[pydantic.BaseModel] | None:
-    """The schema model that lives at YAML key path ``key`` (for listing allowed keys)."""
-    from scrub._schema import DefaultsSpec, EdgeSpec, MetricSpec
-
-    top: dict[str, type[pydantic.BaseModel]] = {
-        "dataset": DatasetSpec,
-        "metric": MetricSpec,
-        "defaults": DefaultsSpec,
-    }
-    if not key:
-        return HypothesisSpec
-    if len(key) == 1:
-        return top.get(key[0])
-    if key[0] == "nodes":
-        if len(key) == 2:
-            return NodeSpec
-        if len(key) == 4 and key[2] == "inputs":
-            return EdgeSpec
-    return None
 
 
 # --------------------------------------------------------------------------------------------

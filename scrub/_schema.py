@@ -39,9 +39,11 @@ or ``package.module:function`` references to functions marked ``@scrub.feature``
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Annotated, Any, Literal
 
+import pydantic
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -71,6 +73,7 @@ __all__ = [
     "SamplerSpec",
     "UncondSpec",
     "UncondTogetherSpec",
+    "schema_error",
 ]
 
 
@@ -335,3 +338,137 @@ class HypothesisSpec(_Frozen):
     features: dict[str, str] = Field(default_factory=dict)
     defaults: DefaultsSpec = DefaultsSpec()
     nodes: dict[NodeName, NodeSpec] = Field(min_length=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation errors as HypothesisErrors
+
+
+def schema_error(
+    exc: pydantic.ValidationError, file: str | None, *, prefix: tuple = ()
+) -> HypothesisError:
+    """Every problem pydantic found, located; ``prefix`` locates a sub-file in the schema.
+
+    An unknown key explains a missing one next to it (a typo), so unknown keys come first, and a
+    missing key that an unknown sibling misspells is not reported twice.
+    """
+    raw = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    typos = {
+        (tuple(e["loc"][:-1]), str(e["loc"][-1])) for e in raw if e["type"] == "extra_forbidden"
+    }
+    errors = []
+    for err in raw:
+        loc = tuple(err["loc"])
+        if err["type"] == "missing" and any(
+            parent == loc[:-1] and difflib.get_close_matches(str(loc[-1]), [typo], n=1)
+            for parent, typo in typos
+        ):
+            continue
+        errors.append(_one_validation_error(err, file, prefix))
+    return HypothesisError.collect(errors)
+
+
+def _one_validation_error(err: Any, file: str | None, prefix: tuple) -> HypothesisError:
+    loc = tuple(err["loc"])
+    # Drop the discriminated union's tag from the location: ('sampler', 'cond', 'rows'), and
+    # pydantic's marker of a mapping key: ('nodes', 'x.y', '[key]').
+    key = tuple(
+        p
+        for i, p in enumerate(loc)
+        if not (i > 0 and loc[i - 1] in ("sampler", "other") and p in _SAMPLER_KINDS)
+        and p != "[key]"
+    )
+    kind = err["type"]
+    hint = None
+    if kind == "scrub":
+        problem, hint = err["ctx"]["problem"], err["ctx"]["hint"]
+    elif kind == "extra_forbidden":
+        parent = _model_at((*prefix, *key[:-1]))
+        allowed = sorted(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(str(key[-1]), allowed, n=1)
+        problem = f"unknown key {key[-1]!r}"
+        hint = (f"did you mean {close[0]!r}? " if close else "") + (
+            f"allowed keys here: {', '.join(allowed)}" if allowed else "remove it"
+        )
+        if parent is DatasetSpec and not close:
+            hint += " (a generator's parameters go under 'params:')"
+    elif kind == "missing":
+        problem = f"missing required key {key[-1]!r}"
+        hint = _MISSING_HINTS.get(str(key[-1]), f"add '{key[-1]}:'")
+    elif kind == "union_tag_invalid":
+        problem = (
+            f"unknown sampler kind {err['input'].get('kind')!r}"
+            if isinstance(err.get("input"), dict)
+            else err["msg"]
+        )
+        hint = f"sampler kinds: {', '.join(_SAMPLER_KINDS)}"
+    elif kind == "union_tag_not_found":
+        problem = "a sampler needs a 'kind'"
+        hint = f"e.g. 'sampler: {{kind: cond, features: [f]}}'; kinds: {', '.join(_SAMPLER_KINDS)}"
+    elif kind == "literal_error":
+        problem = f"invalid value {err['input']!r}: {err['msg'].lower()}"
+        hint = "use one of the values listed"
+    elif loc and loc[-1] == "[key]" and isinstance(err.get("input"), bool | int | float):
+        problem = f"key {err['input']!r} is not a name"
+        hint = (
+            "quote it: YAML reads unquoted yes/no/on/off/true/false as booleans and digits as "
+            "numbers"
+        )
+    else:
+        problem = err["msg"].removeprefix("Value error, ")
+        hint = _TYPE_HINTS.get(kind, "see the file format in the README ('A hypothesis file')")
+        if kind in _TYPE_HINTS and "input" in err:
+            problem += f", not {err['input']!r}"[:200]
+    return HypothesisError(problem, file=file, key=key, hint=hint)
+
+
+_MISSING_HINTS = {
+    "model": "add 'model:', a shipped model (induction, parens, ioi_toy), a local directory or "
+    "a hub name",
+    "dataset": "add 'dataset:', {generator: NAME, params: {...}} or the path of a dataset spec",
+    "metric": "add 'metric:', e.g. {kind: loss, positions: REP, labels: next}",
+    "nodes": "add 'nodes:', with one root node mapping [logits]",
+    "components": "add 'components:', e.g. [a1.h0, m0] or [logits] for the root",
+    "node": "add 'node:', the name of the input node",
+    "generator": "add 'generator:', a registered generator or 'package.module:function'",
+    "kind": "add 'kind:'",
+    "group": "add 'group:', the name shared by the nodes drawn together",
+    "rows": "add 'rows:', a list of pool rows",
+}
+
+_TYPE_HINTS = {
+    "int_type": "write a whole number without quotes, e.g. 'n: 200' (not true, 2.0 or '200')",
+    "int_from_float": "write a whole number, e.g. 200",
+    "greater_than": "use a positive number",
+    "greater_than_equal": "use a number >= 0",
+    "string_type": "write text (quote it if YAML reads it as something else)",
+    "dict_type": "write a mapping, 'key: value' lines or {key: value}",
+    "tuple_type": "write a list, '- item' lines or [a, b]",
+    "list_type": "write a list, '- item' lines or [a, b]",
+    "too_short": "give at least one item",
+    "string_too_short": "write a non-empty name",
+    "model_type": "write a mapping, 'key: value' lines or {key: value}",
+    "bool_type": "write true or false",
+}
+
+
+_SAMPLER_KINDS = ("exact", "uncond", "uncond_together", "cond", "fixed", "generate")
+
+
+def _model_at(key: tuple) -> type[pydantic.BaseModel] | None:
+    """The schema model that lives at YAML key path ``key`` (for listing allowed keys)."""
+    top: dict[str, type[pydantic.BaseModel]] = {
+        "dataset": DatasetSpec,
+        "metric": MetricSpec,
+        "defaults": DefaultsSpec,
+    }
+    if not key:
+        return HypothesisSpec
+    if len(key) == 1:
+        return top.get(key[0])
+    if key[0] == "nodes":
+        if len(key) == 2:
+            return NodeSpec
+        if len(key) == 4 and key[2] == "inputs":
+            return EdgeSpec
+    return None
