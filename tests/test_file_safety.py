@@ -414,8 +414,10 @@ def test_decorated_feature_is_called(tmp_path, base, tiny_model, user_module) ->
     base["nodes"]["ind"] = {"components": ["a1.h2"], "feature": f"{user_module}:first_is_even"}
     bound = _bind(_hyp(tmp_path, base), tiny_model)
     assert f"{user_module}:first_is_even" in bound.dataset.features
-    result = scrub.run(bound.hypothesis, model=tiny_model, n=8, seed=0)
-    assert result.draws["ind"] is not None
+    tree = scrub.sample_tree(bound, n=16, seed=0)  # the cond sampler calls the feature
+    rows = tree.rows(next(n for n in tree.root.walk() if n.name == "ind"))
+    values = bound.dataset.tokens[rows, 1].numpy() % 2
+    assert (values == bound.dataset.tokens[tree.reference, 1].numpy() % 2).all()
 
 
 @pytest.mark.parametrize(
