@@ -21,6 +21,7 @@ from scrub._hypothesis import (
     hypothesis_from_dict,
     load_hypothesis,
 )
+from scrub._imports import dataset_generator, feature
 from scrub._means import ComponentMeans, component_means
 from scrub._model import ScrubModel, load_model
 from scrub._result import ScrubResult
@@ -70,8 +71,10 @@ __all__ = [
     "bind",
     "compare",
     "component_means",
+    "dataset_generator",
     "diagnose",
     "evaluate_reference",
+    "feature",
     "gpt2_tokenizer",
     "hypothesis_from_dict",
     "load_hypothesis",

@@ -36,11 +36,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from scrub._bind import bind, make_dataset_for
+from scrub._bind import bind, load_model_for, make_dataset_for
 from scrub._errors import ScrubWarning
 from scrub._hypothesis import Hypothesis, load_hypothesis
 from scrub._metrics import per_example_metric
-from scrub._model import ScrubModel, load_model
+from scrub._model import ScrubModel
 from scrub._positions import resolve_positions
 from scrub._result import ScrubResult, bootstrap_ci, methodology, recovered_of
 from scrub._tree import MAX_TREE_NODES, SampledTree, sample_tree, stream
@@ -119,7 +119,7 @@ def run(
     if cache is None:
         cache = ActivationCache(max_batch_rows=max_batch_rows)
     if not isinstance(model, ScrubModel):
-        model = load_model(model or spec.model)
+        model = load_model_for(hyp, model)  # the file's model is relative to the file
     if dataset is None:
         dataset = make_dataset_for(hyp, seed=seed)
     bound = bind(hyp, model, dataset)
@@ -238,7 +238,7 @@ def run(
         dataset={
             "generator": spec.dataset.generator,
             "params": dict(dataset.params),
-            "spec_file": _relative_to_file(hyp.dataset_file, hyp.file),
+            "spec_file": _relative_to_file(hyp.dataset_path, hyp.file),
         },
         metric=spec.metric.model_dump(),
         n=n,

@@ -231,22 +231,25 @@ def _quiet_hf() -> Iterator[None]:
 
 def _load(args: argparse.Namespace):
     """The hypothesis and its model, loaded quietly."""
+    from scrub._bind import load_model_for
     from scrub._hypothesis import load_hypothesis
-    from scrub._model import load_model
 
     hyp = load_hypothesis(args.file)
     with _quiet_hf():
-        model = load_model(args.model or hyp.spec.model)
+        model = load_model_for(hyp, args.model)  # the file's model is relative to the file
     return hyp, model
 
 
 def _check(args: argparse.Namespace) -> int:
-    from scrub._bind import bind, make_dataset_for
+    from scrub._bind import bind, load_model_for, make_dataset_for
+    from scrub._hypothesis import load_hypothesis
     from scrub._tree import sample_tree
 
-    hyp, model = _load(args)
+    hyp = load_hypothesis(args.file)
     n, seed = hyp.spec.defaults.n, hyp.spec.defaults.seed
-    dataset = make_dataset_for(hyp, seed=seed)
+    dataset = make_dataset_for(hyp, seed=seed)  # before the (slower) model
+    with _quiet_hf():
+        model = load_model_for(hyp, args.model)  # the file's model is relative to the file
     bound = bind(hyp, model, dataset)
     # A dry sampling on the defaults: what ``run`` would reject at sampling time is caught
     # here (n larger than the pool, ...), and what it would warn about is shown.

@@ -69,7 +69,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from scrub.data._dataset import Dataset
+from scrub._imports import dataset_generator
+from scrub.data._dataset import Dataset, check_pool_size
 from scrub.data.ioi import IOI_FEATURES
 from scrub.data.ioi_templates import (
     ABBA_TEMPLATES,
@@ -281,7 +282,9 @@ class Vocab:
             raise FileNotFoundError(
                 f"no IOI-toy vocabulary at {path}; train one with scripts/train_ioi_toy.py"
             )
-        data = json.loads(path.read_text())
+        if not path.is_file() or path.stat().st_size > 1 << 24:
+            raise ValueError(f"{path} is not a vocabulary file (a regular file under 16 MiB)")
+        data = json.loads(path.read_text(encoding="utf-8"))
         try:
             return cls(
                 tokens=tuple(data["tokens"]),
@@ -477,6 +480,7 @@ def _orders(prompt_type: str) -> tuple[int, ...]:
     return PROMPT_TYPES[prompt_type]
 
 
+@dataset_generator
 def ioi_toy(
     *,
     rng: np.random.Generator,
@@ -501,8 +505,7 @@ def ioi_toy(
     Raises:
         ValueError: an unknown split or prompt type, a non-positive size, or no vocabulary file.
     """
-    if size <= 0:
-        raise ValueError(f"size must be positive, not {size}")
+    check_pool_size(size)
     try:
         vocab_obj = Vocab.load(vocab)
     except FileNotFoundError as exc:

@@ -19,10 +19,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from scrub._errors import HypothesisError
-from scrub._hypothesis import Hypothesis, _load_dataset_file, hypothesis_from_dict
+from scrub._hypothesis import Hypothesis, hypothesis_from_dict
+from scrub._yaml import read_yaml
+from scrub.data._spec import load_dataset_spec
 
 __all__ = ["EXPERIMENT_KEYS", "experiment_of", "impose", "same_experiment"]
 
@@ -98,12 +98,7 @@ def impose(hyps: list[Hypothesis], file: str | Path) -> list[Hypothesis]:
         HypothesisError: the file is unreadable, has other keys, or makes a hypothesis invalid.
     """
     path = Path(file)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise HypothesisError(f"cannot read experiment file: {exc.strerror}", file=path) from exc
-    except yaml.YAMLError as exc:
-        raise HypothesisError(f"not valid YAML: {exc}", file=path) from exc
+    data = read_yaml(path, what="experiment file") or {}
     allowed = (*EXPERIMENT_KEYS, "defaults")
     if not isinstance(data, dict) or set(data) - set(allowed):
         extra = sorted(set(data) - set(allowed)) if isinstance(data, dict) else []
@@ -115,7 +110,7 @@ def impose(hyps: list[Hypothesis], file: str | Path) -> list[Hypothesis]:
             hint=f"allowed keys: {', '.join(allowed)}",
         )
     if isinstance(data.get("dataset"), str):
-        _, data["dataset"] = _load_dataset_file(data["dataset"], str(path))
+        data["dataset"] = load_dataset_spec(data["dataset"], str(path)).data
     out = []
     for hyp in hyps:
         spec = hyp.spec.model_dump(mode="json", exclude_none=True)
