@@ -3,7 +3,9 @@
 Loading (:mod:`scrub._hypothesis`) checks what the file alone determines. Binding checks the
 rest, with errors that name the file, the key and a fix:
 
-- every component exists in the model (``a9.h12`` in GPT-2 small: heads are 0–11);
+- every component exists in the model (``a9.h12`` in GPT-2 small: heads are 0–11), and every
+  input means something in its architecture (:func:`scrub._architectures.check_paths`:
+  parallel blocks, heads without outputs of their own); ``pos_embed`` is dropped on RoPE models;
 - every named position exists in the dataset (components, inputs and the metric);
 - every feature a sampler uses exists (a dataset feature or field, a ``features:`` alias, or a
   ``package.module:function``), and is registered on the dataset for this run;
@@ -19,6 +21,7 @@ from itertools import combinations
 
 import numpy as np
 
+from scrub._architectures import adapt_hypothesis, check_paths
 from scrub._components import Component
 from scrub._errors import HypothesisError
 from scrub._hypothesis import Correspondence, Hypothesis, MappedComponent
@@ -65,6 +68,8 @@ def bind(hypothesis: Hypothesis, model: ScrubModel, dataset: Dataset) -> BoundHy
         HypothesisError: located in the hypothesis file.
     """
     try:
+        hypothesis = adapt_hypothesis(hypothesis, model.architecture)
+        check_paths(hypothesis, model.shape)
         _check(hypothesis, model, dataset)
     except HypothesisError as exc:
         raise exc.with_context(file=hypothesis.file) from None

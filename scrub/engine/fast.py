@@ -214,8 +214,7 @@ class _ChunkRun:
         if self.positions is not None:
             pos = torch.as_tensor(self.positions, device=resid.device)
             resid = resid[self.batch, pos]
-        bridge = self.model.bridge
-        return bridge.unembed(bridge.ln_final(resid))
+        return self.model.unembed(resid)
 
     def hooks(self, groups: list[Group], *, final: bool) -> dict[str, Callable]:
         """Hook functions by hook name for one pass over ``groups``."""
@@ -283,7 +282,7 @@ class _ChunkRun:
                     if target not in targets:
                         continue
                     comp, ch = target
-                    resid = select(t, comp, self.where[group.gid])
+                    resid = select(t, self.model.input_slot(comp, ch), self.where[group.gid])
                     assembled[group.gid, comp, ch] = self.assemble(group, target, resid)
             for group in groups:
                 for target in group.targets:
@@ -299,7 +298,7 @@ class _ChunkRun:
                         value = assembled[group.gid, comp, ch]
                     else:
                         continue
-                    write(t, comp, value, self.where[group.gid])
+                    write(t, self.model.input_slot(comp, ch), value, self.where[group.gid])
             return t
 
         return hook
