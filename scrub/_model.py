@@ -66,6 +66,8 @@ def load_model(source: str, *, device: str | torch.device = "cpu") -> ScrubModel
         path, kind = source, "hub"
     try:
         bridge, arch = boot(path, device=str(device))
+    except HypothesisError:  # the architecture's own error, already clear
+        raise
     except (OSError, ValueError) as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise HypothesisError(
