@@ -74,7 +74,8 @@ class ScrubResult:
         model, model_sha256: the model source and a hash of its weights file.
         dataset: generator and params.
         metric: the metric spec.
-        n, seed, engine: how it was run.
+        n, seed, engine: how it was run (``"fast"``, ``"fast (output groups: why)"`` where the
+            fast engine cannot use its kernels on the model, or ``"reference"``).
         baseline_kind: what ``baseline`` means.
         clean, baseline, scrubbed: mean metric; ``*_ci`` their CIs.
         recovered, recovered_ci: fraction of the metric recovered, and its CI.

@@ -166,7 +166,7 @@ def run(
         metric=spec.metric.model_dump(),
         n=n,
         seed=seed,
-        engine=engine,
+        engine=evaluate.describe(model) if isinstance(evaluate, FastEngine) else engine,
         baseline_kind=BASELINE_KIND,
         clean=float(clean.mean()),
         baseline=float(baseline.mean()),

@@ -231,3 +231,17 @@ def test_invariants_full_is_clean_and_empty_is_baseline(family, family_models, e
     with pytest.warns(scrub.ScrubWarning, match="equals the baseline exactly"):
         empty = scrub.run(empty, model=model, engine=engine, n=8)
     assert empty.per_example == empty.per_example_baseline and empty.recovered == 0.0
+
+
+def test_the_engine_path_is_recorded(family_models):
+    """Kernels where they reproduce the model; Gemma-2 falls back to output groups, and says so."""
+    nodes = {"out": {"components": ["logits"], "inputs": [{"node": "m"}]}, "m": {"components": ["m0", "m1"]}}  # fmt: skip
+    engines = {}
+    for family, model in family_models.items():
+        result = scrub.run(hyp(model, nodes), model=model, n=4)
+        engines[family] = result.engine
+    assert engines == {
+        "gpt2": "fast", "pythia": "fast", "llama": "fast", "qwen2": "fast",
+        "gemma2": "fast (output groups: the kernels do not restate attention soft-capping, "
+        "sliding-window attention)",
+    }  # fmt: skip

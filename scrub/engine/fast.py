@@ -38,7 +38,7 @@ from scrub._components import Channel, Component
 from scrub._model import ScrubModel, select, write, write_at
 from scrub._positions import PositionSpec, resolve_positions
 from scrub._tree import SampledTree
-from scrub.engine._kernels import Kernels, kernels_for
+from scrub.engine._kernels import Kernels, kernel_status, kernels_for
 from scrub.engine._plan import Group, Move, Plan, make_plan
 from scrub.engine.cache import ActivationCache
 
@@ -68,6 +68,14 @@ class FastEngine:
     def __post_init__(self) -> None:
         if self.max_batch_rows < 1:
             raise ValueError(f"max_batch_rows must be at least 1, not {self.max_batch_rows}")
+
+    def describe(self, model: ScrubModel) -> str:
+        """How this engine evaluates on ``model``, as results record it: ``"fast"`` with
+        kernels, else ``"fast (output groups: why)"``."""
+        if not self.kernels:
+            return "fast (output groups: kernels turned off)"
+        status = kernel_status(model)
+        return "fast" if status == "kernels" else f"fast ({status})"
 
     @torch.inference_mode()
     def __call__(
