@@ -5,7 +5,12 @@ Cases:
 - ``induction``: the shipped 2-layer induction model, ``hypotheses/induction/kcomp.yaml``;
 - ``gpt2``: a randomly initialised GPT-2-small-shaped model (12 layers, 12 heads, 768 wide,
   vocabulary 50257) with the IOI circuit hypothesis ``hypotheses/ioi/gpt2_circuit.yaml``
-  (26 heads in 7 interpretation nodes) on the IOI dataset (prompts of 21 tokens).
+  (26 heads in 7 interpretation nodes) on the IOI dataset (prompts of 21 tokens);
+- ``llama``: the same hypothesis and dataset on a random Llama-architecture model of the same
+  size (12 layers, 12 query heads sharing 4 key/value heads, d_model 768, gated MLP 2048 wide,
+  RMSNorm, RoPE, vocabulary 50257);
+- ``pythia``: the same on a random GPT-NeoX (Pythia-160M-shaped: 12 layers, 12 heads, d_model
+  768, MLP 3072, parallel attention and MLP, rotary on a quarter of each head, vocabulary 50304).
 
 For each: (1) T_fast / T_plain, T_plain being one plain forward pass over the same k × B rows
 (k: DESIGN.md's row groups, one per non-leaf tree node and one per leaf), cold (fresh cache) and
@@ -17,6 +22,7 @@ Usage::
 
     python benchmarks/bench_engine.py                 # both cases
     python benchmarks/bench_engine.py --case induction --threads 2 --device cpu
+    python benchmarks/bench_engine.py --case gpt2,llama,pythia --batch 16   # one run, 3 cases
 """
 
 from __future__ import annotations
@@ -38,14 +44,20 @@ import torch
 import scrub
 from scrub._bind import make_dataset_for
 from scrub.engine import ActivationCache, FastEngine, evaluate_reference
-from scrub.testing import save_random_gpt2
+from scrub.testing import save_random_gpt2, save_random_model
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = {
     "induction": ("induction", ROOT / "hypotheses" / "induction" / "kcomp.yaml"),
     "gpt2": ("gpt2-shaped", ROOT / "hypotheses" / "ioi" / "gpt2_circuit.yaml"),
+    "llama": ("llama-shaped", ROOT / "hypotheses" / "ioi" / "gpt2_circuit.yaml"),
+    "pythia": ("pythia-shaped", ROOT / "hypotheses" / "ioi" / "gpt2_circuit.yaml"),
 }
 GPT2_DIR = Path(tempfile.gettempdir()) / "scrub-bench-gpt2-shaped"
+SHAPED = {  # family, d_vocab, d_mlp, n_kv_heads: GPT-2 small's size otherwise
+    "llama-shaped": ("llama", 50257, 2048, 4),
+    "pythia-shaped": ("pythia", 50304, 3072, None),
+}
 
 
 def gpt2_shaped() -> str:
@@ -57,10 +69,28 @@ def gpt2_shaped() -> str:
     return str(GPT2_DIR)
 
 
+def family_shaped(source: str) -> str:
+    """A random GPT-2-small-sized model of another family, saved once per machine."""
+    family, d_vocab, d_mlp, n_kv = SHAPED[source]
+    directory = Path(tempfile.gettempdir()) / f"scrub-bench-{source}"
+    if not (directory / "config.json").exists():
+        save_random_model(
+            directory, family, n_layers=12, n_heads=12, n_kv_heads=n_kv, d_model=768,
+            d_mlp=d_mlp, d_vocab=d_vocab, n_ctx=1024, seed=0, init_std=0.02,
+        )  # fmt: skip
+    return str(directory)
+
+
+def model_source(source: str) -> str:
+    if source == "gpt2-shaped":
+        return gpt2_shaped()
+    return family_shaped(source) if source in SHAPED else source
+
+
 def setup(case: str, device: str, n: int, seed: int = 0):
     source, path = CASES[case]
     hyp = scrub.load_hypothesis(path)
-    model = scrub.load_model(gpt2_shaped() if source == "gpt2-shaped" else source, device=device)
+    model = scrub.load_model(model_source(source), device=device)
     dataset = make_dataset_for(hyp, seed=seed)
     tree = scrub.sample_tree(scrub.bind(hyp, model, dataset), n=n, seed=seed)
     return hyp, model, dataset, tree
@@ -196,8 +226,10 @@ def bench(
     pos = metric_positions(hyp, dataset, tree)
     tokens = plain_tokens(tree)
     print(f"hypothesis {hyp.name}: {k} row groups (tree nodes) x B = {batch}, "
-          f"seq {dataset.seq_len}", flush=True)  # fmt: skip
-    results: dict = {"case": case, "k": k, "B": batch, "seq": dataset.seq_len}
+          f"seq {dataset.seq_len}; {model.architecture}, engine: "
+          f"{FastEngine().describe(model)}", flush=True)  # fmt: skip
+    results: dict = {"case": case, "k": k, "B": batch, "seq": dataset.seq_len,
+                     "engine": FastEngine().describe(model)}  # fmt: skip
 
     t_plain = timed(lambda: model.run(tokens), device, repeat)
     t_cold = timed(lambda: FastEngine()(model, tree, positions=pos), device, repeat)
@@ -272,7 +304,9 @@ def bench(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", choices=[*CASES, "all"], default="all")
+    parser.add_argument(
+        "--case", default="all", help=f"comma-separated cases ({', '.join(CASES)}) or 'all'"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)
@@ -290,7 +324,10 @@ def main() -> None:
     if args.memory_probe:
         memory_probe(args.case, args.device, args.n, args.memory_probe)
         return
-    cases = list(CASES) if args.case == "all" else [args.case]
+    cases = list(CASES) if args.case == "all" else args.case.split(",")
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; cases: {', '.join(CASES)}")
     out = [
         bench(c, device=args.device, batch=args.batch, repeat=args.repeat,
               memory=not args.no_memory, batches=[int(b) for b in args.batches.split(",")])
