@@ -218,7 +218,14 @@ def star(model, dataset_spec: dict, metric: dict, k: int, seed: int) -> scrub.Hy
 
 
 def bench(
-    case: str, *, device: str, batch: int, repeat: int, memory: bool, batches: list[int]
+    case: str,
+    *,
+    device: str,
+    batch: int,
+    repeat: int,
+    memory: bool,
+    batches: list[int],
+    steps: frozenset[int] = frozenset({1, 2, 3, 4, 5}),
 ) -> dict:
     print(f"\n== {case} ({device}, {torch.get_num_threads()} threads) ==", flush=True)
     hyp, model, dataset, tree = setup(case, device, batch)
@@ -243,6 +250,8 @@ def bench(
           f"-> ratio {t_warm / t_plain:.2f} | same draws again (subtrees cached) {t_same:.3f}s "
           f"-> ratio {t_same / t_plain:.2f}", flush=True)  # fmt: skip
 
+    if 2 not in steps:
+        return results
     _, _, _, small = setup(case, device, 8)
     small_pos = metric_positions(hyp, dataset, small)
     t_ref = timed(lambda: evaluate_reference(model, small), device, repeat)
@@ -251,13 +260,15 @@ def bench(
     print(f"2. B=8: T_reference {t_ref:.3f}s / T_fast {t_fast8:.3f}s = {t_ref / t_fast8:.2f}",
           flush=True)  # fmt: skip
 
-    if memory:
+    if memory and 3 in steps:
         m_plain = peak_memory(case, device, batch, "plain")
         m_fast = peak_memory(case, device, batch, "fast")
         results.update(mem_plain_MiB=m_plain, mem_fast_MiB=m_fast)
         print(f"3. peak memory above the model: plain {m_plain:.0f} MiB, fast {m_fast:.0f} MiB "
               f"-> ratio {m_fast / max(m_plain, 1e-9):.2f}", flush=True)  # fmt: skip
 
+    if 4 not in steps:
+        return results
     hyps = variants(hyp, 10)
 
     def score(hs, shared: bool) -> None:
@@ -274,6 +285,8 @@ def bench(
     print(f"4. scoring {len(hyps)} hypotheses on one dataset (shared cache) {t_ten:.2f}s vs 1 "
           f"alone {t_one:.2f}s -> {t_ten / t_one:.2f}x", flush=True)  # fmt: skip
 
+    if 5 not in steps:
+        return results
     print("5. growth (T_fast cold, seconds; ratio to a plain pass over the same rows)")
     print("   with k, B = 8: a root and k - 1 one-head children, sampled unconditionally")
     series = []
@@ -315,6 +328,7 @@ def main() -> None:
     parser.add_argument(
         "--batches", default="8,16,32,64,128", help="batch sizes of the growth series"
     )
+    parser.add_argument("--steps", default="1,2,3,4,5", help="which measures (1-5) to take")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--memory-probe", choices=["plain", "fast"], help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=64, help=argparse.SUPPRESS)
@@ -330,7 +344,8 @@ def main() -> None:
         parser.error(f"unknown case(s) {', '.join(unknown)}; cases: {', '.join(CASES)}")
     out = [
         bench(c, device=args.device, batch=args.batch, repeat=args.repeat,
-              memory=not args.no_memory, batches=[int(b) for b in args.batches.split(",")])
+              memory=not args.no_memory, batches=[int(b) for b in args.batches.split(",")],
+              steps=frozenset(int(x) for x in args.steps.split(",")))
         for c in cases
     ]  # fmt: skip
     if args.json:

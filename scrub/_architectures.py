@@ -33,6 +33,7 @@ a checkpoint that does not match its family's facts is refused rather than scrub
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -214,15 +215,16 @@ def check_architecture(bridge: Any, arch: Architecture, *, source: str) -> None:
         return float((a - b).abs().max()) <= 1e-4 * scale
 
     for layer in range(cfg.n_layers):
-        pre, post = cache[f"blocks.{layer}.hook_resid_pre"], cache[f"blocks.{layer}.hook_resid_post"]
+        pre, post = (
+            cache[f"blocks.{layer}.hook_resid_pre"],
+            cache[f"blocks.{layer}.hook_resid_post"],
+        )
         attn = post - pre - cache[f"blocks.{layer}.hook_mlp_out"]
         if arch.head_outputs:
             z = cache[f"blocks.{layer}.attn.hook_z"]
             heads = torch.einsum("bphd,hdm->bpm", z, bridge.W_O[layer])
-            try:
+            with contextlib.suppress(AttributeError):  # bias-free projections have no b_O
                 heads = heads + bridge.b_O[layer]
-            except AttributeError:  # bias-free projections
-                pass
             if not close(heads, attn):
                 raise fail(f"layer {layer}'s attention output is not the sum of its heads' z @ W_O")
         mlp_in = cache[f"blocks.{layer}.hook_mlp_in"]
@@ -293,10 +295,15 @@ def check_paths(hypothesis: Any, shape: Any) -> None:
                     p = pmc.component
                     if not set(corr.channels) & set(p.channels) or shape.upstream(c, p):
                         continue
+                    why = (
+                        f"{shape.architecture} blocks are parallel, so the MLP of layer L reads "
+                        "the block's input, not layer L's heads"
+                        if shape.parallel
+                        else "it writes into the residual stream after the parent reads it"
+                    )
                     raise HypothesisError(
                         f"{c.name} (node {child!r}) is not upstream of {p.name} (node "
-                        f"{parent!r}) in {shape.name}: {shape.architecture} blocks are parallel, "
-                        "so the MLP of layer L reads the block's input, not layer L's heads",
+                        f"{parent!r}) in {shape.name}: {why}",
                         key=(*key, "node"),
                         hint="feed m{L} from layers before L, or feed layer L's heads into a "
                         "later layer",

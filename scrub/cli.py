@@ -168,9 +168,7 @@ def _export_circuit(args: argparse.Namespace) -> int:
     hyp = load_hypothesis(args.file)
     model = load_model(args.model or hyp.spec.model)
     bound = bind(hyp, model, make_dataset_for(hyp, seed=hyp.spec.defaults.seed))
-    circuit = hypothesis_to_circuit(
-        bound.hypothesis, model.shape, d_model=model.bridge.cfg.d_model
-    )
+    circuit = hypothesis_to_circuit(bound.hypothesis, model.shape, d_model=model.bridge.cfg.d_model)
     text = json.dumps(circuit, indent=1)
     if args.out is None:
         print(text)

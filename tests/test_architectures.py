@@ -63,7 +63,9 @@ def test_each_family_has_its_facts(family_models):
     assert {f: s.kv_group for f, s in shapes.items()} == {
         "gpt2": 1, "pythia": 1, "llama": 2, "qwen2": 2, "gemma2": 2
     }  # fmt: skip
-    assert repr(family_models["pythia"].architecture) == "Architecture('GPT-NeoX', parallel, rotary)"
+    assert (
+        repr(family_models["pythia"].architecture) == "Architecture('GPT-NeoX', parallel, rotary)"
+    )
 
 
 def test_an_encoder_is_one_clear_error(tmp_path):
@@ -203,7 +205,9 @@ def _random_tree(model, seed):
     h = hyp(model, nodes)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", scrub.ScrubWarning)
-        return scrub.sample_tree(scrub.bind(h, model, make_dataset_for(h, seed=seed)), n=8, seed=seed)
+        return scrub.sample_tree(
+            scrub.bind(h, model, make_dataset_for(h, seed=seed)), n=8, seed=seed
+        )
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -55,7 +55,9 @@ HAND = [  # a previous-token head feeding an induction head's key, and a danglin
 ]  # fmt: skip
 
 
-def test_a_hand_built_circuit_imports_as_the_expected_hypothesis(tmp_path, tiny_model_dir):
+def test_a_hand_built_circuit_imports_as_the_expected_hypothesis(
+    tmp_path, tiny_model, tiny_model_dir
+):
     hyp, spec, dropped = imported(circuit_file(tmp_path, HAND), tiny_model_dir)
     assert dropped == 1
     assert spec["nodes"] == {
@@ -69,8 +71,8 @@ def test_a_hand_built_circuit_imports_as_the_expected_hypothesis(tmp_path, tiny_
     assert repr(read_circuit(circuit_file(tmp_path, HAND))) == "Circuit(2 layers x 4 heads, 9 of 110 edges kept)"  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", scrub.ScrubWarning)
-        fast = scrub.run(hyp, n=8)
-        ref = scrub.run(hyp, n=8, engine="reference")
+        fast = scrub.run(hyp, model=tiny_model, n=8)
+        ref = scrub.run(hyp, model=tiny_model, n=8, engine="reference")
     np.testing.assert_allclose(fast.per_example, ref.per_example, atol=1e-4)
     assert fast.scrubbed != fast.clean and fast.scrubbed != fast.baseline
 
@@ -82,14 +84,15 @@ def test_the_full_circuit_is_the_clean_model_and_the_empty_one_the_baseline(tmp_
     full = circuit_file(tmp_path, set(all_edges(2, 4, parallel=parallel)), parallel=parallel)
     hyp, _, dropped = imported(full, model_dir)
     assert dropped == 0
+    model = scrub.load_model(str(model_dir))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", scrub.ScrubWarning)
-        result = scrub.run(hyp, n=8)
+        result = scrub.run(hyp, model=model, n=8)
     np.testing.assert_allclose(result.per_example, result.per_example_clean, atol=1e-4)
     empty, spec, _ = imported(circuit_file(tmp_path, set(), parallel=parallel, name="e.json"), model_dir)  # fmt: skip
     assert spec["nodes"] == {"out": {"components": ["logits"]}}
     with pytest.warns(scrub.ScrubWarning, match="equals the baseline exactly"):
-        assert scrub.run(empty, n=8).recovered == 0.0
+        assert scrub.run(empty, model=model, n=8).recovered == 0.0
 
 
 def test_round_trip_keeps_the_edges(tmp_path, tiny_model, tiny_model_dir):
@@ -122,7 +125,10 @@ def test_a_hypothesis_exports_one_edge_per_component_pair_and_channel(tiny_model
 def test_what_an_edge_circuit_cannot_express_is_refused(tiny_model):
     base = {"model": tiny_model.path, "dataset": DATASET, "metric": METRIC}
     for edge, key in (({"node": "h", "paths": "all"}, "paths"), ({"node": "h", "positions": "END"}, "positions")):  # fmt: skip
-        nodes = {"out": {"components": ["logits"], "inputs": [edge]}, "h": {"components": ["a0.h0"]}}
+        nodes = {
+            "out": {"components": ["logits"], "inputs": [edge]},
+            "h": {"components": ["a0.h0"]},
+        }
         with pytest.raises(scrub.HypothesisError) as info:
             hypothesis_to_circuit(scrub.hypothesis_from_dict({**base, "nodes": nodes}), tiny_model.shape, d_model=32)  # fmt: skip
         assert info.value.key == ("nodes", "out", "inputs", 0, key)

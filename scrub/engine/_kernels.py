@@ -171,7 +171,9 @@ def _verified(model: ScrubModel) -> tuple[Kernels | None, str]:
     heads = [Component("head", layer, h) for h in sorted({0, model.shape.n_heads - 1})]
     mlp = Component("mlp", layer)
     reads: list[tuple[Component, Channel]] = [(h, ch) for h in heads for ch in ("q", "k", "v")]
-    _, inputs, outputs = model.run(tokens, read_inputs=[*reads, (mlp, "in")], read_outputs=[*heads, mlp])
+    _, inputs, outputs = model.run(
+        tokens, read_inputs=[*reads, (mlp, "in")], read_outputs=[*heads, mlp]
+    )
     got = {h: kernels.head(h, *(inputs[h, ch] for ch in ("q", "k", "v"))) for h in heads}
     got[mlp] = kernels.mlp(mlp, inputs[mlp, "in"])
     for comp, value in got.items():

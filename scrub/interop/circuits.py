@@ -188,7 +188,7 @@ def circuit_to_spec(
         the spec, and how many kept edges were dropped as unreachable.
     """
     graph = nx.DiGraph()
-    for src, dst, ch, score in circuit.kept:
+    for src, dst, ch, _score in circuit.kept:
         if graph.has_edge(src, dst):
             graph.edges[src, dst]["channels"].append(ch)
         else:
@@ -251,7 +251,11 @@ def hypothesis_to_circuit(hypothesis: Any, shape: ModelShape, *, d_model: int) -
                     hint="drop the positions to export the circuit (all positions)",
                 )
         sampler = node.sampler
-        if name != hypothesis.root and sampler is not None and not isinstance(sampler, ExactSampler):
+        if (
+            name != hypothesis.root
+            and sampler is not None
+            and not isinstance(sampler, ExactSampler)
+        ):
             dropped.append(f"node {name!r}: sampler {sampler!r}")
         for i, child in enumerate(hypothesis.children(name)):
             corr = hypothesis.edge(child, name)
