@@ -191,8 +191,8 @@ def _vocab_size(path: str) -> int:
 def check_architecture(bridge: Any, arch: Architecture, *, source: str) -> None:
     """Measure the family's facts on the loaded model once (random tokens, one pass).
 
-    Each block's residual update must equal the sum of its heads' ``z @ W_O`` (where heads have
-    outputs), the attention bias and its MLP output; each MLP must read the block's input
+    The residual stream must start as the embeddings; each block's update must equal the sum of
+    its heads' ``z @ W_O`` (where heads have outputs), the attention bias and its MLP output; each MLP must read the block's input
     (parallel) or the residual after attention; q/k/v inputs the block's input.
 
     Raises:
@@ -214,6 +214,11 @@ def check_architecture(bridge: Any, arch: Architecture, *, source: str) -> None:
         scale = max(1.0, float(b.abs().max()))
         return float((a - b).abs().max()) <= 1e-4 * scale
 
+    embed = cache["hook_embed"]
+    if not arch.rotary:
+        embed = embed + cache["hook_pos_embed"]
+    if not close(embed, cache["blocks.0.hook_resid_pre"]):
+        raise fail("the residual stream does not start as the embeddings")
     for layer in range(cfg.n_layers):
         pre, post = (
             cache[f"blocks.{layer}.hook_resid_pre"],
