@@ -69,8 +69,8 @@ def bind(hypothesis: Hypothesis, model: ScrubModel, dataset: Dataset) -> BoundHy
     """
     try:
         hypothesis = adapt_hypothesis(hypothesis, model.architecture)
-        check_paths(hypothesis, model.shape)
         _check(hypothesis, model, dataset)
+        check_paths(hypothesis, model.shape)
     except HypothesisError as exc:
         raise exc.with_context(file=hypothesis.file) from None
     return BoundHypothesis(hypothesis, model, dataset)
