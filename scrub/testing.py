@@ -8,6 +8,7 @@ to a directory without a tokenizer and loaded through the same loader as every o
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -93,7 +94,7 @@ def save_random_model(
             directory, n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_vocab=d_vocab,
             n_ctx=n_ctx, d_mlp=d_mlp, seed=seed, init_std=init_std,
         )  # fmt: skip
-    common = {
+    common: dict[str, Any] = {
         "vocab_size": d_vocab,
         "hidden_size": d_model,
         "num_hidden_layers": n_layers,
@@ -105,9 +106,13 @@ def save_random_model(
         "pad_token_id": 0,
         "tie_word_embeddings": False,
     }
-    kv = {"num_key_value_heads": n_kv_heads or max(1, n_heads // 2)}
+    neox: dict[str, Any] = {"rotary_pct": 0.25}
+    kv: dict[str, Any] = {"num_key_value_heads": n_kv_heads or max(1, n_heads // 2)}
     builders = {
-        "pythia": lambda: (tf.GPTNeoXConfig(**common, rotary_pct=0.25), tf.GPTNeoXForCausalLM),
+        "pythia": lambda: (
+            tf.GPTNeoXConfig(**common, **neox),
+            tf.GPTNeoXForCausalLM,
+        ),
         "llama": lambda: (tf.LlamaConfig(**common, **kv), tf.LlamaForCausalLM),
         "qwen2": lambda: (tf.Qwen2Config(**common, **kv), tf.Qwen2ForCausalLM),
         "gemma2": lambda: (
