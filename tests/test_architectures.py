@@ -104,16 +104,20 @@ def test_parallel_block_head_is_not_upstream_of_its_mlp(family_models, dataset):
 
 
 def test_parallel_layers_as_separate_nodes_recover_the_clean_model(family_models):
-    """Heads and MLP of each layer as sibling nodes that both read the earlier layers == clean."""
+    """Heads and MLP of each layer as sibling nodes that both read the earlier layers == clean.
+
+    H0 and M0 as all-paths inputs of one node claim disjoint paths only because a0's heads do
+    not feed m0 in a parallel block (the overlapping-claims check knows the architecture).
+    """
     model = family_models["pythia"]
     heads = lambda layer: [f"a{layer}.h{h}" for h in range(4)]  # noqa: E731
     nodes = {
         "out": {"components": ["logits"], "inputs": [{"node": n, "paths": "direct"}
                                                      for n in ("H1", "M1", "H0", "M0", "E")]},
         "H1": {"components": heads(1), "sampler": "exact",
-               "inputs": [{"node": n, "paths": "all"} for n in ("H0", "M0", "E")]},
+               "inputs": [{"node": "H0", "paths": "all"}, {"node": "M0", "paths": "all"}, {"node": "E"}]},
         "M1": {"components": ["m1"], "sampler": "exact",
-               "inputs": [{"node": n, "paths": "all"} for n in ("H0", "M0", "E")]},
+               "inputs": [{"node": "H0", "paths": "all"}, {"node": "M0", "paths": "all"}, {"node": "E"}]},
         "H0": {"components": heads(0), "sampler": "exact", "inputs": [{"node": "E"}]},
         "M0": {"components": ["m0"], "sampler": "exact", "inputs": [{"node": "E"}]},
         "E": {"components": ["embed"], "sampler": "exact"},
@@ -196,18 +200,26 @@ def test_gemma2_heads_have_no_direct_paths(family_models, dataset):
 
 # -- both engines, on every family ----------------------------------------------------------------
 def _random_tree(model, seed):
-    rng = np.random.default_rng(seed)
-    nodes = random_nodes(rng, model.shape, max_depth=int(rng.integers(1, 4)))
-    for node in nodes.values():  # random_nodes picks children by the model's own order
-        for edge in node.get("inputs", []):
-            if not model.shape.head_outputs:
-                edge["paths"] = "all"
-    h = hyp(model, nodes)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", scrub.ScrubWarning)
-        return scrub.sample_tree(
-            scrub.bind(h, model, make_dataset_for(h, seed=seed)), n=8, seed=seed
-        )
+    """A random valid hypothesis: on Gemma-2 every input is all-paths (heads have no direct
+    paths there), which can make two inputs claim one path; such draws are skipped."""
+    for attempt in range(50):
+        rng = np.random.default_rng([seed, attempt])
+        nodes = random_nodes(rng, model.shape, max_depth=int(rng.integers(1, 4)))
+        for node in nodes.values():  # random_nodes picks children by the model's own order
+            for edge in node.get("inputs", []):
+                if not model.shape.head_outputs:
+                    edge["paths"] = "all"
+        h = hyp(model, nodes)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", scrub.ScrubWarning)
+            try:
+                bound = scrub.bind(h, model, make_dataset_for(h, seed=seed))
+            except scrub.HypothesisError as exc:
+                if "claim the same model path" not in exc.problem:
+                    raise
+                continue
+            return scrub.sample_tree(bound, n=8, seed=seed)
+    raise AssertionError("no valid random hypothesis in 50 draws")
 
 
 @pytest.mark.parametrize("seed", range(6))
