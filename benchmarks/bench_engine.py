@@ -5,7 +5,12 @@ Cases:
 - ``induction``: the shipped 2-layer induction model, ``hypotheses/induction/kcomp.yaml``;
 - ``gpt2``: a randomly initialised GPT-2-small-shaped model (12 layers, 12 heads, 768 wide,
   vocabulary 50257) with the IOI circuit hypothesis ``hypotheses/ioi/gpt2_circuit.yaml``
-  (26 heads in 7 interpretation nodes) on the IOI dataset (prompts of 21 tokens).
+  (26 heads in 7 interpretation nodes) on the IOI dataset (prompts of 21 tokens);
+- ``llama``: the same hypothesis and dataset on a random Llama-architecture model of the same
+  size (12 layers, 12 query heads sharing 4 key/value heads, d_model 768, gated MLP 2048 wide,
+  RMSNorm, RoPE, vocabulary 50257);
+- ``pythia``: the same on a random GPT-NeoX (Pythia-160M-shaped: 12 layers, 12 heads, d_model
+  768, MLP 3072, parallel attention and MLP, rotary on a quarter of each head, vocabulary 50304).
 
 For each: (1) T_fast / T_plain, T_plain being one plain forward pass over the same k × B rows
 (k: DESIGN.md's row groups, one per non-leaf tree node and one per leaf), cold (fresh cache) and
@@ -17,6 +22,7 @@ Usage::
 
     python benchmarks/bench_engine.py                 # both cases
     python benchmarks/bench_engine.py --case induction --threads 2 --device cpu
+    python benchmarks/bench_engine.py --case gpt2,llama,pythia --batch 16   # one run, 3 cases
 """
 
 from __future__ import annotations
@@ -38,14 +44,20 @@ import torch
 import scrub
 from scrub._bind import make_dataset_for
 from scrub.engine import ActivationCache, FastEngine, evaluate_reference
-from scrub.testing import save_random_gpt2
+from scrub.testing import save_random_gpt2, save_random_model
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = {
     "induction": ("induction", ROOT / "hypotheses" / "induction" / "kcomp.yaml"),
     "gpt2": ("gpt2-shaped", ROOT / "hypotheses" / "ioi" / "gpt2_circuit.yaml"),
+    "llama": ("llama-shaped", ROOT / "hypotheses" / "ioi" / "gpt2_circuit.yaml"),
+    "pythia": ("pythia-shaped", ROOT / "hypotheses" / "ioi" / "gpt2_circuit.yaml"),
 }
 GPT2_DIR = Path(tempfile.gettempdir()) / "scrub-bench-gpt2-shaped"
+SHAPED = {  # family, d_vocab, d_mlp, n_kv_heads: GPT-2 small's size otherwise
+    "llama-shaped": ("llama", 50257, 2048, 4),
+    "pythia-shaped": ("pythia", 50304, 3072, None),
+}
 
 
 def gpt2_shaped() -> str:
@@ -57,10 +69,28 @@ def gpt2_shaped() -> str:
     return str(GPT2_DIR)
 
 
+def family_shaped(source: str) -> str:
+    """A random GPT-2-small-sized model of another family, saved once per machine."""
+    family, d_vocab, d_mlp, n_kv = SHAPED[source]
+    directory = Path(tempfile.gettempdir()) / f"scrub-bench-{source}"
+    if not (directory / "config.json").exists():
+        save_random_model(
+            directory, family, n_layers=12, n_heads=12, n_kv_heads=n_kv, d_model=768,
+            d_mlp=d_mlp, d_vocab=d_vocab, n_ctx=1024, seed=0, init_std=0.02,
+        )  # fmt: skip
+    return str(directory)
+
+
+def model_source(source: str) -> str:
+    if source == "gpt2-shaped":
+        return gpt2_shaped()
+    return family_shaped(source) if source in SHAPED else source
+
+
 def setup(case: str, device: str, n: int, seed: int = 0):
     source, path = CASES[case]
     hyp = scrub.load_hypothesis(path)
-    model = scrub.load_model(gpt2_shaped() if source == "gpt2-shaped" else source, device=device)
+    model = scrub.load_model(model_source(source), device=device)
     dataset = make_dataset_for(hyp, seed=seed)
     tree = scrub.sample_tree(scrub.bind(hyp, model, dataset), n=n, seed=seed)
     return hyp, model, dataset, tree
@@ -188,7 +218,14 @@ def star(model, dataset_spec: dict, metric: dict, k: int, seed: int) -> scrub.Hy
 
 
 def bench(
-    case: str, *, device: str, batch: int, repeat: int, memory: bool, batches: list[int]
+    case: str,
+    *,
+    device: str,
+    batch: int,
+    repeat: int,
+    memory: bool,
+    batches: list[int],
+    steps: frozenset[int] = frozenset({1, 2, 3, 4, 5}),
 ) -> dict:
     print(f"\n== {case} ({device}, {torch.get_num_threads()} threads) ==", flush=True)
     hyp, model, dataset, tree = setup(case, device, batch)
@@ -196,8 +233,10 @@ def bench(
     pos = metric_positions(hyp, dataset, tree)
     tokens = plain_tokens(tree)
     print(f"hypothesis {hyp.name}: {k} row groups (tree nodes) x B = {batch}, "
-          f"seq {dataset.seq_len}", flush=True)  # fmt: skip
-    results: dict = {"case": case, "k": k, "B": batch, "seq": dataset.seq_len}
+          f"seq {dataset.seq_len}; {model.architecture}, engine: "
+          f"{FastEngine().describe(model)}", flush=True)  # fmt: skip
+    results: dict = {"case": case, "k": k, "B": batch, "seq": dataset.seq_len,
+                     "engine": FastEngine().describe(model)}  # fmt: skip
 
     t_plain = timed(lambda: model.run(tokens), device, repeat)
     t_cold = timed(lambda: FastEngine()(model, tree, positions=pos), device, repeat)
@@ -211,6 +250,8 @@ def bench(
           f"-> ratio {t_warm / t_plain:.2f} | same draws again (subtrees cached) {t_same:.3f}s "
           f"-> ratio {t_same / t_plain:.2f}", flush=True)  # fmt: skip
 
+    if 2 not in steps:
+        return results
     _, _, _, small = setup(case, device, 8)
     small_pos = metric_positions(hyp, dataset, small)
     t_ref = timed(lambda: evaluate_reference(model, small), device, repeat)
@@ -219,13 +260,15 @@ def bench(
     print(f"2. B=8: T_reference {t_ref:.3f}s / T_fast {t_fast8:.3f}s = {t_ref / t_fast8:.2f}",
           flush=True)  # fmt: skip
 
-    if memory:
+    if memory and 3 in steps:
         m_plain = peak_memory(case, device, batch, "plain")
         m_fast = peak_memory(case, device, batch, "fast")
         results.update(mem_plain_MiB=m_plain, mem_fast_MiB=m_fast)
         print(f"3. peak memory above the model: plain {m_plain:.0f} MiB, fast {m_fast:.0f} MiB "
               f"-> ratio {m_fast / max(m_plain, 1e-9):.2f}", flush=True)  # fmt: skip
 
+    if 4 not in steps:
+        return results
     hyps = variants(hyp, 10)
 
     def score(hs, shared: bool) -> None:
@@ -242,6 +285,8 @@ def bench(
     print(f"4. scoring {len(hyps)} hypotheses on one dataset (shared cache) {t_ten:.2f}s vs 1 "
           f"alone {t_one:.2f}s -> {t_ten / t_one:.2f}x", flush=True)  # fmt: skip
 
+    if 5 not in steps:
+        return results
     print("5. growth (T_fast cold, seconds; ratio to a plain pass over the same rows)")
     print("   with k, B = 8: a root and k - 1 one-head children, sampled unconditionally")
     series = []
@@ -272,7 +317,9 @@ def bench(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", choices=[*CASES, "all"], default="all")
+    parser.add_argument(
+        "--case", default="all", help=f"comma-separated cases ({', '.join(CASES)}) or 'all'"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)
@@ -281,6 +328,7 @@ def main() -> None:
     parser.add_argument(
         "--batches", default="8,16,32,64,128", help="batch sizes of the growth series"
     )
+    parser.add_argument("--steps", default="1,2,3,4,5", help="which measures (1-5) to take")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--memory-probe", choices=["plain", "fast"], help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=64, help=argparse.SUPPRESS)
@@ -290,10 +338,14 @@ def main() -> None:
     if args.memory_probe:
         memory_probe(args.case, args.device, args.n, args.memory_probe)
         return
-    cases = list(CASES) if args.case == "all" else [args.case]
+    cases = list(CASES) if args.case == "all" else args.case.split(",")
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; cases: {', '.join(CASES)}")
     out = [
         bench(c, device=args.device, batch=args.batch, repeat=args.repeat,
-              memory=not args.no_memory, batches=[int(b) for b in args.batches.split(",")])
+              memory=not args.no_memory, batches=[int(b) for b in args.batches.split(",")],
+              steps=frozenset(int(x) for x in args.steps.split(",")))
         for c in cases
     ]  # fmt: skip
     if args.json:

@@ -3,7 +3,9 @@
 Loading (:mod:`scrub._hypothesis`) checks what the file alone determines. Binding checks the
 rest, with errors that name the file, the key and a fix:
 
-- every component exists in the model (``a9.h12`` in GPT-2 small: heads are 0–11);
+- every component exists in the model (``a9.h12`` in GPT-2 small: heads are 0–11), and every
+  input means something in its architecture (:func:`scrub._architectures.check_paths`:
+  parallel blocks, heads without outputs of their own); ``pos_embed`` is dropped on RoPE models;
 - every named position exists in the dataset (components, inputs and the metric);
 - every feature a node or sampler names exists (a dataset feature or field, a ``features:``
   alias, or a ``package.module:function`` marked ``@scrub.feature``), returns one value per row
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from scrub._architectures import adapt_hypothesis, check_paths
 from scrub._claims import check_claims
 from scrub._errors import HypothesisError
 from scrub._hypothesis import Hypothesis
@@ -93,7 +96,9 @@ def bind(hypothesis: Hypothesis, model: ScrubModel, dataset: Dataset) -> BoundHy
         HypothesisError: located in the hypothesis file.
     """
     try:
+        hypothesis = adapt_hypothesis(hypothesis, model.architecture)
         _check(hypothesis, model, dataset)
+        check_paths(hypothesis, model.shape)
     except HypothesisError as exc:
         raise hypothesis.locate(exc.with_context(file=hypothesis.file)) from None
     return BoundHypothesis(hypothesis, model, dataset)
@@ -152,7 +157,7 @@ def _check(hyp: Hypothesis, model: ScrubModel, ds: Dataset) -> None:
             raise exc.with_context(
                 key_prefix=("nodes", parent, "inputs", idx, "positions")
             ) from None
-    check_claims(hyp, ds, n_layers=model.shape.n_layers)
+    check_claims(hyp, ds, n_layers=model.shape.n_layers, parallel=model.shape.parallel)
     _check_metric(hyp, ds, model)
 
 

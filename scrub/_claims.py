@@ -44,13 +44,15 @@ from scrub.data import Dataset
 __all__ = ["check_claims"]
 
 
-def check_claims(hyp: Hypothesis, dataset: Dataset, *, n_layers: int) -> None:
+def check_claims(
+    hyp: Hypothesis, dataset: Dataset, *, n_layers: int, parallel: bool = False
+) -> None:
     """Raise if two inputs of one node claim a common path (see the module docstring).
 
     Raises:
         HypothesisError: naming both inputs, one shared path, and the key of the later input.
     """
-    checker = _Checker(hyp, dataset, n_layers)
+    checker = _Checker(hyp, dataset, n_layers, parallel)
     for parent in hyp.graph:
         children = hyp.children(parent)
         for i, j in combinations(range(len(children)), 2):
@@ -58,7 +60,10 @@ def check_claims(hyp: Hypothesis, dataset: Dataset, *, n_layers: int) -> None:
 
 
 class _Checker:
-    def __init__(self, hyp: Hypothesis, dataset: Dataset, n_layers: int) -> None:
+    def __init__(
+        self, hyp: Hypothesis, dataset: Dataset, n_layers: int, parallel: bool = False
+    ) -> None:
+        self.parallel = parallel  # a layer's MLP reads its block's input (GPT-NeoX)
         self.hyp = hyp
         self.dataset = dataset
         self.n_layers = n_layers
@@ -78,7 +83,7 @@ class _Checker:
         return bool((p1[:, :, None] == p2[:, None, :]).any())
 
     def order(self, comp: Component) -> tuple[int, int]:
-        return comp.order(self.n_layers)
+        return comp.order(self.n_layers, parallel=self.parallel)
 
     def mixes(self, b: Component, a: Component) -> bool:
         """Whether a path from b into a can change position (a head on the way, or a itself)."""

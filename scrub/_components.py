@@ -13,6 +13,8 @@ written ``a9.h9@END`` or ``m3@S2,END`` (see :mod:`scrub._positions`).
 
 Pitfall: "upstream" is about the residual stream, not the layer index alone. The MLP of layer L
 reads the outputs of layer L's heads, but a head of layer L does not read another head of layer L.
+In a parallel block (GPT-NeoX / Pythia) the MLP of layer L does not read layer L's heads either:
+use :meth:`ModelShape.upstream`, which knows the architecture (see :mod:`scrub._architectures`).
 """
 
 from __future__ import annotations
@@ -64,14 +66,18 @@ class Component:
             return ("in",)
         return ()
 
-    def order(self, n_layers: int) -> tuple[int, int]:
-        """Position in the residual stream: (layer, 0 for attention / 1 for MLP)."""
+    def order(self, n_layers: int, *, parallel: bool = False) -> tuple[int, int]:
+        """Position in the residual stream: (layer, 0 for attention / 1 for MLP).
+
+        In a parallel block (``parallel``: GPT-NeoX) a layer's MLP reads the same residual
+        stream as its heads, so both are at (layer, 0).
+        """
         if self.kind in ("tok_embed", "pos_embed"):
             return (-1, 1)
         if self.kind == "head":
             return (self.layer, 0)
         if self.kind == "mlp":
-            return (self.layer, 1)
+            return (self.layer, 0 if parallel else 1)
         return (n_layers, 0)
 
     def __repr__(self) -> str:
@@ -107,13 +113,37 @@ def parse_component(text: str) -> tuple[Component, ...]:
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What a hypothesis needs to know about a model to be validated against it."""
+    """What a hypothesis needs to know about a model to be validated against it.
+
+    Attributes:
+        name: how errors name the model.
+        n_layers, n_heads, n_ctx, d_vocab: its sizes.
+        n_kv_heads: key/value heads (fewer than ``n_heads`` under grouped-query attention).
+        parallel: attention and MLP of a layer read the same residual stream (GPT-NeoX).
+        pos_embed: the model has a positional embedding in the residual stream (not RoPE).
+        head_outputs: each head has its own residual-stream contribution (not Gemma-2).
+        architecture: the family's name (``"GPT-2"``, ``"Llama"``, ...).
+    """
 
     name: str
     n_layers: int
     n_heads: int
     n_ctx: int
     d_vocab: int
+    n_kv_heads: int | None = None
+    parallel: bool = False
+    pos_embed: bool = True
+    head_outputs: bool = True
+    architecture: str = "GPT-2"
+
+    @property
+    def kv_group(self) -> int:
+        """Query heads per key/value head (1 without grouped-query attention)."""
+        return self.n_heads // (self.n_kv_heads or self.n_heads)
+
+    def order(self, comp: Component) -> tuple[int, int]:
+        """``comp``'s position in this model's residual stream (see :meth:`Component.order`)."""
+        return comp.order(self.n_layers, parallel=self.parallel)
 
     def check(self, comp: Component) -> None:
         """Raise ``HypothesisError`` if ``comp`` does not exist in this model."""
@@ -133,11 +163,11 @@ class ModelShape:
 
     def upstream(self, child: Component, parent: Component) -> bool:
         """Whether ``child`` writes into the residual stream before ``parent`` reads it."""
-        return child.order(self.n_layers) < parent.order(self.n_layers)
+        return self.order(child) < self.order(parent)
 
     def all_components(self) -> tuple[Component, ...]:
         """Every component that writes into the residual stream, in residual order."""
-        comps = [Component("tok_embed"), Component("pos_embed")]
+        comps = [Component("tok_embed")] + [Component("pos_embed")] * self.pos_embed
         for layer in range(self.n_layers):
             comps += [Component("head", layer, h) for h in range(self.n_heads)]
             comps.append(Component("mlp", layer))

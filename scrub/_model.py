@@ -32,6 +32,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from scrub._architectures import Architecture, boot, check_architecture
 from scrub._components import Channel, Component, ModelShape
 from scrub._errors import HypothesisError, ScrubWarning
 
@@ -63,11 +64,11 @@ def load_model(
         HypothesisError: nothing loadable under that name (with the shipped names listed), no
             such directory, or an architecture scrub cannot hook.
     """
-    from transformer_lens.model_bridge import TransformerBridge
-
     path, kind = _resolve(source, relative_to)
     try:
-        bridge = TransformerBridge.boot_transformers(path, device=str(device))
+        bridge, arch = boot(path, device=str(device))
+    except HypothesisError:  # the architecture's own error, already clear
+        raise
     except (OSError, ValueError) as exc:
         raise _load_error(source, path, kind, exc, relative_to) from exc
     if bridge.cfg.d_mlp == bridge.cfg.d_model:
@@ -82,19 +83,16 @@ def load_model(
         )
     try:
         bridge.enable_compatibility_mode(disable_warnings=True)
-        bridge.set_use_split_qkv_input(True)
-        bridge.set_use_hook_mlp_in(True)
         bridge.eval()
-        model = ScrubModel(bridge, source=source, kind=kind, path=path)
+        check_architecture(bridge, arch, source=source)
     except NotImplementedError as exc:
-        arch = _architecture(bridge, path)
         raise HypothesisError(
-            f"cannot scrub model {source!r}: its architecture ({arch}) does not give scrub the "
-            f"hooks it needs ({exc})",
-            hint="scrub supports GPT-2-style models (GPT2LMHeadModel) and the shipped models: "
-            f"{', '.join(_shipped_names())}",
+            f"cannot scrub model {source!r}: its architecture ({_architecture(bridge, path)}) "
+            f"does not give scrub the hooks it needs ({exc})",
+            hint="scrub supports GPT-2, GPT-NeoX/Pythia, Llama, Qwen2 and Gemma-2 models and "
+            f"the shipped models: {', '.join(_shipped_names())}",
         ) from None
-    return model
+    return ScrubModel(bridge, source=source, kind=kind, path=path, architecture=arch)
 
 
 def _looks_like_path(source: str) -> bool:
@@ -197,10 +195,20 @@ class ScrubModel:
         bridge: the underlying ``TransformerBridge``.
         shape: layers, heads, context and vocabulary sizes.
         source: what it was loaded from (name or path), ``kind``: shipped / local / hub.
+        architecture: the family's facts (parallel blocks, RoPE, per-head outputs).
     """
 
-    def __init__(self, bridge, *, source: str, kind: str, path: str) -> None:
+    def __init__(
+        self,
+        bridge,
+        *,
+        source: str,
+        kind: str,
+        path: str,
+        architecture: Architecture | None = None,
+    ) -> None:
         self.bridge = bridge
+        self.architecture = architecture or Architecture("GPT-2")
         self.source = source
         self.kind = kind
         self.path = path
@@ -211,6 +219,11 @@ class ScrubModel:
             n_heads=cfg.n_heads,
             n_ctx=cfg.n_ctx,
             d_vocab=cfg.d_vocab,
+            n_kv_heads=getattr(cfg, "n_key_value_heads", None) or cfg.n_heads,
+            parallel=self.architecture.parallel,
+            pos_embed=not self.architecture.rotary,
+            head_outputs=self.architecture.head_outputs,
+            architecture=self.architecture.name,
         )
         self.W_O: Float[Tensor, "layer head d_head d_model"] = bridge.W_O.detach()
         self.device = self.W_O.device
@@ -254,6 +267,17 @@ class ScrubModel:
             return "ln_final.hook_in"
         raise ValueError(f"{comp.name} reads no input channel")
 
+    def input_slot(self, comp: Component, channel: Channel) -> Component:
+        """Where ``comp``'s ``channel`` input sits in its hooked tensor.
+
+        Under grouped-query attention the ``k`` and ``v`` inputs are per key/value head: head H
+        reads slot ``H // (n_heads / n_kv_heads)``, shared by its group (see
+        :mod:`scrub._architectures` for what a splice there means).
+        """
+        if comp.kind == "head" and channel in ("k", "v") and self.shape.kv_group > 1:
+            return Component("head", comp.layer, comp.head // self.shape.kv_group)
+        return comp
+
     def output_width(self, comp: Component) -> int:
         """Width of a component's raw output: ``d_head`` for heads (``z``), else ``d_model``."""
         cfg = self.bridge.cfg
@@ -277,6 +301,13 @@ class ScrubModel:
         if comp.kind == "head":
             return output @ self.W_O[comp.layer, comp.head]
         return output
+
+    def unembed(self, resid: Float[Tensor, "batch pos d_model"]) -> Tensor:
+        """Logits from a final residual stream: final norm, unembedding and the architecture's
+        output transform (Gemma-2's logit soft cap), as the model's own forward pass does."""
+        bridge = self.bridge
+        logits = bridge.unembed(bridge.ln_final(resid))
+        return bridge.adapter.apply_output_logits_transform(logits)
 
     # -- forward passes -----------------------------------------------------------------------
     @torch.inference_mode()
@@ -319,9 +350,9 @@ class ScrubModel:
         for comp in read_outputs:
             add(self.output_hook(comp), _read_output_hook(comp, outputs))
         for (comp, ch), value in set_inputs.items():
-            add(self.input_hook(comp, ch), _set_input_hook(comp, value))
+            add(self.input_hook(comp, ch), _set_input_hook(self.input_slot(comp, ch), value))
         for comp, ch in read_inputs:
-            add(self.input_hook(comp, ch), _read_input_hook(comp, ch, inputs))
+            add(self.input_hook(comp, ch), _read_input_hook(comp, ch, inputs, self))
 
         fwd_hooks = [(name, _chain(fns)) for name, fns in hooks.items()]
         with self.bridge.hooks(fwd_hooks=fwd_hooks):
@@ -396,9 +427,11 @@ def _set_input_hook(comp: Component, value: Tensor) -> Callable:
     return fn
 
 
-def _read_input_hook(comp: Component, ch: Channel, store: dict) -> Callable:
+def _read_input_hook(comp: Component, ch: Channel, store: dict, model: ScrubModel) -> Callable:
+    slot = model.input_slot(comp, ch)
+
     def fn(t: Tensor) -> Tensor:
-        store[comp, ch] = select(t, comp).clone()
+        store[comp, ch] = select(t, slot).clone()
         return t
 
     return fn

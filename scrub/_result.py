@@ -81,7 +81,8 @@ class ScrubResult:
         model, model_sha256: the model source and a hash of its weights file.
         dataset: generator and params.
         metric: the metric spec.
-        n, seed, engine: how it was run.
+        n, seed, engine: how it was run (``"fast"``, ``"fast (output groups: why)"`` where the
+            fast engine cannot use its kernels on the model, or ``"reference"``).
         baseline_kind: what ``baseline`` means (the experiment's baseline, e.g.
             ``resample_all``); ``baseline_rows`` the dataset rows it ran on, if any.
         clean, baseline, scrubbed: mean metric; ``*_ci`` their CIs.

@@ -243,7 +243,7 @@ def run(
         metric=spec.metric.model_dump(),
         n=n,
         seed=seed,
-        engine=engine,
+        engine=evaluate.describe(model) if isinstance(evaluate, FastEngine) else engine,
         baseline_kind=base_run.kind,
         clean=float(clean.mean()),
         baseline=float(baseline_values.mean()),

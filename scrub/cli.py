@@ -7,6 +7,9 @@ names the file, key and fix), 2 bad command-line usage, 130 interrupted (Ctrl-C)
 Pitfall: :func:`main` is what tests call, so it lets unexpected exceptions through (a bug must
 fail a test, not become an exit code). The installed ``scrub`` command (:func:`console`) also
 turns those into one line, unless ``SCRUB_DEBUG=1`` asks for the traceback.
+
+Also ``scrub import-circuit CIRCUIT.json`` (an EAP-IG / MIB circuit → a hypothesis file) and
+``scrub export-circuit FILE`` (a hypothesis → such a circuit); see :mod:`scrub.interop.circuits`.
 """
 
 from __future__ import annotations
@@ -153,6 +156,25 @@ def _parser() -> argparse.ArgumentParser:
     graph = sub.add_parser("graph", help="draw the interpretation graph (Graphviz)")
     graph.add_argument("file", type=Path, help="hypothesis YAML file")
     graph.add_argument("--out", type=Path, help="a .dot, .svg or .png file (default: print DOT)")
+    imp = sub.add_parser(
+        "import-circuit", help="write a hypothesis file from an EAP-IG / MIB circuit JSON"
+    )
+    imp.add_argument("file", type=Path, help="circuit JSON (EAP-IG Graph.to_json, MIB)")
+    imp.add_argument("--out", type=Path, help="hypothesis YAML to write (default: print it)")
+    imp.add_argument("--model", required=True, help="the hypothesis's model")
+    imp.add_argument(
+        "--dataset",
+        required=True,
+        help="a dataset spec file (written relative to --out) or a generator name",
+    )
+    imp.add_argument(
+        "--metric", required=True, help="the metric as YAML, e.g. '{kind: loss, labels: next}'"
+    )
+    imp.add_argument("--name", help="the hypothesis's name (default: the circuit file's stem)")
+    exp = sub.add_parser("export-circuit", help="write a hypothesis's edges as EAP-IG / MIB JSON")
+    exp.add_argument("file", type=Path, help="hypothesis YAML file")
+    exp.add_argument("--model", help="model: shipped name, local HF directory or hub name")
+    exp.add_argument("--out", type=Path, help="circuit JSON to write (default: print it)")
     report = sub.add_parser("report", help="write a self-contained HTML report of result files")
     report.add_argument("results", type=Path, nargs="+", help="result JSON files")
     report.add_argument("--out", type=Path, required=True, help="the HTML file to write")
@@ -172,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(args)
         if args.command == "diagnose":
             return _diagnose(args)
+        if args.command == "import-circuit":
+            return _import_circuit(args)
+        if args.command == "export-circuit":
+            return _export_circuit(args)
         if args.command == "patch":
             return _patch(args)
         if args.command == "report":
@@ -278,6 +304,61 @@ def _graph(args: argparse.Namespace) -> int:
     except (RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _import_circuit(args: argparse.Namespace) -> int:
+    import os
+
+    import yaml
+
+    from scrub.interop.circuits import circuit_to_spec, read_circuit
+
+    circuit = read_circuit(args.file)
+    metric = yaml.safe_load(args.metric)
+    if not isinstance(metric, dict):
+        raise HypothesisError(
+            f"--metric {args.metric!r} is not a mapping",
+            hint="e.g. --metric '{kind: loss, positions: REP, labels: next}'",
+        )
+    dataset: object = {"generator": args.dataset}
+    if Path(args.dataset).is_file():
+        base = (args.out or Path("hypothesis.yaml")).resolve().parent
+        dataset = os.path.relpath(Path(args.dataset).resolve(), base)
+    spec, dropped = circuit_to_spec(
+        circuit, model=args.model, dataset=dataset, metric=metric, name=args.name or args.file.stem
+    )
+    text = yaml.safe_dump(spec, sort_keys=False)
+    note = f"{len(circuit.kept)} kept edges, {dropped} dropped (on no path from input to logits)"
+    if args.out is None:
+        print(text, end="")
+        print(f"# {note}", file=sys.stderr)
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {args.out}: {note}")
+    return 0
+
+
+def _export_circuit(args: argparse.Namespace) -> int:
+    import json
+
+    from scrub._bind import bind, make_dataset_for
+    from scrub._hypothesis import load_hypothesis
+    from scrub._model import load_model
+    from scrub.interop.circuits import hypothesis_to_circuit
+
+    hyp = load_hypothesis(args.file)
+    model = load_model(args.model or hyp.spec.model)
+    bound = bind(hyp, model, make_dataset_for(hyp, seed=hyp.spec.defaults.seed))
+    circuit = hypothesis_to_circuit(bound.hypothesis, model.shape, d_model=model.bridge.cfg.d_model)
+    text = json.dumps(circuit, indent=1)
+    if args.out is None:
+        print(text)
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    print(f"wrote {args.out}: {len(circuit['edges'])} edges")
     return 0
 
 

@@ -33,7 +33,7 @@ def random_nodes(
         max_depth: depth of the tree below the root.
     """
     comps = shape.all_components()
-    order = lambda c: c.order(shape.n_layers)  # noqa: E731
+    order = shape.order
     nodes: dict = {"out": {"components": ["logits"], "inputs": []}}
     if other is not None:
         nodes["out"]["other"] = other

@@ -5,11 +5,17 @@ its reading group (see :mod:`scrub.engine._plan`). Instead of a whole extra row 
 node's other inputs, the fast engine computes those few components directly from their
 assembled inputs: a head from its ``q``/``k``/``v`` inputs, an MLP from its input.
 
-Pitfall: this restates the model's arithmetic (GPT-2 style: pre-LayerNorm with its weights
-folded into the next matrices, causal softmax attention scaled by ``1/sqrt(d_head)``, a pointwise
-MLP). :func:`kernels_for` therefore checks the kernels against the model itself once, on random
-inputs, and returns ``None`` for any model where they disagree; the engine then falls back to
-output groups, which use only the model's own forward pass.
+The kernels cover the families of :mod:`scrub._architectures` but Gemma-2: pre-norm blocks
+(LayerNorm or RMSNorm, weights folded into the next matrices), causal softmax attention scaled
+by ``1/sqrt(d_head)``, rotary embeddings on all or part of each head's dimensions (the model's
+own rotary module gives the angles), grouped-query attention (head H reads key/value head
+``H // group``), and pointwise or gated MLPs.
+
+Pitfall: this restates the model's arithmetic. :func:`kernels_for` therefore checks the kernels
+against the model itself once, on random inputs, and returns ``None`` for any model where they
+disagree or that has what they do not restate (attention soft-capping, sliding windows,
+Gemma-2's query scale); the engine then falls back to output groups, which use only the model's
+own forward pass. :func:`kernel_status` says which, and the result records it.
 """
 
 from __future__ import annotations
@@ -22,13 +28,21 @@ from torch import Tensor
 from scrub._components import Channel, Component
 from scrub._model import ScrubModel
 
-__all__ = ["Kernels", "kernels_for"]
+__all__ = ["Kernels", "kernel_status", "kernels_for"]
 
 _ACTIVATIONS = {
     "gelu_new": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
     "gelu": torch.nn.functional.gelu,
     "relu": torch.relu,
+    "silu": torch.nn.functional.silu,
 }
+_WEIGHTS = ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_in", "b_in", "W_out", "b_out", "W_gate")
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
 class Kernels:
@@ -36,24 +50,60 @@ class Kernels:
 
     def __init__(self, model: ScrubModel) -> None:
         bridge = model.bridge
-        self.eps = float(bridge.cfg.eps)
-        self.scale = 1 / math.sqrt(bridge.cfg.d_head)
-        self.act = _ACTIVATIONS[bridge.cfg.act_fn]
-        self.w = {
-            name: getattr(bridge, name).detach()
-            for name in ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_in", "b_in", "W_out", "b_out")
-        }
+        cfg = bridge.cfg
+        self.eps = float(cfg.eps)
+        self.rms = cfg.normalization_type in ("RMS", "RMSPre")
+        self.scale = 1 / math.sqrt(cfg.d_head)
+        self.act = _ACTIVATIONS[cfg.act_fn]
+        self.group = model.shape.kv_group
+        self.gated = bool(getattr(cfg, "gated_mlp", False))
+        self.w: dict[str, Tensor | None] = {}
+        for name in _WEIGHTS:
+            try:
+                self.w[name] = getattr(bridge, name).detach()
+            except AttributeError:  # bias-free projections, ungated MLPs
+                self.w[name] = None
+        self.rotary = None
+        if cfg.positional_embedding_type == "rotary":
+            self.rotary = next(
+                module
+                for name, module in bridge.original_model.named_modules()
+                if name.endswith("rotary_emb")
+            )
+        self._angles: dict[int, tuple[Tensor, Tensor]] = {}
 
     def _ln(self, x: Tensor) -> Tensor:
-        x = x - x.mean(-1, keepdim=True)
+        if not self.rms:
+            x = x - x.mean(-1, keepdim=True)
         return x / (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+
+    def _proj(self, x: Tensor, w: str, b: str, layer: int, head: int) -> Tensor:
+        weight, bias = self.w[w], self.w[b]
+        assert weight is not None
+        out = self._ln(x) @ weight[layer, head]
+        return out if bias is None else out + bias[layer, head]
+
+    def _rotate(self, x: Tensor) -> Tensor:
+        """Rotary embedding of ``batch pos d_head`` at positions 0..pos-1 (HF's rotate-half)."""
+        n = x.shape[-2]
+        if n not in self._angles:
+            assert self.rotary is not None
+            probe = torch.zeros(1, n, 1, device=x.device, dtype=x.dtype)
+            cos, sin = self.rotary(probe, torch.arange(n, device=x.device)[None])
+            self._angles[n] = (cos[0].to(x.dtype), sin[0].to(x.dtype))
+        cos, sin = self._angles[n]
+        dim = cos.shape[-1]
+        rot, rest = x[..., :dim], x[..., dim:]
+        return torch.cat([rot * cos + _rotate_half(rot) * sin, rest], dim=-1)
 
     def head(self, comp: Component, q_in: Tensor, k_in: Tensor, v_in: Tensor) -> Tensor:
         """A head's ``z`` (``batch pos d_head``) from its three residual inputs."""
-        w, layer, h = self.w, comp.layer, comp.head
-        q = self._ln(q_in) @ w["W_Q"][layer, h] + w["b_Q"][layer, h]
-        k = self._ln(k_in) @ w["W_K"][layer, h] + w["b_K"][layer, h]
-        v = self._ln(v_in) @ w["W_V"][layer, h] + w["b_V"][layer, h]
+        layer, h, kv = comp.layer, comp.head, comp.head // self.group
+        q = self._proj(q_in, "W_Q", "b_Q", layer, h)
+        k = self._proj(k_in, "W_K", "b_K", layer, kv)
+        v = self._proj(v_in, "W_V", "b_V", layer, kv)
+        if self.rotary is not None:
+            q, k = self._rotate(q), self._rotate(k)
         scores = (q @ k.transpose(-1, -2)) * self.scale
         n = scores.shape[-1]
         causal = torch.ones(n, n, dtype=torch.bool, device=scores.device).tril()
@@ -62,42 +112,71 @@ class Kernels:
     def mlp(self, comp: Component, x: Tensor) -> Tensor:
         """An MLP's output (``batch pos d_model``) from its input."""
         w, layer = self.w, comp.layer
-        hidden = self.act(self._ln(x) @ w["W_in"][layer] + w["b_in"][layer])
-        return hidden @ w["W_out"][layer] + w["b_out"][layer]
+        x = self._ln(x)
+
+        def linear(name: str, bias: str | None) -> Tensor:
+            weight = w[name]
+            assert weight is not None
+            out = x @ weight[layer]
+            b = w[bias] if bias else None
+            return out if b is None else out + b[layer]
+
+        if self.gated:
+            hidden = self.act(linear("W_gate", None)) * linear("W_in", "b_in")
+        else:
+            hidden = self.act(linear("W_in", "b_in"))
+        w_out, b_out = w["W_out"], w["b_out"]
+        assert w_out is not None
+        out = hidden @ w_out[layer]
+        return out if b_out is None else out + b_out[layer]
 
 
 def kernels_for(model: ScrubModel) -> Kernels | None:
     """Kernels for ``model`` if they reproduce it (checked once per model), else ``None``."""
     if "kernels" not in model.memo:
-        model.memo["kernels"] = _verified(model)
+        model.memo["kernels"], model.memo["kernel_status"] = _verified(model)
     return model.memo["kernels"]
 
 
+def kernel_status(model: ScrubModel) -> str:
+    """``"kernels"``, or why the fast engine computes multi-layer nodes in output groups."""
+    kernels_for(model)
+    return model.memo["kernel_status"]
+
+
 @torch.inference_mode()
-def _verified(model: ScrubModel) -> Kernels | None:
+def _verified(model: ScrubModel) -> tuple[Kernels | None, str]:
     cfg = model.bridge.cfg
-    simple = (
-        cfg.act_fn in _ACTIVATIONS
-        and cfg.positional_embedding_type == "standard"
-        and cfg.attention_dir == "causal"
-        and not getattr(cfg, "gated_mlp", False)
-        and not getattr(cfg, "parallel_attn_mlp", False)
-    )
-    if not simple:
-        return None
+    unsupported = {
+        f"activation {cfg.act_fn!r}": cfg.act_fn not in _ACTIVATIONS,
+        f"{cfg.positional_embedding_type} position embeddings": cfg.positional_embedding_type
+        not in ("standard", "rotary"),
+        "bidirectional attention": cfg.attention_dir != "causal",
+        "attention soft-capping": (getattr(cfg, "attn_scores_soft_cap", -1.0) or -1.0) > 0,
+        "sliding-window attention": getattr(cfg, "window_size", None) is not None
+        or model.architecture.name == "Gemma-2",
+        "a non-default attention scale": getattr(cfg, "attn_scale", -1.0) not in (-1.0, None)
+        and not math.isclose(cfg.attn_scale, math.sqrt(cfg.d_head)),
+    }
+    missing = [what for what, bad in unsupported.items() if bad]
+    if missing:
+        return None, f"output groups: the kernels do not restate {', '.join(missing)}"
     try:
         kernels = Kernels(model)
-    except (AttributeError, KeyError):
-        return None
+    except (AttributeError, KeyError, StopIteration) as exc:
+        return None, f"output groups: the kernels cannot read this model's weights ({exc})"
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, cfg.d_vocab, (2, min(8, cfg.n_ctx)), generator=generator)
     layer = model.shape.n_layers - 1
-    head, mlp = Component("head", layer, 0), Component("mlp", layer)
-    reads: list[tuple[Component, Channel]] = [(head, "q"), (head, "k"), (head, "v"), (mlp, "in")]
-    _, inputs, outputs = model.run(tokens, read_inputs=reads, read_outputs=[head, mlp])
-    z = kernels.head(head, inputs[head, "q"], inputs[head, "k"], inputs[head, "v"])
-    out = kernels.mlp(mlp, inputs[mlp, "in"])
-    close = torch.allclose(z, outputs[head], atol=1e-4, rtol=1e-4) and torch.allclose(
-        out, outputs[mlp], atol=1e-4, rtol=1e-4
+    heads = [Component("head", layer, h) for h in sorted({0, model.shape.n_heads - 1})]
+    mlp = Component("mlp", layer)
+    reads: list[tuple[Component, Channel]] = [(h, ch) for h in heads for ch in ("q", "k", "v")]
+    _, inputs, outputs = model.run(
+        tokens, read_inputs=[*reads, (mlp, "in")], read_outputs=[*heads, mlp]
     )
-    return kernels if close else None
+    got = {h: kernels.head(h, *(inputs[h, ch] for ch in ("q", "k", "v"))) for h in heads}
+    got[mlp] = kernels.mlp(mlp, inputs[mlp, "in"])
+    for comp, value in got.items():
+        if not torch.allclose(value, outputs[comp], atol=1e-4, rtol=1e-4):
+            return None, f"output groups: the kernels do not reproduce {comp.name} of this model"
+    return kernels, "kernels"

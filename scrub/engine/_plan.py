@@ -274,7 +274,7 @@ def make_plan(
                 )
             reading.append(group)
 
-        orders = {c.order(n_layers) for c in comps}
+        orders = {model.shape.order(c) for c in comps}
         if len(reading) == 1 and len(orders) == 1:
             out = reading[0]
             out.fused = True

@@ -41,7 +41,7 @@ from scrub._positions import PositionSpec, resolve_positions
 from scrub._tree import SampledTree
 from scrub.data import Dataset
 from scrub.engine._ablation import Ablation
-from scrub.engine._kernels import Kernels, kernels_for
+from scrub.engine._kernels import Kernels, kernel_status, kernels_for
 from scrub.engine._plan import Group, Move, Plan, make_plan
 from scrub.engine.cache import ActivationCache, split_qkv_inputs
 
@@ -77,6 +77,14 @@ class FastEngine:
     def __post_init__(self) -> None:
         if self.max_batch_rows < 1:
             raise ValueError(f"max_batch_rows must be at least 1, not {self.max_batch_rows}")
+
+    def describe(self, model: ScrubModel) -> str:
+        """How this engine evaluates on ``model``, as results record it: ``"fast"`` with
+        kernels, else ``"fast (output groups: why)"``."""
+        if not self.kernels:
+            return "fast (output groups: kernels turned off)"
+        status = kernel_status(model)
+        return "fast" if status == "kernels" else f"fast ({status})"
 
     @torch.inference_mode()
     def __call__(
@@ -377,8 +385,7 @@ class _ChunkRun:
             copies = resid.shape[0] // self.size
             batch = torch.arange(resid.shape[0], device=resid.device)[:, None]
             resid = resid[batch, pos.repeat(copies, 1)]
-        bridge = self.model.bridge
-        return bridge.unembed(bridge.ln_final(resid))
+        return self.model.unembed(resid)
 
     def hooks(self, groups: list[Group], *, final: bool) -> dict[str, Callable]:
         """Hook functions by hook name for one pass over ``groups``."""
@@ -462,7 +469,7 @@ class _ChunkRun:
                     if target not in targets:
                         continue
                     comp, ch = target
-                    resid = select(t, comp, self.where[group.gid])
+                    resid = select(t, self.model.input_slot(comp, ch), self.where[group.gid])
                     assembled[group.gid, comp, ch] = self.assemble(group, target, resid)
             for group in groups:
                 for target in group.targets:
@@ -478,7 +485,7 @@ class _ChunkRun:
                         value = assembled[group.gid, comp, ch]
                     else:
                         continue
-                    write(t, comp, value, self.where[group.gid])
+                    write(t, self.model.input_slot(comp, ch), value, self.where[group.gid])
             return t
 
         return hook

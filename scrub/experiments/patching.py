@@ -337,11 +337,9 @@ def _grid(su: Setup) -> tuple[dict[str, list], list[Cell | None]]:
         return axes, cells
     assert isinstance(spec, IterativePathSpec)
     receivers = components_of(spec.receivers, shape, key=("receivers",), allow_logits=True)
-    first = min(r.order(shape.n_layers) for r in receivers)
+    first = min(shape.order(r) for r in receivers)
     senders = [
-        c
-        for c in components_of(spec.senders, shape, key=("senders",))
-        if c.order(shape.n_layers) < first
+        c for c in components_of(spec.senders, shape, key=("senders",)) if shape.order(c) < first
     ]
     if not senders:
         raise HypothesisError(
