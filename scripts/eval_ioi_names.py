@@ -190,8 +190,8 @@ def write_card(out: Path, results: dict) -> None:
 
 A small GPT-2 that solves indirect object identification ("Then, Mary and John went to the
 store. John gave a ring to" → "Mary") **for names it never saw in training**: its name
-embeddings are fixed random vectors, so it cannot memorise a name and has to move the name from
-the context. It is shipped with `scrub` as an offline stand-in for GPT-2 small on IOI:
+embeddings are built from fixed random {args["name_code_dim"]}-dimensional codes, so it cannot
+memorise a name and has to move the name from the context. It is shipped with `scrub` as an offline stand-in for GPT-2 small on IOI:
 `scrub.load_model("ioi_names")`, dataset generator `ioi_names` (`scrub/data/ioi_names.py`,
 `datasets/ioi_names.yaml`), hypotheses in `hypotheses/ioi_names/`. Files: `MODEL_CARD.md`,
 `card_notes.md`, `config.json`, `eval_results.json`, `model.safetensors` ({size_kb:.0f} KB),
@@ -225,7 +225,9 @@ sequence, and the templates {", ".join(str(t) for t in results["heldout_template
 
 ## Training
 
-- Command: `{summary["command"]}`
+- Command: `{summary["command"]}` (run with `--out` elsewhere and copied here; the
+  script's defaults are this run's settings)
+- Names: `--name-embedding {args["name_embedding"]}`, `--name-code-dim {args["name_code_dim"]}`.
 - Steps: {summary["steps_done"]}, batch {args["batch_size"]}, AdamW (betas 0.9/0.98, weight decay
   {args["weight_decay"]} on matrices), peak lr {args["lr"]}, {args["warmup"]} warmup steps, cosine
   decay to 10%, grad-norm clip 1.0, seed {args["seed"]}, init N(0, {args["init_std"]}²).
@@ -256,8 +258,8 @@ IO is the argmax over the {results["n_names"]} names / over the whole vocabulary
 
 ## Comparison runs
 
-Shorter runs of the same script that changed one thing (numbers from each run's last in-training
-evaluation, {args["eval_n"]} prompts, mixed order, training templates):
+Runs of the same script (what each one changed is under "what"; numbers from each run's last
+in-training evaluation, 200 or 256 fresh prompts, mixed order, training templates):
 
 {runs_table(out)}
 

@@ -40,6 +40,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -363,7 +364,7 @@ def train(args: argparse.Namespace) -> None:
 
     def summary(step: int, wall: float, evals: list) -> dict:
         return {
-            "command": " ".join(["python", "scripts/train_ioi_names.py", *sys.argv[1:]]),
+            "command": shlex.join(["python", "scripts/train_ioi_names.py", *sys.argv[1:]]),
             "args": vars(args),
             "steps_done": step,
             "mix": mix,
