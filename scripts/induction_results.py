@@ -17,6 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 ORDER = ["full", "kcomp_all_heads", "kcomp", "naive", "empty"]
 
 
+def _fraction(value: float | None) -> str:
+    """A recovered fraction, or 'undefined' (clean and baseline indistinguishable)."""
+    return "undefined" if value is None else f"{value:.3f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200)
@@ -33,7 +38,9 @@ def main() -> None:
                           n=args.n, seed=args.seed)  # fmt: skip
         clean, baseline = r.clean, r.baseline
         lo, hi = r.recovered_ci
-        print(f"| `{name}.yaml` | {r.scrubbed:.3f} | {r.recovered:.3f} | [{lo:.3f}, {hi:.3f}] |")
+        print(
+            f"| `{name}.yaml` | {r.scrubbed:.3f} | {_fraction(r.recovered)} | [{lo:.3f}, {hi:.3f}] |"
+        )
     print(f"\nclean loss {clean:.3f}, baseline (resample_all) loss {baseline:.3f}")
 
 

@@ -25,6 +25,11 @@ METRICS = {
 }  # fmt: skip
 
 
+def _fraction(value: float | None) -> str:
+    """A recovered fraction, or 'undefined' (clean and baseline indistinguishable)."""
+    return "undefined" if value is None else f"{value:.3f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200)
@@ -52,8 +57,8 @@ def main() -> None:
         clean, baseline = r, other
         lo, hi = r.recovered_ci
         print(
-            f"| `{name}.yaml` | {r.scrubbed:.3f} | {r.recovered:.3f} | [{lo:.3f}, {hi:.3f}] | "
-            f"{other['accuracy'].scrubbed:.3f} | {other['logit_diff'].recovered:.3f} |"
+            f"| `{name}.yaml` | {r.scrubbed:.3f} | {_fraction(r.recovered)} | [{lo:.3f}, {hi:.3f}] | "
+            f"{other['accuracy'].scrubbed:.3f} | {_fraction(other['logit_diff'].recovered)} |"
         )
     assert clean is not None and baseline is not None
     print(

@@ -8,24 +8,25 @@ rest, with errors that name the file, the key and a fix:
 - every feature a sampler uses exists (a dataset feature or field, a ``features:`` alias, or a
   ``package.module:function``), and is registered on the dataset for this run;
 - the metric's labels exist, and ``labels: next`` never reads past the end of a sequence;
-- no model path is matched twice: two inputs of one node never splice the same component into
-  the same channel at the same position of any example.
+- ``fixed`` rows are rows of the dataset pool;
+- no model path is claimed twice (:mod:`scrub._claims`): two inputs of one node never splice
+  the same component into the same channel at the same position of any example, and an
+  all-paths input never claims paths through a sibling's components.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import combinations
 
 import numpy as np
 
-from scrub._components import Component
+from scrub._claims import check_claims
 from scrub._errors import HypothesisError
-from scrub._hypothesis import Correspondence, Hypothesis, MappedComponent
+from scrub._hypothesis import Hypothesis
 from scrub._imports import import_object
 from scrub._model import ScrubModel
-from scrub._positions import format_positions, resolve_positions
-from scrub._samplers import CondSampler, GenerateSampler
+from scrub._positions import resolve_positions
+from scrub._samplers import CondSampler, FixedSampler, GenerateSampler
 from scrub.data import Dataset, make_dataset
 
 __all__ = ["BoundHypothesis", "bind", "make_dataset_for"]
@@ -96,6 +97,8 @@ def _check(hyp: Hypothesis, model: ScrubModel, ds: Dataset) -> None:
             except HypothesisError as exc:
                 raise exc.with_context(key_prefix=key) from None
         for role, sampler in (("sampler", node.sampler), ("other", node.other)):
+            if isinstance(sampler, FixedSampler):
+                _check_fixed_rows(sampler, ds, key=("nodes", name, role, "rows"))
             features: tuple[str, ...] = ()
             if isinstance(sampler, CondSampler):
                 features = sampler.features
@@ -116,9 +119,19 @@ def _check(hyp: Hypothesis, model: ScrubModel, ds: Dataset) -> None:
             raise exc.with_context(
                 key_prefix=("nodes", parent, "inputs", idx, "positions")
             ) from None
-    for parent in hyp.graph:
-        _check_no_double_match(hyp, parent, ds)
+    check_claims(hyp, ds, n_layers=model.shape.n_layers)
     _check_metric(hyp, ds)
+
+
+def _check_fixed_rows(sampler: FixedSampler, ds: Dataset, *, key: tuple) -> None:
+    bad = [r for r in sampler.rows if not 0 <= r < ds.n_base]
+    if bad:
+        raise HypothesisError(
+            f"fixed row {bad[0]} is not a row of the dataset pool, which has rows "
+            f"0..{ds.n_base - 1}",
+            key=key,
+            hint="use rows between 0 and the dataset's size - 1 (negative rows are not allowed)",
+        )
 
 
 def _register_feature(name: str, hyp: Hypothesis, ds: Dataset, *, key: tuple) -> None:
@@ -161,40 +174,3 @@ def _check_metric(hyp: Hypothesis, ds: Dataset) -> None:
                 key=("metric", key),
                 hint=f"use 'next' or one of: {', '.join(sorted(ds.fields))}",
             )
-
-
-def _check_no_double_match(hyp: Hypothesis, parent: str, ds: Dataset) -> None:
-    """Fail if two inputs of ``parent`` splice one component into one channel at one position."""
-    pool = np.arange(ds.n_base)
-    splices: list[tuple[Correspondence, MappedComponent]] = [
-        (hyp.edge(child, parent), mc)
-        for child in hyp.children(parent)
-        for mc in hyp.node(child).components
-    ]
-    for (e1, m1), (e2, m2) in combinations(splices, 2):
-        if m1.component != m2.component or e1.child == e2.child:
-            continue
-        if not _targets_overlap(hyp, parent, e1, e2, m1.component):
-            continue
-        p1 = resolve_positions(e1.splice_positions(m1), ds, pool)
-        p2 = resolve_positions(e2.splice_positions(m2), ds, pool)
-        shared = (p1[:, :, None] == p2[:, None, :]).any(axis=(1, 2))
-        if shared.any():
-            idx = hyp.children(parent).index(e2.child)
-            raise HypothesisError(
-                f"the path from {m1.component.name} into node {parent!r} is matched twice, by "
-                f"inputs {e1.child!r} (positions {format_positions(e1.splice_positions(m1))}) "
-                f"and {e2.child!r} (positions {format_positions(e2.splice_positions(m2))})",
-                key=("nodes", parent, "inputs", idx),
-                hint="split the positions or channels so that each path is matched once",
-            )
-
-
-def _targets_overlap(
-    hyp: Hypothesis, parent: str, e1: Correspondence, e2: Correspondence, comp: Component
-) -> bool:
-    """Whether both edges reach some channel of some component of ``parent``."""
-    return any(
-        set(e1.channels) & set(e2.channels) & set(pmc.component.channels)
-        for pmc in hyp.node(parent).components
-    )

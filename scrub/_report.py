@@ -11,7 +11,7 @@ __all__ = ["format_result"]
 
 def _ci(ci: tuple[float, float]) -> str:
     lo, hi = ci
-    if math.isnan(lo) or math.isnan(hi):
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         return "n/a"
     return f"[{lo:.4f}, {hi:.4f}]"
 
@@ -32,6 +32,14 @@ def format_result(result: ScrubResult) -> str:
         f"  {'':<{width}}  {'mean':>10}  {pct} CI",
     ]
     for name, value, ci in rows:
-        lines.append(f"  {name:<{width}}  {value:>10.4f}  {_ci(ci)}")
-    lines += [f"  warning: {w}" for w in result.warnings]
+        if value is None:
+            reason = result.recovered_undefined_reason or "no reason recorded"
+            lines.append(f"  {name:<{width}}  {'undefined':>10}  ({reason})")
+        else:
+            lines.append(f"  {name:<{width}}  {value:>10.4f}  {_ci(ci)}")
+    lines += [
+        f"  warning: {w}"
+        for w in result.warnings
+        if not w.startswith("the fraction recovered is undefined")  # shown in its row
+    ]
     return "\n".join(lines)

@@ -5,6 +5,13 @@ of the per-example metric over the same reference examples. It is 1 when the hyp
 all of the metric, 0 when it keeps none of it (the baseline names what "none" is: by default the
 fully resampled model, everything on the root's other inputs).
 
+The fraction is **undefined** when clean and baseline cannot be told apart (their paired CI
+contains 0) or a mean is not finite: ``recovered`` is then ``None`` (JSON ``null``) and
+``recovered_undefined_reason`` says why; it is never a number then.
+
+JSON is strict: NaN and ±infinity are written as ``null`` (the warnings say which metric was
+not finite), never as the non-standard ``NaN`` / ``Infinity`` tokens.
+
 Confidence intervals come from ``scipy.stats.bootstrap`` over reference examples, resampling the
 three per-example arrays **together** (``paired=True``), BCa where it is defined and the
 percentile method where BCa degenerates (e.g. every example recovered exactly).
@@ -75,14 +82,21 @@ class ScrubResult:
         dataset: generator and params.
         metric: the metric spec.
         n, seed, engine: how it was run.
-        baseline_kind: what ``baseline`` means.
+        baseline_kind: what ``baseline`` means (the experiment's baseline, e.g.
+            ``resample_all``); ``baseline_rows`` the dataset rows it ran on, if any.
         clean, baseline, scrubbed: mean metric; ``*_ci`` their CIs.
-        recovered, recovered_ci: fraction of the metric recovered, and its CI.
+        recovered, recovered_ci: fraction of the metric recovered, and its CI; ``None`` and
+            ``(nan, nan)`` when undefined, with ``recovered_undefined_reason``.
         per_example, per_example_clean, per_example_baseline: per-example metric values.
         reference: the reference rows.
         draws: tree node → dataset rows of its data; ``node.other`` → rows of its other inputs.
         warnings: everything the run warned about.
         versions: package versions.
+        self_draws: tree node → ``{"sampler": f, "other": f}``: for each ``cond`` / ``generate``
+            draw, the fraction of rows whose example is the parent's own (not scrubbed).
+        generated: generated row id (a string) → its ``tokens``, named ``positions`` and
+            ``fields``: the examples a generator made, which the dataset spec alone does not
+            reproduce.
     """
 
     hypothesis: str
@@ -102,7 +116,7 @@ class ScrubResult:
     clean_ci: tuple[float, float]
     baseline_ci: tuple[float, float]
     scrubbed_ci: tuple[float, float]
-    recovered: float
+    recovered: float | None
     recovered_ci: tuple[float, float]
     confidence: float
     per_example: list[float]
@@ -112,17 +126,25 @@ class ScrubResult:
     draws: dict[str, list[int]]
     warnings: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
+    recovered_undefined_reason: str | None = None
+    baseline_rows: list[int] | None = None
+    self_draws: dict[str, dict[str, float]] = field(default_factory=dict)
+    generated: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __repr__(self) -> str:
-        lo, hi = self.recovered_ci
+        if self.recovered is None:
+            recovered = "undefined"
+        else:
+            lo, hi = self.recovered_ci
+            recovered = f"{self.recovered:.3f} [{lo:.3f}, {hi:.3f}]"
         return (
             f"ScrubResult({self.hypothesis!r}, {self.metric['kind']}: clean={self.clean:.4g}, "
             f"baseline={self.baseline:.4g}, scrubbed={self.scrubbed:.4g}, "
-            f"recovered={self.recovered:.3f} [{lo:.3f}, {hi:.3f}], n={self.n}, seed={self.seed})"
+            f"recovered={recovered}, n={self.n}, seed={self.seed})"
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: NaN becomes ``None``, tuples become lists."""
+        """JSON-ready: NaN and ±inf become ``None``, tuples become lists."""
         return _clean_nan(asdict(self))
 
     def to_json(self, *, indent: int | None = 2) -> str:
@@ -130,6 +152,7 @@ class ScrubResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScrubResult:
+        """The inverse of :meth:`to_dict` (non-finite values come back as NaN)."""
         restored: dict[str, Any] = {
             k: (math.nan if v is None and k in _FLOATS else v) for k, v in data.items()
         }
@@ -138,12 +161,12 @@ class ScrubResult:
         return cls(**restored)
 
 
-_FLOATS = {"clean", "baseline", "scrubbed", "recovered"}
+_FLOATS = {"clean", "baseline", "scrubbed"}
 
 
 def _clean_nan(value: Any) -> Any:
     if isinstance(value, float):
-        return None if math.isnan(value) else value
+        return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: _clean_nan(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

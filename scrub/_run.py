@@ -1,8 +1,14 @@
 """``scrub.run``: hypothesis → bound → sampled tree → evaluated → scored.
 
-The clean model runs on the reference batch; the baseline is the same engine on the root alone
-(everything on ``O_root``), so an empty hypothesis scores exactly 0; the scrubbed model is the
-engine on the whole tree. All three share the reference batch and the root's other inputs.
+The clean model runs on the reference batch; the scrubbed model is the engine on the whole
+tree; the baseline belongs to the experiment, not to the hypothesis (:mod:`scrub.engine.
+baseline`): by default (``resample_all``) the whole model on rows drawn from the seed's
+baseline stream, which the root's default ``other: uncond`` draw shares, so an empty hypothesis
+scores exactly 0 and every hypothesis on one experiment shares one denominator.
+
+The fraction recovered is **undefined** (``None``, with ``recovered_undefined_reason``) when
+clean and baseline cannot be told apart: the paired bootstrap CI of clean − baseline contains 0,
+a mean is not finite, or there are too few examples. It is never reported as a number then.
 
 Logits are only needed where the metric reads them, so the engines are asked for those
 positions only. With a shared :class:`~scrub.engine.ActivationCache` (and a shared dataset),
@@ -12,11 +18,15 @@ competing hypotheses reuse the clean and baseline outputs and every cached leaf 
 from __future__ import annotations
 
 import functools
+import math
+import numbers
+import os
 import platform
 import warnings
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,9 +40,9 @@ from scrub._metrics import per_example_metric
 from scrub._model import ScrubModel, load_model
 from scrub._positions import resolve_positions
 from scrub._result import ScrubResult, bootstrap_ci, recovered_of
-from scrub._tree import SampledTree, TreeNode, sample_tree, stream
+from scrub._tree import MAX_TREE_NODES, SampledTree, sample_tree, stream
 from scrub.data import Dataset
-from scrub.engine import ActivationCache, FastEngine, evaluate_reference
+from scrub.engine import ActivationCache, FastEngine, baseline_for, evaluate_reference
 
 __all__ = ["ENGINES", "run"]
 
@@ -40,8 +50,6 @@ ENGINES = ("fast", "reference")
 """The evaluators ``run`` accepts by name (``fast``: :class:`FastEngine`, the default)."""
 
 Evaluate = Callable[..., Tensor]
-
-BASELINE_KIND = "resample_all"
 
 
 def run(
@@ -52,10 +60,12 @@ def run(
     n: int | None = None,
     seed: int | None = None,
     engine: str = "fast",
+    baseline: str | None = None,
     cache: ActivationCache | None = None,
     max_batch_rows: int = 4096,
+    max_tree_nodes: int = MAX_TREE_NODES,
     confidence: float = 0.95,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> ScrubResult:
     """Scrub a hypothesis and score it.
 
@@ -66,25 +76,34 @@ def run(
         n: number of reference examples (default: the file's ``defaults.n``).
         seed: the seed every draw derives from (default: the file's ``defaults.seed``).
         engine: the evaluator, ``fast`` (default) or ``reference``; they agree to 1e-4.
+        baseline: the experiment's baseline kind (default: the file's ``baseline``, else
+            ``resample_all``); see :mod:`scrub.engine.baseline`.
         cache: activations to reuse across runs on the same model and dataset (fast engine);
             pass the same ``dataset`` too.
         max_batch_rows: most rows in one forward pass (fast engine); results do not depend
             on it beyond float rounding.
+        max_tree_nodes: refuse hypotheses whose treeified graph has more nodes than this.
         confidence: confidence level of the bootstrap intervals.
-        progress: show a progress bar on stderr.
+        progress: show a progress bar on stderr (``None``: only if stderr is a terminal).
 
     Returns:
         The :class:`ScrubResult`.
 
     Raises:
         HypothesisError: the hypothesis is invalid for this model or dataset.
+        ValueError: an option is out of range (``n < 1``, ``seed < 0``, ...).
     """
     hyp = hypothesis if isinstance(hypothesis, Hypothesis) else load_hypothesis(hypothesis)
     spec = hyp.spec
-    n = spec.defaults.n if n is None else n
-    seed = spec.defaults.seed if seed is None else seed
+    n = _count("n", spec.defaults.n if n is None else n, minimum=1)
+    seed = _count("seed", spec.defaults.seed if seed is None else seed, minimum=0)
+    max_batch_rows = _count("max_batch_rows", max_batch_rows, minimum=1)
+    max_tree_nodes = _count("max_tree_nodes", max_tree_nodes, minimum=1)
+    if not (isinstance(confidence, float | int) and 0 < confidence < 1):
+        raise ValueError(f"confidence must be between 0 and 1 (exclusive), not {confidence!r}")
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; engines: {', '.join(ENGINES)}")
+    base = baseline_for(spec.baseline if baseline is None else baseline)
     if cache is None:
         cache = ActivationCache(max_batch_rows=max_batch_rows)
     if not isinstance(model, ScrubModel):
@@ -92,7 +111,7 @@ def run(
     if dataset is None:
         dataset = make_dataset_for(hyp, seed=seed)
     bound = bind(hyp, model, dataset)
-    tree = sample_tree(bound, n=n, seed=seed)
+    tree = sample_tree(bound, n=n, seed=seed, max_tree_nodes=max_tree_nodes)
     messages = list(tree.warnings)
 
     evaluate: Evaluate = (
@@ -104,8 +123,20 @@ def run(
     o_root = tree.rows(tree.root)
     clean_pos = resolve_positions(spec.metric.positions, dataset, x)
     root_pos = resolve_positions(spec.metric.positions, dataset, o_root)
-    bar = tqdm(desc=f"scrub {hyp.name}", unit="pass", disable=not progress, leave=False)
+    stages = ("clean", "baseline", "scrubbed")
+    bar = tqdm(  # cleared when closed, so it never shares a line with the table
+        total=len(stages),
+        desc=f"scrub {hyp.name}",
+        unit="stage",
+        disable=_no_bar(progress),
+        leave=False,
+    )
+
+    def tick() -> None:
+        bar.refresh()
+
     try:
+        bar.set_postfix_str(stages[0])
         clean_logits = cache.memo(
             model,
             dataset,
@@ -113,13 +144,23 @@ def run(
             lambda: _clean(model, dataset, x, clean_pos, max_batch_rows),
         )
         bar.update()
-        baseline_logits = cache.memo(
-            model,
-            dataset,
-            ("baseline", engine, o_root.tobytes(), root_pos.tobytes()),
-            lambda: evaluate(model, _root_only(tree), positions=root_pos, on_pass=bar.update),
+        bar.set_postfix_str(stages[1])
+        base_run = base(
+            model=model,
+            dataset=dataset,
+            reference=x,
+            seed=seed,
+            metric_positions=spec.metric.positions,
+            evaluate=evaluate,
+            engine=engine,
+            cache=cache,
+            on_pass=tick,
         )
-        scrubbed_logits = evaluate(model, tree, positions=root_pos, on_pass=bar.update)
+        baseline_logits = base_run.logits
+        bar.update()
+        bar.set_postfix_str(stages[2])
+        scrubbed_logits = evaluate(model, tree, positions=root_pos, on_pass=tick)
+        bar.update()
     finally:
         bar.close()
 
@@ -129,7 +170,7 @@ def run(
         )
 
     clean = metric(clean_logits)
-    baseline = metric(baseline_logits)
+    baseline_values = metric(baseline_logits)
     scrubbed = metric(scrubbed_logits)
 
     if torch.equal(scrubbed_logits, clean_logits):
@@ -142,15 +183,29 @@ def run(
             "the scrubbed output equals the baseline exactly: this hypothesis keeps nothing "
             "that reaches the output"
         )
-    if np.isclose(clean.mean(), baseline.mean(), rtol=0, atol=1e-12):
-        messages.append(
-            "clean and baseline metrics agree, so the fraction recovered is undefined (NaN)"
-        )
+    for name, values in (("clean", clean), ("baseline", baseline_values), ("scrubbed", scrubbed)):
+        bad = int((~np.isfinite(values)).sum())
+        if bad:
+            messages.append(
+                f"the {name} metric is not finite on {bad} of {len(values)} examples (written "
+                "as null in JSON)"
+            )
 
     rng = stream(seed, "bootstrap")
 
     def ci(values: np.ndarray) -> tuple[float, float]:
         return bootstrap_ci((values,), np.mean, rng=rng, confidence=confidence)
+
+    clean_ci, baseline_ci, scrubbed_ci = ci(clean), ci(baseline_values), ci(scrubbed)
+    reason = _undefined_reason(clean, baseline_values, scrubbed, seed=seed, confidence=confidence)
+    if reason is None:
+        recovered: float | None = float(recovered_of(clean, baseline_values, scrubbed))
+        recovered_ci = bootstrap_ci(
+            (clean, baseline_values, scrubbed), recovered_of, rng=rng, confidence=confidence
+        )
+    else:
+        recovered, recovered_ci = None, (math.nan, math.nan)
+        messages.append(f"the fraction recovered is undefined: {reason}")
 
     result = ScrubResult(
         hypothesis=hyp.name,
@@ -161,35 +216,108 @@ def run(
         dataset={
             "generator": spec.dataset.generator,
             "params": dict(dataset.params),
-            "spec_file": hyp.dataset_file,
+            "spec_file": _relative_to_file(hyp.dataset_file, hyp.file),
         },
         metric=spec.metric.model_dump(),
         n=n,
         seed=seed,
         engine=engine,
-        baseline_kind=BASELINE_KIND,
+        baseline_kind=base_run.kind,
         clean=float(clean.mean()),
-        baseline=float(baseline.mean()),
+        baseline=float(baseline_values.mean()),
         scrubbed=float(scrubbed.mean()),
-        clean_ci=ci(clean),
-        baseline_ci=ci(baseline),
-        scrubbed_ci=ci(scrubbed),
-        recovered=float(recovered_of(clean, baseline, scrubbed)),
-        recovered_ci=bootstrap_ci(
-            (clean, baseline, scrubbed), recovered_of, rng=rng, confidence=confidence
-        ),
+        clean_ci=clean_ci,
+        baseline_ci=baseline_ci,
+        scrubbed_ci=scrubbed_ci,
+        recovered=recovered,
+        recovered_ci=recovered_ci,
         confidence=confidence,
         per_example=scrubbed.tolist(),
         per_example_clean=clean.tolist(),
-        per_example_baseline=baseline.tolist(),
+        per_example_baseline=baseline_values.tolist(),
         reference=x.tolist(),
         draws=tree.draws(),
         warnings=messages,
         versions=dict(_versions()),
+        recovered_undefined_reason=reason,
+        baseline_rows=None if base_run.rows is None else base_run.rows.tolist(),
+        self_draws=tree.self_draws,
+        generated=_generated_examples(tree),
     )
     for message in messages:
         warnings.warn(message, ScrubWarning, stacklevel=2)
     return result
+
+
+def _count(name: str, value: Any, *, minimum: int) -> int:
+    """``value`` as an int of at least ``minimum``, else a ValueError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, not {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, not {value}")
+    return int(value)
+
+
+def _no_bar(progress: bool | None) -> bool | None:
+    """tqdm's ``disable``: ``None`` lets tqdm hide the bar when stderr is not a terminal."""
+    return None if progress is None else not progress
+
+
+def _undefined_reason(
+    clean: np.ndarray, baseline: np.ndarray, scrubbed: np.ndarray, *, seed: int, confidence: float
+) -> str | None:
+    """Why (scrubbed − baseline) / (clean − baseline) is not a meaningful number, if it is not."""
+    means = {"clean": clean.mean(), "baseline": baseline.mean(), "scrubbed": scrubbed.mean()}
+    bad = [name for name, value in means.items() if not math.isfinite(value)]
+    if bad:
+        return f"the {' and '.join(bad)} mean is not finite"
+    if means["clean"] == means["baseline"]:
+        return "clean and baseline metrics are equal"
+    if len(clean) < 2:
+        return f"n = {len(clean)}: too few examples to tell clean from baseline"
+    lo, hi = bootstrap_ci(
+        (clean, baseline),
+        _mean_difference,
+        rng=stream(seed, "bootstrap", "clean-baseline"),
+        confidence=confidence,
+    )
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "the confidence interval of clean − baseline is undefined"
+    if lo <= 0 <= hi:
+        return (
+            f"clean and baseline are not distinguishable: the {confidence:.0%} CI of "
+            f"clean − baseline, [{lo:.4g}, {hi:.4g}], contains 0"
+        )
+    return None
+
+
+def _mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(a - b, axis=axis)
+
+
+def _relative_to_file(path: str | None, file: str | None) -> str | None:
+    """``path`` relative to the directory of ``file`` (POSIX separators), for portable JSON."""
+    if path is None or file is None:
+        return path
+    start = Path(file).resolve().parent
+    return Path(os.path.relpath(Path(path).resolve(), start)).as_posix()
+
+
+def _generated_examples(tree: SampledTree) -> dict[str, dict[str, Any]]:
+    """Every generated row a draw uses: its tokens, named positions and fields, by row id.
+
+    Generated examples are not in the dataset its spec makes, so a result keeps them to be
+    re-scored from its JSON alone.
+    """
+    ds = tree.dataset
+    out: dict[str, dict[str, Any]] = {}
+    for row in tree.generated_rows():
+        out[str(row)] = {
+            "tokens": ds.tokens[row].tolist(),
+            "positions": {name: pos[row].tolist() for name, pos in sorted(ds.positions.items())},
+            "fields": {name: np.asarray(v[row]).tolist() for name, v in sorted(ds.fields.items())},
+        }
+    return out
 
 
 def _clean(
@@ -216,19 +344,6 @@ def _gathering(evaluate: Callable[..., Tensor]) -> Evaluate:
         return _gather(evaluate(model, tree, on_pass=on_pass), positions)
 
     return gathered
-
-
-def _root_only(tree: SampledTree) -> SampledTree:
-    """The baseline tree: the root alone, on the same reference batch and other inputs."""
-    root = tree.root
-    alone = TreeNode(name=root.name, path=root.path, interp=root.interp, edge=None)
-    return SampledTree(
-        root=alone,
-        data={root.name: tree.data[root.name]},
-        other={root.name: tree.other[root.name]},
-        dataset=tree.dataset,
-        warnings=[],
-    )
 
 
 @functools.cache

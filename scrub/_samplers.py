@@ -14,7 +14,10 @@ row. ``ctx`` carries the dataset, the random stream for this draw and the run's 
   only find the reference example itself, and that part of the hypothesis would scrub nothing.
 
 Pitfall: ``CondSampler`` classes of size one return the parent's own row; the sampler then does
-nothing. It records how often that happened, and the run warns above 10% of rows.
+nothing. It records how often that happened, and the run warns above 10% of rows. Small classes
+(2–10 examples) do the same for a fraction of rows without any singleton: so the tree measures,
+for every ``cond`` and ``generate`` draw, the fraction of rows whose example is the parent's own
+(:func:`self_draw_fraction`), records it in the result and warns above 10%.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+import torch
 
 from scrub._errors import HypothesisError
 
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
     from scrub.data import Dataset
 
 __all__ = [
+    "SELF_DRAW_WARN_FRACTION",
     "CondSampler",
     "ExactSampler",
     "FixedSampler",
@@ -39,10 +44,31 @@ __all__ = [
     "Sampler",
     "UncondSampler",
     "UncondTogetherSampler",
+    "self_draw_fraction",
 ]
 
 SINGLETON_WARN_FRACTION = 0.1
 """Warn when a conditional sampler can only return the reference row for more than this."""
+
+SELF_DRAW_WARN_FRACTION = 0.1
+"""Warn when a ``cond`` / ``generate`` draw returns the parent's own example for more than this."""
+
+
+def self_draw_fraction(dataset: Dataset, parent_rows: np.ndarray, rows: np.ndarray) -> float:
+    """The fraction of ``rows`` whose example is token for token the parent row's example.
+
+    Compared by tokens, not by row index, so a generated copy of the parent counts too.
+    """
+    if len(rows) == 0:
+        return 0.0
+    same_row = rows == parent_rows
+    tokens = dataset.tokens
+    rest = ~same_row
+    if rest.any():
+        a = tokens[torch.as_tensor(rows[rest])]
+        b = tokens[torch.as_tensor(parent_rows[rest])]
+        same_row[rest] = (a == b).all(dim=1).cpu().numpy()
+    return float(same_row.mean())
 
 
 @dataclass

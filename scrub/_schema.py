@@ -234,8 +234,16 @@ class DefaultsSpec(_Frozen):
     seed: int = Field(default=0, ge=0)
 
 
+BaselineKind = Literal["resample_all"]
+"""Baseline kinds a file may name (see :mod:`scrub.engine.baseline`)."""
+
+
 class HypothesisSpec(_Frozen):
-    """A whole hypothesis file."""
+    """A whole hypothesis file.
+
+    ``baseline`` names the experiment's baseline (default ``resample_all``: the whole model on
+    unconditionally resampled inputs); it never depends on the hypothesis's own nodes.
+    """
 
     name: str | None = None
     description: str | None = None
@@ -244,4 +252,5 @@ class HypothesisSpec(_Frozen):
     metric: MetricSpec
     features: dict[str, str] = Field(default_factory=dict)
     defaults: DefaultsSpec = DefaultsSpec()
+    baseline: BaselineKind = "resample_all"
     nodes: dict[str, NodeSpec] = Field(min_length=1)

@@ -1,30 +1,78 @@
-"""The ``scrub`` command: ``scrub run FILE``, ``scrub check FILE`` and ``scrub graph FILE``.
+"""The scrub command: scrub run FILE, scrub check FILE, scrub graph FILE,
+scrub report RESULT.json ... and scrub patch FILE.
 
-Exit codes: 0 success, 1 invalid hypothesis (the message names the file, key and fix), 2 bad
-command-line usage.
+Exit codes: 0 success, 1 invalid hypothesis or an output that cannot be written (the message
+names the file, key and fix), 2 bad command-line usage, 130 interrupted (Ctrl-C).
+
+Pitfall: :func:`main` is what tests call, so it lets unexpected exceptions through (a bug must
+fail a test, not become an exit code). The installed ``scrub`` command (:func:`console`) also
+turns those into one line, unless ``SCRUB_DEBUG=1`` asks for the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from scrub._errors import HypothesisError, ScrubWarning
 
-__all__ = ["main"]
+__all__ = ["console", "main"]
+
+
+class OutputError(Exception):
+    """An output file cannot be written (reported as one line, exit 1)."""
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("scrub")
+    except metadata.PackageNotFoundError:
+        import scrub
+
+        return scrub.__version__
+
+
+def _int_at_least(minimum: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what}, not {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{what}, not {value}")
+        return value
+
+    return parse
+
+
+_POSITIVE = _int_at_least(1, "must be a positive integer")
+_NON_NEGATIVE = _int_at_least(0, "must be a non-negative integer")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scrub", description=__doc__.splitlines()[0])
+    description = (__doc__ or "").split("\n\n")[0].replace("\n", " ")
+    parser = argparse.ArgumentParser(
+        prog="scrub",
+        description=description,
+        epilog="exit codes: 0 ok, 1 invalid hypothesis or unwritable output, 2 usage error, "
+        "130 interrupted. SCRUB_DEBUG=1 shows tracebacks of unexpected errors.",
+    )
+    parser.add_argument("--version", action="version", version=f"scrub {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="scrub a hypothesis and print how much it recovers")
     run.add_argument("file", type=Path, help="hypothesis YAML file")
     run.add_argument("--model", help="model: shipped name, local HF directory or hub name")
-    run.add_argument("--n", type=int, help="number of reference examples")
-    run.add_argument("--seed", type=int, help="seed of every random draw")
+    run.add_argument("--n", type=_POSITIVE, help="number of reference examples (at least 1)")
+    run.add_argument("--seed", type=_NON_NEGATIVE, help="seed of every random draw (0 or more)")
     run.add_argument(
         "--engine",
         default="fast",
@@ -33,52 +81,146 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--max-batch-rows",
-        type=int,
+        type=_POSITIVE,
         default=4096,
         help="most rows in one forward pass (caps memory; results do not change)",
     )
     run.add_argument("--out", type=Path, help="write the result as JSON here")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    bar = run.add_mutually_exclusive_group()
+    bar.add_argument("--quiet", action="store_true", help="no progress bar")
+    bar.add_argument(
+        "--progress", action="store_true", help="a progress bar even if stderr is not a terminal"
+    )
+    run.add_argument("--report", type=Path, help="write an HTML report of the result here")
 
-    check = sub.add_parser("check", help="validate a hypothesis against its model and dataset")
+    check = sub.add_parser(
+        "check",
+        help="validate a hypothesis against its model and dataset, and sample its tree once "
+        "(no model run)",
+    )
     check.add_argument("file", type=Path, help="hypothesis YAML file")
     check.add_argument("--model", help="model: shipped name, local HF directory or hub name")
+    patch = sub.add_parser(
+        "patch", help="run a patching experiment (activation, path, iterative path, attention)"
+    )
+    patch.add_argument("file", type=Path, help="experiment YAML file")
+    patch.add_argument("--model", help="model: shipped name, local HF directory or hub name")
+    patch.add_argument("--n", type=int, help="number of reference examples")
+    patch.add_argument("--seed", type=int, help="seed of every random draw")
+    patch.add_argument(
+        "--max-batch-rows",
+        type=int,
+        default=4096,
+        help="most rows in one forward pass (caps memory; results do not change)",
+    )
+    patch.add_argument(
+        "--out", type=Path, help="write NAME.json, NAME.npz and figures into this directory"
+    )
+    patch.add_argument("--no-figures", action="store_true", help="skip the PNG/SVG figures")
     graph = sub.add_parser("graph", help="draw the interpretation graph (Graphviz)")
     graph.add_argument("file", type=Path, help="hypothesis YAML file")
     graph.add_argument("--out", type=Path, help="a .dot, .svg or .png file (default: print DOT)")
+    report = sub.add_parser("report", help="write a self-contained HTML report of result files")
+    report.add_argument("results", type=Path, nargs="+", help="result JSON files")
+    report.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    report.add_argument("--title", help="the page's title (default: from the results)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``scrub`` command."""
+    """Entry point of the ``scrub`` command (see the module docstring for exit codes)."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "check":
             return _check(args)
         if args.command == "graph":
             return _graph(args)
-        return _run(args)
+        if args.command == "patch":
+            return _patch(args)
+        if args.command == "report":
+            return _report(args, argv)
+        return _run(args, argv)
     except HypothesisError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (``scrub graph | head``): stop quietly, and keep Python from
+        # complaining again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def console() -> None:
+    """The installed ``scrub`` command: :func:`main`, with unexpected errors as one line."""
+    if os.environ.get("SCRUB_DEBUG"):
+        sys.exit(main())
+    try:
+        code = main()
+    except Exception as exc:
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc}\n"
+            "run with SCRUB_DEBUG=1 for the traceback",
+            file=sys.stderr,
+        )
+        code = 1
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def _quiet_hf() -> Iterator[None]:
+    """Silence Hugging Face's progress bars and logging (model loading, padding advice)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        yield
+        return
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load(args: argparse.Namespace):
+    """The hypothesis and its model, loaded quietly."""
+    from scrub._hypothesis import load_hypothesis
+    from scrub._model import load_model
+
+    hyp = load_hypothesis(args.file)
+    with _quiet_hf():
+        model = load_model(args.model or hyp.spec.model)
+    return hyp, model
 
 
 def _check(args: argparse.Namespace) -> int:
     from scrub._bind import bind, make_dataset_for
-    from scrub._hypothesis import load_hypothesis
-    from scrub._model import load_model
-    from scrub._tree import treeify
+    from scrub._tree import sample_tree
 
-    hyp = load_hypothesis(args.file)
-    model = load_model(args.model or hyp.spec.model)
-    dataset = make_dataset_for(hyp, seed=hyp.spec.defaults.seed)
-    bind(hyp, model, dataset)
-    tree = treeify(hyp)
+    hyp, model = _load(args)
+    n, seed = hyp.spec.defaults.n, hyp.spec.defaults.seed
+    dataset = make_dataset_for(hyp, seed=seed)
+    bound = bind(hyp, model, dataset)
+    # A dry sampling on the defaults: what ``run`` would reject at sampling time is caught
+    # here (n larger than the pool, ...), and what it would warn about is shown.
+    tree = sample_tree(bound, n=n, seed=seed)
     print(
         f"ok: {args.file}: hypothesis {hyp.name!r}, {hyp.graph.number_of_nodes()} nodes "
-        f"({sum(1 for _ in tree.walk())} after treeifying), model {model.source!r}, "
-        f"dataset {dataset.name!r} ({dataset.n_base} examples)"
+        f"({sum(1 for _ in tree.root.walk())} after treeifying), model {model.source!r}, "
+        f"dataset {dataset.name!r} ({dataset.n_base} examples), sampled n={n} seed={seed}"
     )
+    for message in tree.warnings:
+        print(f"warning: {message}")
     return 0
 
 
@@ -88,38 +230,150 @@ def _graph(args: argparse.Namespace) -> int:
 
     hyp = load_hypothesis(args.file)
     if args.out is None:
-        print(to_dot(hyp).source)
+        sys.stdout.write(to_dot(hyp).source + "\n")
+        sys.stdout.flush()
         return 0
     try:
         print(f"wrote {render(hyp, args.out)}")
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def _command_line(argv: list[str] | None) -> list[str]:
+    return ["scrub", *(sys.argv[1:] if argv is None else argv)]
+
+
+def _report(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from scrub.report import ReportError, write_report
+
+    try:
+        out = write_report(
+            args.results, args.out, title=args.title, command_line=_command_line(argv)
+        )
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from scrub._bind import make_dataset_for
+    from scrub._model import ScrubModel
     from scrub._report import format_result
     from scrub._run import run
 
-    with warnings.catch_warnings():  # the table lists them; don't print them twice
+    for out in (args.out, args.report):
+        if out is not None:
+            _check_writable(out)  # before the run, which may take long
+    hyp, model = _load(args)
+    assert isinstance(model, ScrubModel)
+    # Made here (as run would make it) so that the report can break the result down by its fields.
+    dataset = make_dataset_for(hyp, seed=hyp.spec.defaults.seed if args.seed is None else args.seed)
+    with warnings.catch_warnings(), _quiet_hf():  # the table lists the warnings
         warnings.simplefilter("ignore", ScrubWarning)
         result = run(
-            args.file,
-            model=args.model,
+            hyp,
+            model=model,
+            dataset=dataset,
             n=args.n,
             seed=args.seed,
             engine=args.engine,
             max_batch_rows=args.max_batch_rows,
-            progress=not args.quiet,
+            progress=False if args.quiet else (True if args.progress else None),
         )
     print(format_result(result))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(result.to_json() + "\n")
+    if args.out is not None:
+        _write_atomically(args.out, result.to_json() + "\n")
         print(f"wrote {args.out}")
+    if args.report:
+        from scrub.report import document_from_result, write_report
+
+        doc = document_from_result(
+            result, hypothesis=hyp, dataset=dataset, command_line=_command_line(argv)
+        )
+        print(f"wrote {write_report([doc], args.report, command_line=_command_line(argv))}")
     return 0
 
 
+def _patch(args: argparse.Namespace) -> int:
+    from scrub.experiments import patch
+    from scrub.experiments._report import format_patch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScrubWarning)
+        result = patch(
+            args.file,
+            model=args.model,
+            n=args.n,
+            seed=args.seed,
+            max_batch_rows=args.max_batch_rows,
+        )
+    print(format_patch(result))
+    if args.out:
+        try:
+            written = result.save(args.out, figures=not args.no_figures)
+        except ImportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        for path in written:
+            print(f"wrote {path}")
+    return 0
+
+
+def _check_writable(path: Path) -> None:
+    """Fail now, not after the run, if ``path`` cannot be written.
+
+    Raises:
+        OutputError: naming the path and the reason.
+    """
+    if path.is_dir():
+        raise OutputError(f"--out {path} is a directory; give a file name, e.g. {path / 'x.json'}")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.", suffix=".tmp"):
+            pass
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write --out {path}: {exc.strerror or exc} (in {parent})"
+        ) from None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``.
+
+    A reader never sees a half-written file, and a failure leaves any old file intact.
+
+    Raises:
+        OutputError: naming the path and the reason.
+    """
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"cannot write --out {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a file's mode
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise OutputError(f"cannot write --out {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -1,4 +1,9 @@
-"""Random hypotheses over a model's components, for property tests (seeded, reproducible)."""
+"""Random hypotheses over a model's components, for property tests (seeded, reproducible).
+
+Every generated hypothesis claims each model path at most once (DESIGN.md): siblings map
+disjoint components, and an all-paths input whose components are upstream of a sibling's
+(so that its paths run through the sibling's components) is made a direct input.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ def random_nodes(
         if not upstream:
             return
         taken: set = set()
+        siblings: list[tuple[dict, list]] = []
         for _ in range(int(rng.integers(0, 3)) if depth else int(rng.integers(1, 3))):
             free = [c for c in upstream if c not in taken]
             if not free:
@@ -74,7 +80,12 @@ def random_nodes(
             if other is not None:
                 node["other"] = other
             nodes[name] = node
+            siblings.append((edge, chosen))
             grow(name, chosen, depth + 1)
+        for edge, chosen in siblings:
+            others = [c for e, cs in siblings if e is not edge for c in cs]
+            if any(order(b) < order(a) for b in chosen for a in others):
+                edge["paths"] = "direct"  # all paths from b would run through a sibling's a
 
     from scrub._components import Component
 

@@ -74,7 +74,7 @@ def test_result_json_has_the_documented_keys_and_round_trips(hyp_file, tiny_mode
     assert set(data) >= REQUIRED_KEYS
     assert len(data["per_example"]) == 20 and len(data["recovered_ci"]) == 2
     assert set(data["draws"]) == {"out", "out.other", "h", "h.other", "p"}
-    assert data["metric"]["kind"] == "loss" and data["n"] == 20
+    assert data["metric"]["kind"] == "kl" and data["n"] == 20
     assert data["hypothesis_file"] == str(hyp_file)
     assert data["versions"]["torch"]
     assert scrub.ScrubResult.from_dict(data).to_json() == result.to_json()
@@ -97,7 +97,7 @@ def test_nan_is_written_as_null(tiny_model_dir, tiny_model):
 def test_result_repr(hyp_file, tiny_model):
     result = scrub.run(hyp_file, model=tiny_model, n=10)
     text = repr(result)
-    assert text.startswith("ScrubResult('partial', loss: clean=")
+    assert text.startswith("ScrubResult('partial', kl: clean=")
     assert "recovered=" in text and "n=10, seed=0)" in text
 
 

@@ -29,6 +29,11 @@ A subtree whose treeified outputs are already known (the cache holds them under 
 its outputs are served from the cache. Competing hypotheses that share a node share its draws,
 so they share these subtrees.
 
+Several trees that share a dataset can be planned together (one group list, one set of passes):
+discovery experiments (activation and path patching grids, :mod:`scrub.experiments`) evaluate
+thousands of small trees, one per grid cell, as row groups of a few batched passes. Each tree
+keeps its own root group; identical subtrees are still planned once, across trees too.
+
 Every group stops after the last layer it is read at (``stop``). Groups are evaluated in passes
 by increasing ``stop``: a child's groups never stop later than its parent's, so everything a
 pass reads from another group was computed by then.
@@ -37,7 +42,7 @@ pass reads from another group was computed by then.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,12 +67,18 @@ class Source:
         group: the group that computes them, or ``None`` when the cache serves them.
         known: the subtree's signature when the cache holds its outputs (``None`` for a
             leaf, whose outputs are cached by dataset row).
+        tree: the index of the tree the node belongs to (several trees planned together).
     """
 
     node: TreeNode
     rows: np.ndarray
     group: int | None
     known: str | None = None
+    tree: int = 0
+
+    def leaf_key(self, comp: Component) -> tuple[int, str, Component]:
+        """The key of a served (leaf or known) output: unique across the planned trees."""
+        return (self.tree, self.node.name, comp)
 
 
 @dataclass(frozen=True)
@@ -126,22 +137,29 @@ class Group:
 
 @dataclass
 class Plan:
-    """Row groups and the leaves they read, for one sampled tree.
+    """Row groups and the leaves they read, for one or several sampled trees.
 
     Attributes:
         groups: every group, children's before parents'.
-        root: the root's group (fused: it assembles the final residual stream).
+        roots: each tree's root group (fused: it assembles the final residual stream).
         leaves: (source, component) pairs served from the activation cache: leaves and known
             subtrees.
         passes: groups by ``stop``, in increasing order.
         signatures: output group → signature of its node's subtree, for non-root nodes.
+        outputs: (tree index, node name) → where that node's treeified outputs are.
     """
 
     groups: list[Group]
-    root: int
+    roots: list[int]
     leaves: list[tuple[Source, Component]]
     passes: list[tuple[int, list[int]]]
     signatures: dict[int, str]
+    outputs: dict[tuple[int, str], Source] = field(default_factory=dict)
+
+    @property
+    def root(self) -> int:
+        """The root group of the first (usually only) tree."""
+        return self.roots[0]
 
 
 def signature(tree: SampledTree, node: TreeNode) -> str:
@@ -163,59 +181,65 @@ def signature(tree: SampledTree, node: TreeNode) -> str:
 
 def make_plan(
     model: ScrubModel,
-    tree: SampledTree,
+    trees: SampledTree | Sequence[SampledTree],
     *,
     known: Callable[[str], bool] = lambda sig: False,
     kernels: bool = False,
 ) -> Plan:
-    """Plan the row groups of ``tree`` (see the module docstring).
+    """Plan the row groups of one tree, or of several trees on one dataset, together.
 
     Args:
         model: the model.
-        tree: the sampled tree.
+        trees: the sampled tree, or several (same dataset, same number of reference rows).
         known: whether the cache holds the outputs of a subtree with this signature.
         kernels: compute non-fused nodes' components by kernels (virtual output groups).
     """
+    if isinstance(trees, SampledTree):
+        trees = [trees]
+    assert trees and all(t.dataset is trees[0].dataset for t in trees), "one dataset"
+    assert len({len(t.reference) for t in trees}) == 1, "one reference batch size"
     n_layers = model.shape.n_layers
     groups: list[Group] = []
-    outputs: dict[str, Source] = {}
+    outputs: dict[tuple[int, str], Source] = {}
     leaves: list[tuple[Source, Component]] = []
+    served: set[tuple[int, str, Component]] = set()
 
-    def new_group(node: TreeNode) -> Group:
-        group = Group(gid=len(groups), node=node, rows=tree.rows(node))
+    def new_group(node: TreeNode, rows: np.ndarray) -> Group:
+        group = Group(gid=len(groups), node=node, rows=rows)
         groups.append(group)
         return group
 
     def need(source: Source, comp: Component) -> None:
         if source.group is None:
-            if (source, comp) not in leaves:
+            if source.leaf_key(comp) not in served:
+                served.add(source.leaf_key(comp))
                 leaves.append((source, comp))
         else:
             groups[source.group].record.add(comp)
 
     signatures: dict[int, str] = {}
-    planned: dict[str, Source] = {}  # signature -> the group computing it in this tree
+    planned: dict[str, Source] = {}  # signature -> the group computing it (in any tree)
 
-    def visit(node: TreeNode) -> None:
+    def visit(node: TreeNode, t: int, tree: SampledTree) -> None:
         if node.is_leaf and node.edge is not None:
-            outputs[node.name] = Source(node, tree.rows(node), None)
+            outputs[t, node.name] = Source(node, tree.rows(node), None, tree=t)
             return
         sig = signature(tree, node) if node.edge is not None else None
         if sig is not None and known(sig):
-            outputs[node.name] = Source(node, tree.rows(node), None, known=sig)
+            outputs[t, node.name] = Source(node, tree.rows(node), None, known=sig, tree=t)
             return
         if sig is not None and sig in planned:  # an identical copy (a DAG node, same draws)
-            outputs[node.name] = planned[sig]
+            outputs[t, node.name] = planned[sig]
             return
         for child in node.children:
-            visit(child)
+            visit(child, t, tree)
         comps = [mc.component for mc in node.interp.components]
         by_patches: dict[tuple, list[Target]] = {}
         for target in [(c, ch) for c in comps for ch in c.channels]:
             by_patches.setdefault(node.patch_key(target[1]), []).append(target)
 
         def moves(child: TreeNode) -> list[Move]:
-            source = outputs[child.name]
+            source = outputs[t, child.name]
             out = []
             for mc in child.interp.components:
                 out.append(Move(mc.component, source, child.corr.splice_positions(mc)))
@@ -224,7 +248,7 @@ def make_plan(
 
         reading: list[Group] = []
         for targets in by_patches.values():
-            group = new_group(node)
+            group = new_group(node, tree.rows(node))
             for child in node.inputs(targets[0][1], "all"):
                 group.patches += moves(child)
             for target in targets:
@@ -241,26 +265,36 @@ def make_plan(
             out = reading[0]
             out.fused = True
         else:
-            out = new_group(node)
+            out = new_group(node, tree.rows(node))
             out.virtual = kernels and all(c.kind in ("head", "mlp") for c in comps)
             out.stop = max(model.stop_layer(c) for c in comps)
             for group in reading:
                 for target in group.splices:
                     out.sets[target] = group.gid
                 group.stop = out.stop  # the output group takes their values in the same pass
-        outputs[node.name] = Source(node, out.rows, out.gid)
+        outputs[t, node.name] = Source(node, out.rows, out.gid, tree=t)
         if sig is not None:
             signatures[out.gid] = sig
-            planned[sig] = outputs[node.name]
+            planned[sig] = outputs[t, node.name]
             out.record.update(comps)
 
-    visit(tree.root)
-    root = outputs[tree.root.name].group
-    assert root is not None
+    roots: list[int] = []
+    for t, tree in enumerate(trees):
+        visit(tree.root, t, tree)
+        root = outputs[t, tree.root.name].group
+        assert root is not None
+        roots.append(root)
     _check_stops(groups, n_layers)
     stops = sorted({g.stop for g in groups})
     passes = [(stop, [g.gid for g in groups if g.stop == stop]) for stop in stops]
-    return Plan(groups=groups, root=root, leaves=leaves, passes=passes, signatures=signatures)
+    return Plan(
+        groups=groups,
+        roots=roots,
+        leaves=leaves,
+        passes=passes,
+        signatures=signatures,
+        outputs=outputs,
+    )
 
 
 def _check_stops(groups: list[Group], n_layers: int) -> None:

@@ -27,8 +27,9 @@ tests check it on every shipped hypothesis and on random ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,11 +39,12 @@ from scrub._components import Channel, Component
 from scrub._model import ScrubModel, select, write, write_at
 from scrub._positions import PositionSpec, resolve_positions
 from scrub._tree import SampledTree
+from scrub.data import Dataset
 from scrub.engine._kernels import Kernels, kernels_for
 from scrub.engine._plan import Group, Move, Plan, make_plan
-from scrub.engine.cache import ActivationCache
+from scrub.engine.cache import ActivationCache, split_qkv_inputs
 
-__all__ = ["FastEngine"]
+__all__ = ["Evaluated", "FastEngine"]
 
 
 class _Stop(Exception):
@@ -59,11 +61,15 @@ class FastEngine:
         max_batch_rows: most rows in one forward pass; the reference batch is chunked to fit.
         kernels: compute the components of nodes that span several layers directly from their
             assembled inputs (checked against the model once), instead of in an extra row group.
+        joint_qkv: passes that need no per-head q/k/v input use the joint projection.
     """
 
     cache: ActivationCache | None = None
     max_batch_rows: int = 4096
     kernels: bool = True
+    joint_qkv: bool = field(
+        default=False, repr=False
+    )  # default: every pass split, so no result depends on its pass-mates
 
     def __post_init__(self) -> None:
         if self.max_batch_rows < 1:
@@ -87,19 +93,89 @@ class FastEngine:
                 result is then ``(batch, K, vocab)``. ``None``: every position.
             on_pass: called after every forward pass (for progress bars).
         """
+        return self.evaluate_many(model, [tree], positions=positions, on_pass=on_pass).logits[0]
+
+    @torch.inference_mode()
+    def evaluate_many(
+        self,
+        model: ScrubModel,
+        trees: Sequence[SampledTree],
+        *,
+        positions: np.ndarray | None = None,
+        patterns: Sequence[Component] = (),
+        reduce: Callable[[Tensor], Any] | None = None,
+        on_pass: Callable[[], None] | None = None,
+    ) -> Evaluated:
+        """Several trees on one dataset and one reference batch, planned and run together.
+
+        Every tree's groups are stacked into the same passes (as many trees per pass as
+        ``max_batch_rows`` allows), so a grid of small trees (one per patching cell) costs a
+        few batched passes instead of one pass per tree. Each tree's logits are those
+        :meth:`__call__` would return for it alone (up to float32 rounding).
+
+        Args:
+            model: the model.
+            trees: sampled trees on one dataset, with reference batches of one size (the
+                root's rows, and so ``positions``, are usually the same for all of them).
+            positions: ``(batch, K)`` logit positions in the root's rows (shared by all trees).
+            patterns: heads whose attention patterns to return, each read where the head is
+                evaluated in each tree: in the group of the non-root node that maps it, else
+                in the root's pass.
+            reduce: applied to each tree's logits as soon as they are computed (e.g. the
+                per-example metric), so that thousands of trees need not hold their logits.
+            on_pass: called after every forward pass.
+
+        Returns:
+            Per tree: its logits (or ``reduce`` of them) and its attention patterns.
+
+        Raises:
+            ValueError: a requested head is mapped only by a leaf (computed on its own data;
+                read its pattern from a plain pass instead).
+        """
+        trees = list(trees)
+        if not trees:
+            return Evaluated([], [])
         tick = on_pass or (lambda: None)
         cache = self.cache or ActivationCache(max_batch_rows=self.max_batch_rows)
-        dataset = tree.dataset
-        kernels = kernels_for(model) if self.kernels else None
-        plan = make_plan(
-            model,
-            tree,
-            known=lambda sig: cache.knows(model, dataset, sig),
-            kernels=kernels is not None,
-        )
+        dataset = trees[0].dataset
+        kernels = kernels_for(model) if self.kernels and not patterns else None
+        n = len(trees[0].reference)
+
+        def plan_of(batch: Sequence[SampledTree]) -> Plan:
+            return make_plan(
+                model,
+                batch,
+                known=lambda sig: cache.knows(model, dataset, sig),
+                kernels=kernels is not None,
+            )
+
+        first = plan_of(trees[:1])
+        per_batch = max(1, self.max_batch_rows // (_widest(first) * n))
+        out = Evaluated([], [])
+        for start in range(0, len(trees), per_batch):
+            batch = trees[start : start + per_batch]
+            plan = first if start == 0 and len(batch) == 1 else plan_of(batch)
+            done = self._evaluate(model, batch, plan, cache, positions, patterns, kernels, tick)
+            for logits in done.logits:
+                out.logits.append(logits if reduce is None else reduce(logits))
+            out.patterns.extend(done.patterns)
+        return out
+
+    def _evaluate(
+        self,
+        model: ScrubModel,
+        trees: list[SampledTree],
+        plan: Plan,
+        cache: ActivationCache,
+        positions: np.ndarray | None,
+        patterns: Sequence[Component],
+        kernels: Kernels | None,
+        tick: Callable[[], None],
+    ) -> Evaluated:
+        dataset = trees[0].dataset
         by_row = [(src, comp) for src, comp in plan.leaves if src.known is None]
         leaves = {
-            (src.node.name, comp): values
+            src.leaf_key(comp): values
             for (src, comp), values in zip(
                 by_row,
                 cache.outputs(model, dataset, [(c, s.rows) for s, c in by_row], on_pass=tick),
@@ -108,19 +184,22 @@ class FastEngine:
         }
         for src, comp in plan.leaves:
             if src.known is not None:
-                leaves[src.node.name, comp] = cache.subtree(src.known, comp)
-        widest = max(sum(not plan.groups[g].virtual for g in gids) for _, gids in plan.passes)
-        chunk = max(1, self.max_batch_rows // widest)
-        n = len(tree.reference)
+                leaves[src.leaf_key(comp)] = cache.subtree(src.known, comp)
+        reads = _pattern_groups(plan, trees, patterns)
+        chunk = max(1, self.max_batch_rows // _widest(plan))
+        n = len(trees[0].reference)
         # A cache made for this call alone would never be read again.
         keep = self.cache is not None and self.cache.subtrees
-        pieces: list[Tensor] = []
+        pieces: list[list[Tensor]] = []
+        read: list[dict[tuple[int, Component], Tensor]] = []
         kept: dict[tuple[int, Component], list[Tensor]] = {}
         for start in range(0, n, chunk):
             rows = slice(start, min(n, start + chunk))
             chunk_leaves = {key: v[rows] for key, v in leaves.items()}
-            run = _ChunkRun(model, tree, plan, rows, chunk_leaves, positions, kernels)
+            run = _ChunkRun(model, dataset, plan, rows, chunk_leaves, positions, kernels, reads)
+            run.joint_qkv = self.joint_qkv
             pieces.append(run.evaluate(tick))
+            read.append(run.patterns)
             for gid in plan.signatures if keep else ():
                 for mc in plan.groups[gid].node.interp.components:
                     kept.setdefault((gid, mc.component), []).append(run.store[gid, mc.component])
@@ -130,7 +209,60 @@ class FastEngine:
                 sig,
                 {mc.component: torch.cat(kept[gid, mc.component]) for mc in node.interp.components},
             )
-        return torch.cat(pieces)
+        logits = [torch.cat([p[i] for p in pieces]) for i in range(len(trees))]
+        found = [
+            {head: torch.cat([r[gid, head] for r in read]) for head, gid in wanted.items()}
+            for wanted in reads
+        ]
+        return Evaluated(logits, found)
+
+
+@dataclass
+class Evaluated:
+    """What :meth:`FastEngine.evaluate_many` returns, one entry per tree.
+
+    Attributes:
+        logits: each tree's logits ``(batch, K, vocab)`` (or what ``reduce`` made of them).
+        patterns: each tree's requested attention patterns, head → ``(batch, pos, pos)``.
+    """
+
+    logits: list[Any]
+    patterns: list[dict[Component, Tensor]]
+
+
+def _widest(plan: Plan) -> int:
+    """The most stacked groups in one pass of ``plan``."""
+    return max(sum(not plan.groups[g].virtual for g in gids) for _, gids in plan.passes)
+
+
+def _pattern_groups(
+    plan: Plan, trees: list[SampledTree], heads: Sequence[Component]
+) -> list[dict[Component, int]]:
+    """Per tree, the group in which each requested head is evaluated."""
+    out: list[dict[Component, int]] = []
+    for t, tree in enumerate(trees):
+        wanted: dict[Component, int] = {}
+        for head in heads:
+            owner = next(
+                (
+                    n
+                    for n in tree.root.walk()
+                    if n.edge is not None
+                    and any(mc.component == head for mc in n.interp.components)
+                ),
+                None,
+            )
+            gid = plan.roots[t] if owner is None else plan.outputs[t, owner.name].group
+            if gid is None:
+                assert owner is not None
+                raise ValueError(
+                    f"{head.name} is mapped by {owner.name!r}, which the engine does not "
+                    "evaluate (a leaf, or a subtree served from the cache): its pattern is that "
+                    "of a plain pass on the node's own rows"
+                )
+            wanted[head] = gid
+        out.append(wanted)
+    return out
 
 
 class _ChunkRun:
@@ -139,17 +271,20 @@ class _ChunkRun:
     def __init__(
         self,
         model: ScrubModel,
-        tree: SampledTree,
+        dataset: Dataset,
         plan: Plan,
         rows: slice,
-        leaves: dict[tuple[str, Component], Tensor],
+        leaves: dict[tuple[int, str, Component], Tensor],
         positions: np.ndarray | None,
         kernels: Kernels | None,
+        reads: list[dict[Component, int]],
     ) -> None:
         self.model = model
         self.kernels = kernels
         self.pending: dict[tuple[int, Component, Channel], Tensor] = {}
-        self.dataset = tree.dataset
+        self.dataset = dataset
+        self.reads = {(gid, head) for wanted in reads for head, gid in wanted.items()}
+        self.patterns: dict[tuple[int, Component], Tensor] = {}
         self.plan = plan
         self.rows = rows
         self.leaves = leaves
@@ -159,7 +294,8 @@ class _ChunkRun:
         self.store: dict[tuple[int, Component], Tensor] = {}
         self.where: dict[int, slice] = {}  # gid -> its rows in the current pass
         self._resolved: dict[tuple[PositionSpec, int], Tensor] = {}
-        self.final_resid: Tensor | None = None  # the root's assembled final residual stream
+        self.joint_qkv = False
+        self.final_resid: dict[int, Tensor] = {}  # root gid -> its assembled final residual
 
     # -- helpers ----------------------------------------------------------------------------
     def resolve(self, spec: PositionSpec, rows: np.ndarray) -> Tensor:
@@ -175,14 +311,15 @@ class _ChunkRun:
         """The child's treeified output of ``move.component``, ``(rows, pos, d)``."""
         src = move.source
         if src.group is None:
-            return self.leaves[src.node.name, move.component]
+            return self.leaves[src.leaf_key(move.component)]
         if live is not None and src.group in self.where:
             return select(live, move.component, self.where[src.group])
         return self.store[src.group, move.component]
 
     # -- passes -----------------------------------------------------------------------------
-    def evaluate(self, tick: Callable[[], None]) -> Tensor:
-        logits: Tensor | None = None
+    def evaluate(self, tick: Callable[[], None]) -> list[Tensor]:
+        """Every pass of this chunk; each tree's logits, in the order of ``plan.roots``."""
+        logits: list[Tensor] | None = None
         for stop, gids in self.plan.passes:
             groups = [self.plan.groups[g] for g in gids]
             stacked = [g for g in groups if not g.virtual]
@@ -195,8 +332,9 @@ class _ChunkRun:
             final = stop >= self.model.shape.n_layers
             hooks = self.hooks(groups, final=final)
             bridge = self.model.bridge
+            split = not self.joint_qkv or any(ch != "in" for g in groups for _, ch in g.targets)
             try:
-                with bridge.hooks(fwd_hooks=list(hooks.items())):
+                with split_qkv_inputs(bridge, split), bridge.hooks(fwd_hooks=list(hooks.items())):
                     if final:
                         bridge(tokens.to(self.model.device))
                         raise AssertionError("the final pass did not reach ln_final")
@@ -205,15 +343,20 @@ class _ChunkRun:
                 pass
             tick()
             if final:
-                assert self.final_resid is not None
-                logits = self.unembed(self.final_resid)
+                roots = self.plan.roots
+                assert set(self.final_resid) == set(roots)
+                resid = torch.cat([self.final_resid[g] for g in roots])
+                logits = list(self.unembed(resid).split(self.size))
         assert logits is not None
         return logits
 
     def unembed(self, resid: Tensor) -> Tensor:
+        """Logits of stacked ``(roots × rows, pos, d)`` residuals at the metric's positions."""
         if self.positions is not None:
             pos = torch.as_tensor(self.positions, device=resid.device)
-            resid = resid[self.batch, pos]
+            copies = resid.shape[0] // self.size
+            batch = torch.arange(resid.shape[0], device=resid.device)[:, None]
+            resid = resid[batch, pos.repeat(copies, 1)]
         bridge = self.model.bridge
         return bridge.unembed(bridge.ln_final(resid))
 
@@ -237,7 +380,19 @@ class _ChunkRun:
             hooks[name] = self._input_hook(groups, targets)
         if final:
             hooks["ln_final.hook_in"] = self._final_hook()
+        for layer in sorted({head.layer for gid, head in self.reads if gid in self.where}):
+            hooks[f"blocks.{layer}.attn.hook_pattern"] = self._pattern_hook(layer)
         return hooks
+
+    def _pattern_hook(self, layer: int) -> Callable:
+        wanted = [(g, h) for g, h in self.reads if h.layer == layer and g in self.where]
+
+        def hook(t: Tensor, hook=None) -> Tensor:
+            for gid, head in wanted:
+                self.patterns[gid, head] = t[self.where[gid], head.head].clone()
+            return t
+
+        return hook
 
     def _output_hook(self, groups: list[Group], comps: set[Component]) -> Callable:
         def hook(t: Tensor, hook=None) -> Tensor:
@@ -317,12 +472,13 @@ class _ChunkRun:
             self.store[group.gid, comp] = self.kernels.head(comp, q, k, value)
 
     def _final_hook(self) -> Callable:
-        root = self.plan.groups[self.plan.root]
-        (key,) = [t for t in root.splices if t[0].kind == "logits"]
+        roots = [self.plan.groups[g] for g in self.plan.roots]
+        keys = [next(t for t in root.splices if t[0].kind == "logits") for root in roots]
 
         def hook(t: Tensor, hook=None) -> Tensor:
-            resid = t[self.where[root.gid]]
-            self.final_resid = self.assemble(root, key, resid)
+            for root, key in zip(roots, keys, strict=True):
+                resid = t[self.where[root.gid]]
+                self.final_resid[root.gid] = self.assemble(root, key, resid)
             raise _Stop
 
         return hook

@@ -1,0 +1,219 @@
+"""The patching experiment file format, as frozen Pydantic models.
+
+A patching experiment file shares ``model``, ``dataset``, ``metric``, ``features`` and
+``defaults`` with hypothesis files (the same keys, the same position vocabulary) and adds a
+``kind`` and the grid::
+
+    kind: activation                     # or path, iterative_path, attention
+    model: induction
+    dataset: ../../datasets/induction.yaml
+    metric: {kind: loss, positions: REP, labels: next}
+    base: {kind: uncond_together, group: base}   # the run being patched (default uncond)
+    source: exact                        # where the patched values come from (default exact)
+    components: heads                    # heads, mlps, all, or a list (a0.h1, m0, ...)
+    positions: each                      # each (every index), a list, or leave out (all at once)
+
+``base`` and ``source`` are samplers (the hypothesis file's sampler kinds) drawn from the
+reference batch, plus ``{kind: flip, flip: [IO]}``: the reference example with one thing changed
+(IOI datasets: ``IO``, ``S``, ``S1``, ``S2``, ``order``, composable; ``ABC`` turns S2 into a
+third name, the ABC family). Denoising (TransformerLens's convention: patch clean values into a
+corrupted run) is ``base: {kind: flip, ...}, source: exact``; noising is the other way round.
+
+Every model is frozen and forbids unknown keys.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from scrub._schema import (
+    CondSpec,
+    DatasetSpec,
+    DefaultsSpec,
+    ExactSpec,
+    FixedSpec,
+    GenerateSpec,
+    MetricSpec,
+    UncondSpec,
+    UncondTogetherSpec,
+)
+from scrub.experiments._flips import FLIP_NAMES
+
+__all__ = [
+    "ActivationSpec",
+    "AttentionSpec",
+    "ExperimentSpec",
+    "FlipSpec",
+    "IterativePathSpec",
+    "PathSpec",
+    "SourceSpec",
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FlipSpec(_Frozen):
+    """The reference example itself with ``flip`` changed (applied in order)."""
+
+    kind: Literal["flip"] = "flip"
+    flip: tuple[str, ...] = Field(min_length=1)
+
+    @field_validator("flip", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("flip")
+    @classmethod
+    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if item not in FLIP_NAMES:
+                raise ValueError(f"unknown flip {item!r}; flips are {', '.join(FLIP_NAMES)}")
+        return value
+
+
+SourceSpec = Annotated[
+    ExactSpec | UncondSpec | UncondTogetherSpec | CondSpec | FixedSpec | GenerateSpec | FlipSpec,
+    Field(discriminator="kind"),
+]
+SOURCE_KINDS = ("exact", "uncond", "uncond_together", "cond", "fixed", "generate", "flip")
+
+
+def _shorthand(value: Any) -> Any:
+    return {"kind": value} if isinstance(value, str) else value
+
+
+def _names(value: Any) -> Any:
+    if isinstance(value, str) and value not in ("heads", "mlps", "all"):
+        return [v.strip() for v in value.split(",")]
+    return value
+
+
+Components = Literal["heads", "mlps", "all"] | tuple[str, ...]
+Positions = Literal["each"] | tuple[int | str, ...] | None
+
+
+class _Experiment(_Frozen):
+    """What every patching experiment has (the hypothesis file's shared keys, and statistics).
+
+    Attributes:
+        base: sampler of the run being patched (the root's other inputs), from the reference.
+        source: sampler of the examples the patched values are computed on, from the reference.
+        correction: multiple-comparison control across the grid's cells: ``fdr_bh``
+            (Benjamini–Hochberg), ``holm`` or ``none``.
+        confidence: level of the bootstrap intervals.
+        n_resamples: bootstrap resamples; ``n_permutations``: sign-flip permutations (exact
+            enumeration for 12 or fewer examples).
+    """
+
+    name: str | None = None
+    description: str | None = None
+    model: str
+    dataset: DatasetSpec
+    metric: MetricSpec
+    features: dict[str, str] = Field(default_factory=dict)
+    defaults: DefaultsSpec = DefaultsSpec()
+    base: SourceSpec = UncondSpec()
+    source: SourceSpec = ExactSpec()
+    correction: Literal["fdr_bh", "holm", "none"] = "fdr_bh"
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    n_resamples: int = Field(default=1000, ge=10)
+    n_permutations: int = Field(default=1000, ge=10)
+
+    _shorthand = field_validator("base", "source", mode="before")(
+        classmethod(lambda cls, v: _shorthand(v))
+    )
+
+
+class ActivationSpec(_Experiment):
+    """Activation patching: each component's output (at each position) from the source.
+
+    ``positions``: ``each`` (every index of the sequence, one cell each), a list (one cell per
+    item: an integer or a named position), or left out (every position at once).
+    """
+
+    kind: Literal["activation"]
+    components: Components = "heads"
+    positions: Positions = "each"
+
+    _names = field_validator("components", mode="before")(classmethod(lambda cls, v: _names(v)))
+
+
+class PathSpec(_Experiment):
+    """Path patching: each sender's direct path into each receiver's channels.
+
+    The sender's output on the source enters only the receiver's own input channel (at
+    ``positions``, default every position); every other reader sees the base run.
+    """
+
+    kind: Literal["path"]
+    senders: Components = Field(min_length=1)
+    receivers: Components = "heads"
+    channels: tuple[Literal["q", "k", "v", "in"], ...] = ("q", "k", "v")
+    positions: tuple[int | str, ...] | None = None
+
+    _names = field_validator("senders", "receivers", mode="before")(
+        classmethod(lambda cls, v: _names(v))
+    )
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _channels(cls, value: Any) -> Any:
+        return [c.strip() for c in value.split(",")] if isinstance(value, str) else value
+
+
+class IterativePathSpec(_Experiment):
+    """Iterative path patching (REMIX): every head and MLP upstream, into a receiver set.
+
+    One cell per sender (× position, when ``positions`` lists them): the sender's direct path
+    into every receiver's ``channels`` at once.
+    """
+
+    kind: Literal["iterative_path"]
+    receivers: tuple[str, ...] = ("logits",)
+    channels: tuple[Literal["q", "k", "v", "in"], ...] | None = None
+    senders: Components = "all"
+    positions: tuple[int | str, ...] | None = None
+
+    _names = field_validator("senders", "receivers", mode="before")(
+        classmethod(lambda cls, v: _names(v))
+    )
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _channels(cls, value: Any) -> Any:
+        return [c.strip() for c in value.split(",")] if isinstance(value, str) else value
+
+
+class PatchUnder(_Frozen):
+    """An activation patch to show attention under: ``components`` at ``positions``."""
+
+    components: tuple[str, ...] = Field(min_length=1)
+    positions: tuple[int | str, ...] | None = None
+
+    _names = field_validator("components", mode="before")(classmethod(lambda cls, v: _names(v)))
+
+
+class AttentionSpec(_Experiment):
+    """Counterfactual attention: heads' patterns under a patch or a hypothesis, minus clean.
+
+    ``under`` is an activation patch (components from the source into the base run) or the
+    path of a hypothesis file (relative to this file), scrubbed on this file's dataset.
+    """
+
+    kind: Literal["attention"]
+    heads: tuple[str, ...] = Field(min_length=1)
+    under: PatchUnder | str
+    examples: int = Field(default=4, ge=1)
+
+    _names = field_validator("heads", mode="before")(classmethod(lambda cls, v: _names(v)))
+
+
+ExperimentSpec = Annotated[
+    ActivationSpec | PathSpec | IterativePathSpec | AttentionSpec, Field(discriminator="kind")
+]
+EXPERIMENT_KINDS = ("activation", "path", "iterative_path", "attention")
