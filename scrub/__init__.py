@@ -21,6 +21,7 @@ from scrub._hypothesis import (
     hypothesis_from_dict,
     load_hypothesis,
 )
+from scrub._imports import dataset_generator, feature
 from scrub._means import ComponentMeans, component_means
 from scrub._model import ScrubModel, load_model
 from scrub._result import ScrubResult
@@ -37,17 +38,20 @@ from scrub._tokenizer import gpt2_tokenizer
 from scrub._tree import SampledTree, TreeNode, sample_tree, treeify
 from scrub.data import Dataset, make_dataset
 from scrub.engine import ActivationCache, FastEngine, evaluate_reference
+from scrub.experiments import Comparison, Diagnosis, compare, diagnose
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationCache",
     "BoundHypothesis",
+    "Comparison",
     "Component",
     "ComponentMeans",
     "CondSampler",
     "Correspondence",
     "Dataset",
+    "Diagnosis",
     "ExactSampler",
     "FastEngine",
     "FixedSampler",
@@ -65,8 +69,12 @@ __all__ = [
     "UncondSampler",
     "UncondTogetherSampler",
     "bind",
+    "compare",
     "component_means",
+    "dataset_generator",
+    "diagnose",
     "evaluate_reference",
+    "feature",
     "gpt2_tokenizer",
     "hypothesis_from_dict",
     "load_hypothesis",

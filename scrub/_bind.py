@@ -5,13 +5,18 @@ rest, with errors that name the file, the key and a fix:
 
 - every component exists in the model (``a9.h12`` in GPT-2 small: heads are 0–11);
 - every named position exists in the dataset (components, inputs and the metric);
-- every feature a sampler uses exists (a dataset feature or field, a ``features:`` alias, or a
-  ``package.module:function``), and is registered on the dataset for this run;
-- the metric's labels exist, and ``labels: next`` never reads past the end of a sequence;
+- every feature a node or sampler names exists (a dataset feature or field, a ``features:``
+  alias, or a ``package.module:function`` marked ``@scrub.feature``), returns one value per row
+  when tried on the pool, and is registered on the dataset for this run;
+- the metric's labels exist and are defined where the metric reads them: ``labels: next`` never
+  reads past the end of a sequence, a per-example label (one value per example, like ``io``) is
+  read at one position per example (not averaged over a set like ``REP``), label ids are tokens
+  of the model, and ``logit_diff``'s two labels differ on some example;
 - ``fixed`` rows are rows of the dataset pool;
 - no model path is claimed twice (:mod:`scrub._claims`): two inputs of one node never splice
   the same component into the same channel at the same position of any example, and an
-  all-paths input never claims paths through a sibling's components.
+  all-paths input never claims paths through a sibling's components;
+- no position is named twice in one example's positions (overlapping position sets).
 """
 
 from __future__ import annotations
@@ -19,17 +24,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from scrub._claims import check_claims
 from scrub._errors import HypothesisError
 from scrub._hypothesis import Hypothesis
-from scrub._imports import import_object
-from scrub._model import ScrubModel
-from scrub._positions import resolve_positions
+from scrub._imports import import_marked
+from scrub._model import ScrubModel, load_model
+from scrub._positions import PositionSpec, format_positions, resolve_positions
 from scrub._samplers import CondSampler, FixedSampler, GenerateSampler
+from scrub._schema import MetricSpec
 from scrub.data import Dataset, make_dataset
 
-__all__ = ["BoundHypothesis", "bind", "make_dataset_for"]
+__all__ = ["BoundHypothesis", "bind", "load_model_for", "make_dataset_for"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,23 @@ class BoundHypothesis:
         return f"BoundHypothesis({self.hypothesis.name!r}, {self.model!r}, {self.dataset!r})"
 
 
+def load_model_for(hypothesis: Hypothesis, model: str | None = None) -> ScrubModel:
+    """Load the model a hypothesis file names (relative to the file), or ``model`` instead.
+
+    ``model`` (a command-line ``--model``) is relative to the current directory.
+
+    Raises:
+        HypothesisError: located at the file's ``model`` key when the file named it.
+    """
+    if model is not None:
+        return load_model(model)
+    try:
+        return load_model(hypothesis.spec.model, relative_to=hypothesis.base_dir)
+    except HypothesisError as exc:
+        located = exc.with_context(file=hypothesis.file, key_prefix=("model",))
+        raise hypothesis.locate(located) from None
+
+
 def make_dataset_for(hypothesis: Hypothesis, *, seed: int) -> Dataset:
     """Make the dataset a hypothesis file names, drawing from the run's ``seed``.
 
@@ -56,7 +80,10 @@ def make_dataset_for(hypothesis: Hypothesis, *, seed: int) -> Dataset:
     try:
         return make_dataset(spec.generator, spec.params, stream(seed, "dataset"))
     except HypothesisError as exc:
-        raise exc.with_context(file=hypothesis.file, key_prefix=("dataset",)) from None
+        if hypothesis.dataset_path is not None:  # located in the dataset spec file
+            raise hypothesis.locate(exc.with_context(file=hypothesis.dataset_path)) from None
+        located = exc.with_context(file=hypothesis.file, key_prefix=("dataset",))
+        raise hypothesis.locate(located) from None
 
 
 def bind(hypothesis: Hypothesis, model: ScrubModel, dataset: Dataset) -> BoundHypothesis:
@@ -68,7 +95,7 @@ def bind(hypothesis: Hypothesis, model: ScrubModel, dataset: Dataset) -> BoundHy
     try:
         _check(hypothesis, model, dataset)
     except HypothesisError as exc:
-        raise exc.with_context(file=hypothesis.file) from None
+        raise hypothesis.locate(exc.with_context(file=hypothesis.file)) from None
     return BoundHypothesis(hypothesis, model, dataset)
 
 
@@ -79,6 +106,8 @@ def _check(hyp: Hypothesis, model: ScrubModel, ds: Dataset) -> None:
             f"dataset sequences have {ds.seq_len} tokens, but {model.shape.name} reads at most "
             f"{model.shape.n_ctx}",
             key=("dataset", "params"),
+            hint="make shorter sequences (the generator's length params) or use a model with a "
+            "longer context",
         )
     max_token = int(ds.tokens.max())
     if max_token >= model.shape.d_vocab:
@@ -86,6 +115,8 @@ def _check(hyp: Hypothesis, model: ScrubModel, ds: Dataset) -> None:
             f"dataset uses token id {max_token}, but {model.shape.name} has a vocabulary of "
             f"{model.shape.d_vocab}",
             key=("dataset", "params"),
+            hint="use the dataset made for this model (its vocabulary), or the model made for "
+            "this dataset",
         )
     for name in hyp.graph:
         node = hyp.node(name)
@@ -93,7 +124,7 @@ def _check(hyp: Hypothesis, model: ScrubModel, ds: Dataset) -> None:
             key = ("nodes", name, "components", i)
             try:
                 model.shape.check(mc.component)
-                resolve_positions(mc.positions, ds, pool)
+                _distinct(resolve_positions(mc.positions, ds, pool), mc.positions)
             except HypothesisError as exc:
                 raise exc.with_context(key_prefix=key) from None
         for role, sampler in (("sampler", node.sampler), ("other", node.other)):
@@ -110,17 +141,36 @@ def _check(hyp: Hypothesis, model: ScrubModel, ds: Dataset) -> None:
                     raise exc.with_context(key_prefix=("nodes", name, role)) from None
             for feature in features:
                 _register_feature(feature, hyp, ds, key=("nodes", name, role))
+        if node.feature is not None:
+            _register_feature(node.feature, hyp, ds, key=("nodes", name, "feature"))
     for child, parent in hyp.graph.edges:
         corr = hyp.edge(child, parent)
         idx = hyp.children(parent).index(child)
         try:
-            resolve_positions(corr.positions, ds, pool)
+            _distinct(resolve_positions(corr.positions, ds, pool), corr.positions)
         except HypothesisError as exc:
             raise exc.with_context(
                 key_prefix=("nodes", parent, "inputs", idx, "positions")
             ) from None
     check_claims(hyp, ds, n_layers=model.shape.n_layers)
-    _check_metric(hyp, ds)
+    _check_metric(hyp, ds, model)
+
+
+def _distinct(resolved: np.ndarray, spec: PositionSpec) -> None:
+    """Fail if some example's positions name one position twice (e.g. overlapping sets)."""
+    if resolved.shape[1] < 2:
+        return
+    ordered = np.sort(resolved, axis=1)
+    twice = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
+    if twice.any():
+        row = int(np.flatnonzero(twice)[0])
+        values, counts = np.unique(resolved[row], return_counts=True)
+        raise HypothesisError(
+            f"positions {format_positions(spec)} name position {int(values[counts > 1][0])} "
+            f"twice in {int(twice.sum())} examples (first: pool row {row})",
+            hint="list positions that do not overlap: a position named twice is spliced or "
+            "counted twice",
+        )
 
 
 def _check_fixed_rows(sampler: FixedSampler, ds: Dataset, *, key: tuple) -> None:
@@ -135,27 +185,44 @@ def _check_fixed_rows(sampler: FixedSampler, ds: Dataset, *, key: tuple) -> None
 
 
 def _register_feature(name: str, hyp: Hypothesis, ds: Dataset, *, key: tuple) -> None:
-    if name in ds.features or name in ds.fields:
-        return
-    if ":" in name:
-        try:
-            ds.features[name] = import_object(name, what="feature")
-        except HypothesisError as exc:
-            raise exc.with_context(key_prefix=key) from None
-        return
+    """Check that feature ``name`` exists and works; register an imported one on ``ds``."""
     try:
-        ds.feature(name)
+        if name not in ds.features and name not in ds.fields and ":" in name:
+            ds.features[name] = import_marked(name, what="feature")
+        _try_feature(name, ds)
     except HypothesisError as exc:
         raise exc.with_context(key_prefix=key) from None
 
 
-def _check_metric(hyp: Hypothesis, ds: Dataset) -> None:
+def _try_feature(name: str, ds: Dataset) -> None:
+    """Call feature ``name`` on two pool rows: it must return one value per row."""
+    fn = ds.feature(name)
+    rows = np.arange(min(2, ds.n_base), dtype=np.int64)
+    try:
+        values = np.asarray(fn(ds, rows))
+    except Exception as exc:  # the user's feature function failed
+        raise HypothesisError(
+            f"feature {name!r} failed on pool rows {rows.tolist()}: {type(exc).__name__}: {exc}",
+            hint="a feature is f(dataset, rows) returning one value (or one row of values) per "
+            "row; fix the function",
+        ) from exc
+    if values.ndim == 0 or values.shape[0] != len(rows):
+        got = "a scalar" if values.ndim == 0 else f"{values.shape[0]} values"
+        raise HypothesisError(
+            f"feature {name!r} returned {got} for {len(rows)} rows",
+            hint="a feature is f(dataset, rows) returning one value (or one row of values) per row",
+        )
+
+
+def _check_metric(hyp: Hypothesis, ds: Dataset, model: ScrubModel) -> None:
     metric = hyp.spec.metric
     pool = np.arange(ds.n_base)
     try:
         positions = resolve_positions(metric.positions, ds, pool)
+        _distinct(positions, metric.positions)
     except HypothesisError as exc:
         raise exc.with_context(key_prefix=("metric", "positions")) from None
+    labels: dict[str, np.ndarray] = {}
     for key in ("labels", "correct", "wrong"):
         label = getattr(metric, key)
         if label is None:
@@ -168,9 +235,65 @@ def _check_metric(hyp: Hypothesis, ds: Dataset) -> None:
                     key=("metric", "positions"),
                     hint="read the metric at positions before the last one",
                 )
+            labels[key] = ds.tokens[torch.as_tensor(pool)[:, None], positions + 1].numpy()
         elif label not in ds.fields:
             raise HypothesisError(
                 f"dataset {ds.name!r} has no label field {label!r}",
                 key=("metric", key),
                 hint=f"use 'next' or one of: {', '.join(sorted(ds.fields))}",
             )
+        else:
+            labels[key] = _label_field(label, ds, positions, metric, key=("metric", key))
+    for key, values in labels.items():
+        if values.size and (values.min() < 0 or values.max() >= model.shape.d_vocab):
+            raise HypothesisError(
+                f"label {getattr(metric, key)!r} holds ids outside the vocabulary of "
+                f"{model.shape.name} (0..{model.shape.d_vocab - 1})",
+                key=("metric", key),
+                hint="labels are token ids of the model; use the dataset made for this model",
+            )
+    if (
+        "correct" in labels
+        and "wrong" in labels
+        and np.array_equal(labels["correct"], labels["wrong"])
+    ):
+        raise HypothesisError(
+            f"'correct' ({metric.correct}) and 'wrong' ({metric.wrong}) are the same token in "
+            "every example, so the logit difference is 0 everywhere",
+            key=("metric",),
+            hint="name two labels that differ, e.g. correct: io, wrong: s",
+        )
+
+
+def _label_field(
+    label: str, ds: Dataset, positions: np.ndarray, metric: MetricSpec, *, key: tuple
+) -> np.ndarray:
+    """The label field's values, checked to be defined at each metric position."""
+    values = np.asarray(ds.fields[label][: ds.n_base])
+    where = format_positions(metric.positions)
+    if not np.issubdtype(values.dtype, np.integer):
+        raise HypothesisError(
+            f"label field {label!r} holds {values.dtype} values, not token ids",
+            key=key,
+            hint="labels are token ids (integers); pick a label field such as "
+            + ", ".join(sorted(k for k, v in ds.fields.items() if v.dtype.kind in "iu")),
+        )
+    k = positions.shape[1]
+    if values.ndim == 1 and k > 1:
+        raise HypothesisError(
+            f"label field {label!r} has one value per example, but the metric reads {k} "
+            f"positions per example ({where}); that label is the answer at one position, and "
+            "is not defined at the others",
+            key=key,
+            hint="read the metric at one position per example (e.g. 'positions: END'), or use "
+            "'next' labels for a per-position metric",
+        )
+    if values.ndim > 2 or (values.ndim == 2 and values.shape[1] != k):
+        raise HypothesisError(
+            f"label field {label!r} has shape {values.shape[1:]} per example, but the metric "
+            f"reads {k} position{'s' if k > 1 else ''} per example ({where})",
+            key=key,
+            hint="a label field has one value per example (read at one position) or one per "
+            "metric position",
+        )
+    return np.broadcast_to(values[:, None], positions.shape) if values.ndim == 1 else values

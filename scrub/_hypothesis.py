@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
 import pydantic
-import yaml
 
 from scrub._components import Channel, Component, parse_component
 from scrub._errors import HypothesisError
@@ -43,7 +42,10 @@ from scrub._schema import (
     NodeSpec,
     UncondSpec,
     UncondTogetherSpec,
+    schema_error,
 )
+from scrub._yaml import YamlDocument, read_yaml_document
+from scrub.data._spec import in_dataset_file, load_dataset_spec
 
 __all__ = [
     "Correspondence",
@@ -138,7 +140,10 @@ class Hypothesis:
         root: the node that maps ``logits``.
         file: where it was loaded from, if anywhere.
         sha256: hash of the file's bytes (or of the canonical spec), for provenance.
-        dataset_file: the dataset spec file, when ``dataset:`` names one.
+        dataset_file: the dataset spec file when ``dataset:`` names one, as written there
+            (relative to the hypothesis file, so it reads the same in every checkout).
+        dataset_path: where that spec file was read (the path errors name).
+        source, dataset_source: the YAML documents read (for the lines of errors).
     """
 
     name: str
@@ -148,6 +153,21 @@ class Hypothesis:
     file: str | None
     sha256: str
     dataset_file: str | None = None
+    dataset_path: str | None = None
+    source: YamlDocument | None = field(default=None, repr=False, compare=False)
+    dataset_source: YamlDocument | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def base_dir(self) -> Path | None:
+        """The directory relative paths in the file are relative to (``None``: no file)."""
+        return Path(self.file).parent if self.file else None
+
+    def locate(self, error: HypothesisError) -> HypothesisError:
+        """``error`` with the lines of its keys, where they are in the files read."""
+        for doc in (self.source, self.dataset_source):
+            if doc is not None:
+                error = doc.locate(error)
+        return error
 
     def node(self, name: str) -> InterpNode:
         return self.graph.nodes[name]["interp"]
@@ -172,23 +192,20 @@ def load_hypothesis(path: str | Path) -> Hypothesis:
 
     Raises:
         HypothesisError: the file is missing, not YAML, or not a valid hypothesis; the message
-            names the file, the key and a fix.
+            names the file, the key (and its line) and a fix, and lists every independent
+            problem the schema found.
     """
-    path = Path(path)
+    doc = read_yaml_document(path, what="hypothesis file")
     try:
-        raw_bytes = path.read_bytes()
-    except OSError as exc:
-        raise HypothesisError(f"cannot read hypothesis file: {exc.strerror}", file=path) from exc
-    try:
-        data = yaml.safe_load(raw_bytes) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise HypothesisError(f"not valid YAML{where}: {problem}", file=path) from exc
-    return hypothesis_from_dict(
-        data, file=str(path), sha256=hashlib.sha256(raw_bytes).hexdigest(), default_name=path.stem
-    )
+        return hypothesis_from_dict(
+            doc.data,
+            file=str(path),
+            sha256=hashlib.sha256(doc.raw).hexdigest(),
+            default_name=Path(path).stem,
+            source=doc,
+        )
+    except HypothesisError as exc:
+        raise doc.locate(exc) from None
 
 
 def hypothesis_from_dict(
@@ -197,6 +214,7 @@ def hypothesis_from_dict(
     file: str | None = None,
     sha256: str | None = None,
     default_name: str = "hypothesis",
+    source: YamlDocument | None = None,
 ) -> Hypothesis:
     """Validate a hypothesis given as plain data (what ``yaml.safe_load`` returns)."""
     if not isinstance(data, dict):
@@ -205,14 +223,24 @@ def hypothesis_from_dict(
             file=file,
             hint="start with 'model:', 'dataset:', 'metric:' and 'nodes:' keys",
         )
-    dataset_file = None
+    dataset_file = dataset_path = dataset_source = None
     if isinstance(data.get("dataset"), str):
-        dataset_file, dataset = _load_dataset_file(data["dataset"], file)
-        data = {**data, "dataset": dataset}
+        dataset_file = data["dataset"]
+        dataset_source = load_dataset_spec(dataset_file, file)
+        dataset_path = dataset_source.file
+        data = {**data, "dataset": dataset_source.data}
+    ablation = data.get("ablation")
+    if isinstance(ablation, dict) and isinstance(ablation.get("dataset"), str):
+        reference = load_dataset_spec(ablation["dataset"], file)
+        data = {**data, "ablation": {**ablation, "dataset": reference.data}}
     try:
         spec = HypothesisSpec.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise _from_validation_error(exc, file) from None
+        err = schema_error(exc, file)
+        if dataset_source is not None:
+            err = HypothesisError.collect([in_dataset_file(e, dataset_source) for e in err.errors])
+            err = dataset_source.locate(err)
+        raise err from None
     try:
         graph, root = _build_graph(spec)
     except HypothesisError as exc:
@@ -227,100 +255,10 @@ def hypothesis_from_dict(
         file=file,
         sha256=sha256,
         dataset_file=dataset_file,
+        dataset_path=dataset_path,
+        source=source,
+        dataset_source=dataset_source,
     )
-
-
-def _load_dataset_file(ref: str, file: str | None) -> tuple[str, dict]:
-    """Read a dataset spec file named by ``dataset: PATH`` (relative to the hypothesis file)."""
-    from scrub._schema import DatasetSpec
-
-    base = Path(file).parent if file else Path.cwd()
-    path = (base / ref).resolve() if not Path(ref).is_absolute() else Path(ref)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise HypothesisError(
-            f"cannot read dataset spec {ref!r} ({path}): {exc.strerror}",
-            file=file,
-            key=("dataset",),
-            hint="'dataset:' is a mapping (generator, params) or the path of a dataset spec "
-            "file, relative to this hypothesis file",
-        ) from exc
-    except yaml.YAMLError as exc:
-        raise HypothesisError(f"not valid YAML: {exc}", file=path) from exc
-    if not isinstance(data, dict):
-        raise HypothesisError(
-            "a dataset spec file must be a mapping with 'generator' and 'params'", file=path
-        )
-    try:
-        DatasetSpec.model_validate(data)
-    except pydantic.ValidationError as exc:
-        raise _from_validation_error(exc, str(path), prefix=("dataset",)) from None
-    return str(path), data
-
-
-def _from_validation_error(
-    exc: pydantic.ValidationError, file: str | None, *, prefix: tuple = ()
-) -> HypothesisError:
-    """One located error from pydantic's; ``prefix`` locates a sub-file in the schema."""
-    # An unknown key explains a missing one next to it (a typo), so report unknown keys first.
-    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    err = errors[0]
-    loc = tuple(err["loc"])
-    # Drop the discriminated union's tag from the location: ('sampler', 'cond', 'rows').
-    key = tuple(
-        p
-        for i, p in enumerate(loc)
-        if not (i > 0 and loc[i - 1] in ("sampler", "other") and p in _SAMPLER_KINDS)
-    )
-    kind = err["type"]
-    hint = None
-    if kind == "extra_forbidden":
-        parent = _model_at((*prefix, *key[:-1]))
-        allowed = sorted(parent.model_fields) if parent else []
-        close = difflib.get_close_matches(str(key[-1]), allowed, n=1)
-        problem = f"unknown key {key[-1]!r}"
-        hint = (f"did you mean {close[0]!r}? " if close else "") + (
-            f"allowed keys here: {', '.join(allowed)}" if allowed else ""
-        )
-    elif kind == "missing":
-        problem = f"missing required key {key[-1]!r}"
-    elif kind == "union_tag_invalid":
-        problem = (
-            f"unknown sampler kind {err['input'].get('kind')!r}"
-            if isinstance(err.get("input"), dict)
-            else err["msg"]
-        )
-        hint = f"sampler kinds: {', '.join(_SAMPLER_KINDS)}"
-    elif kind == "literal_error":
-        problem = f"invalid value {err['input']!r}: {err['msg'].lower()}"
-    else:
-        problem = err["msg"].removeprefix("Value error, ")
-    return HypothesisError(problem, file=file, key=key, hint=hint)
-
-
-_SAMPLER_KINDS = ("exact", "uncond", "uncond_together", "cond", "fixed", "generate")
-
-
-def _model_at(key: tuple) -> type[pydantic.BaseModel] | None:
-    """The schema model that lives at YAML key path ``key`` (for listing allowed keys)."""
-    from scrub._schema import DatasetSpec, DefaultsSpec, EdgeSpec, MetricSpec
-
-    top: dict[str, type[pydantic.BaseModel]] = {
-        "dataset": DatasetSpec,
-        "metric": MetricSpec,
-        "defaults": DefaultsSpec,
-    }
-    if not key:
-        return HypothesisSpec
-    if len(key) == 1:
-        return top.get(key[0])
-    if key[0] == "nodes":
-        if len(key) == 2:
-            return NodeSpec
-        if len(key) == 4 and key[2] == "inputs":
-            return EdgeSpec
-    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,15 +311,24 @@ def _mapped_components(name: str, spec: NodeSpec) -> tuple[MappedComponent, ...]
                     "a component entry is a name like 'a1.h3@REP' or a mapping with keys "
                     "'component' and 'positions'",
                     key=key,
+                    hint="e.g. 'a1.h3@REP' or {component: a1.h3, positions: [REP]}",
                 )
             text, positions_value = str(item["component"]), item.get("positions")
         elif isinstance(item, str):
             text, _, pos_text = item.partition("@")
             positions_value = pos_text if pos_text else None
             if "@" in item and not pos_text:
-                raise HypothesisError(f"nothing after '@' in {item!r}", key=key)
+                raise HypothesisError(
+                    f"nothing after '@' in {item!r}",
+                    key=key,
+                    hint=f"name the positions ('{text}@END') or drop the '@'",
+                )
         else:
-            raise HypothesisError(f"a component must be a name, not {item!r}", key=key)
+            raise HypothesisError(
+                f"a component must be a name, not {item!r}",
+                key=key,
+                hint="e.g. 'a1.h3', 'm0', 'embed', 'a9.h9@END' (quote it if YAML reads a number)",
+            )
         try:
             comps = parse_component(text)
             positions = parse_positions(positions_value)
@@ -393,6 +340,7 @@ def _mapped_components(name: str, spec: NodeSpec) -> tuple[MappedComponent, ...]
                     "'logits' takes no positions: the metric's 'positions' say where the "
                     "output is read",
                     key=key,
+                    hint="write 'logits' and set 'metric: {positions: ...}'",
                 )
             if comp in seen:
                 raise HypothesisError(
@@ -425,7 +373,9 @@ def _build_graph(spec: HypothesisSpec) -> tuple[nx.DiGraph, str]:
             )
         sampler = None
         if not is_root:
-            sampler_spec = node_spec.sampler or ExactSpec()
+            # A node that names a feature is resampled keeping that feature, unless its sampler
+            # says otherwise; never silently exact.
+            sampler_spec = node_spec.sampler or (CondSpec() if feature else ExactSpec())
             sampler = _sampler(
                 sampler_spec, name, feature, ("nodes", name, "sampler"), spec.features
             )
@@ -505,7 +455,11 @@ def _add_edge(graph: nx.DiGraph, parent: InterpNode, edge: Any, key: tuple) -> N
             + f"nodes in this file: {', '.join(graph)}",
         )
     if child_name == parent.name:
-        raise HypothesisError(f"node {parent.name!r} lists itself as an input", key=(*key, "node"))
+        raise HypothesisError(
+            f"node {parent.name!r} lists itself as an input",
+            key=(*key, "node"),
+            hint="an input is another node, upstream in the model; remove this entry",
+        )
     if graph.has_edge(child_name, parent.name):
         raise HypothesisError(
             f"node {parent.name!r} lists input {child_name!r} twice",
@@ -514,7 +468,11 @@ def _add_edge(graph: nx.DiGraph, parent: InterpNode, edge: Any, key: tuple) -> N
         )
     child: InterpNode = graph.nodes[child_name]["interp"]
     if child.is_output:
-        raise HypothesisError(f"the root {child_name!r} cannot be an input", key=(*key, "node"))
+        raise HypothesisError(
+            f"the root {child_name!r} cannot be an input",
+            key=(*key, "node"),
+            hint="the root maps the output, which nothing reads; remove this input",
+        )
     parent_channels = {ch for mc in parent.components for ch in mc.component.channels}
     if not parent_channels:
         raise HypothesisError(

@@ -45,36 +45,31 @@ def _shipped_names() -> list[str]:
     return sorted(p.name for p in SHIPPED_MODELS.iterdir() if (p / "config.json").exists())
 
 
-def load_model(source: str, *, device: str | torch.device = "cpu") -> ScrubModel:
+def load_model(
+    source: str,
+    *,
+    device: str | torch.device = "cpu",
+    relative_to: str | Path | None = None,
+) -> ScrubModel:
     """Load a model by shipped name, local HF-format directory, or hub name.
 
+    Args:
+        source: a shipped model's name (``induction``), a local directory, or a hub name.
+        device: where the weights go.
+        relative_to: the directory a relative local path is relative to (a hypothesis file's
+            directory; default: the current directory). Shipped and hub names are unaffected.
+
     Raises:
-        HypothesisError: nothing loadable under that name (with the shipped names listed).
+        HypothesisError: nothing loadable under that name (with the shipped names listed), no
+            such directory, or an architecture scrub cannot hook.
     """
     from transformer_lens.model_bridge import TransformerBridge
 
-    shipped = SHIPPED_MODELS / source
-    if (shipped / "config.json").exists():
-        path, kind = str(shipped), "shipped"
-    elif Path(source).is_dir():
-        path, kind = str(Path(source)), "local"
-        if not (Path(source) / "config.json").exists():
-            raise HypothesisError(
-                f"model directory {source!r} has no config.json",
-                hint="save a Hugging Face model there with model.save_pretrained(dir)",
-            )
-    else:
-        path, kind = source, "hub"
+    path, kind = _resolve(source, relative_to)
     try:
         bridge = TransformerBridge.boot_transformers(path, device=str(device))
     except (OSError, ValueError) as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        raise HypothesisError(
-            f"cannot load model {source!r}: {exc}",
-            hint=f"shipped models: {', '.join(_shipped_names())}; or a local Hugging Face "
-            "directory; hub names like 'gpt2' need the weights in your Hugging Face cache"
-            + (" (HF_HUB_OFFLINE=1 is set)" if offline else ""),
-        ) from exc
+        raise _load_error(source, path, kind, exc, relative_to) from exc
     if bridge.cfg.d_mlp == bridge.cfg.d_model:
         warnings.warn(
             f"model {source!r} has an MLP as wide as its residual stream (d_mlp = d_model = "
@@ -85,11 +80,99 @@ def load_model(source: str, *, device: str | torch.device = "cpu") -> ScrubModel
             ScrubWarning,
             stacklevel=2,
         )
-    bridge.enable_compatibility_mode(disable_warnings=True)
-    bridge.set_use_split_qkv_input(True)
-    bridge.set_use_hook_mlp_in(True)
-    bridge.eval()
-    return ScrubModel(bridge, source=source, kind=kind, path=path)
+    try:
+        bridge.enable_compatibility_mode(disable_warnings=True)
+        bridge.set_use_split_qkv_input(True)
+        bridge.set_use_hook_mlp_in(True)
+        bridge.eval()
+        model = ScrubModel(bridge, source=source, kind=kind, path=path)
+    except NotImplementedError as exc:
+        arch = _architecture(bridge, path)
+        raise HypothesisError(
+            f"cannot scrub model {source!r}: its architecture ({arch}) does not give scrub the "
+            f"hooks it needs ({exc})",
+            hint="scrub supports GPT-2-style models (GPT2LMHeadModel) and the shipped models: "
+            f"{', '.join(_shipped_names())}",
+        ) from None
+    return model
+
+
+def _looks_like_path(source: str) -> bool:
+    """A path rather than a hub name (``org/name``): ``./x``, ``../x``, ``/x``, ``~/x``, ``a/b/c``."""
+    return (
+        source.startswith((".", "/", "~"))
+        or "\\" in source
+        or source.count("/") > 1
+        or source.endswith("/")
+    )
+
+
+def _resolve(source: str, relative_to: str | Path | None) -> tuple[str, str]:
+    """Where to load ``source`` from, and its kind: shipped, local or hub."""
+    shipped = SHIPPED_MODELS / source
+    if "/" not in source and (shipped / "config.json").exists():
+        return str(shipped), "shipped"
+    local = Path(source).expanduser()
+    if not local.is_absolute() and relative_to is not None:
+        local = Path(relative_to) / local
+    if local.is_dir():
+        if not (local / "config.json").exists():
+            raise HypothesisError(
+                f"model directory {source!r} ({local}) has no config.json",
+                hint="save a Hugging Face model there with model.save_pretrained(dir)",
+            )
+        return str(local), "local"
+    if _looks_like_path(source) or local.exists():
+        raise HypothesisError(
+            f"cannot load model {source!r}: no such directory {os.path.normpath(local)}",
+            hint=_path_hint(source, relative_to),
+        )
+    return source, "hub"
+
+
+def _path_hint(source: str, relative_to: str | Path | None) -> str:
+    hint = (
+        "a relative 'model:' path is relative to the hypothesis file"
+        if relative_to is not None
+        else "a relative model path is relative to the current directory"
+    )
+    if relative_to is not None and Path(source).expanduser().is_dir():
+        hint += f"; there is a {source!r} relative to the current directory: use --model {source}"
+    return hint + f"; shipped models: {', '.join(_shipped_names())}"
+
+
+def _load_error(
+    source: str, path: str, kind: str, exc: Exception, relative_to: str | Path | None
+) -> HypothesisError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    if kind == "hub":
+        local = os.path.normpath(Path(relative_to or ".") / source)
+        return HypothesisError(
+            f"cannot load model {source!r}: "
+            + (f"no such directory ({local}), and " if "/" in source else "")
+            + f"not a model in the Hugging Face cache ({str(exc).splitlines()[0]})",
+            hint=f"shipped models: {', '.join(_shipped_names())}; or a local Hugging Face "
+            "directory (relative to the hypothesis file); hub names like 'gpt2' need the "
+            "weights in your Hugging Face cache"
+            + (" (HF_HUB_OFFLINE=1 is set)" if offline else ""),
+        )
+    return HypothesisError(
+        f"cannot load model {source!r} from {path}: {str(exc).splitlines()[0]}",
+        hint="the directory must hold a Hugging Face model (config.json and weights) of a "
+        "supported architecture (GPT-2 style)",
+    )
+
+
+def _architecture(bridge: Any, path: str) -> str:
+    """The model's architecture name, from its config (for messages)."""
+    try:
+        import json
+
+        config = json.loads((Path(path) / "config.json").read_text())
+        names = config.get("architectures") or [config.get("model_type", "unknown")]
+        return ", ".join(str(n) for n in names)
+    except (OSError, ValueError):
+        return str(getattr(bridge.cfg, "architecture", None) or "unknown")
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,13 @@ def parse_positions(value: object) -> PositionSpec:
                 out.append(text)
         else:
             out.append(item)
+    twice = next((p for i, p in enumerate(out) if p in out[:i]), None)
+    if twice is not None:
+        raise HypothesisError(
+            f"position {twice!r} is listed twice",
+            hint="list each position once (a position listed twice would be spliced or "
+            "counted twice)",
+        )
     if not out:
         raise HypothesisError(
             "an empty list of positions selects nothing",

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-__all__ = ["ScrubResult", "bootstrap_ci", "recovered_of"]
+__all__ = ["ScrubResult", "bootstrap_ci", "methodology", "recovered_of"]
 
 
 def recovered_of(clean, baseline, scrubbed, axis: int = -1):
@@ -97,6 +97,7 @@ class ScrubResult:
         generated: generated row id (a string) → its ``tokens``, named ``positions`` and
             ``fields``: the examples a generator made, which the dataset spec alone does not
             reproduce.
+        methodology: the choices the score depends on (:func:`methodology`).
     """
 
     hypothesis: str
@@ -130,6 +131,7 @@ class ScrubResult:
     baseline_rows: list[int] | None = None
     self_draws: dict[str, dict[str, float]] = field(default_factory=dict)
     generated: dict[str, dict[str, Any]] = field(default_factory=dict)
+    methodology: dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         if self.recovered is None:
@@ -162,6 +164,47 @@ class ScrubResult:
 
 
 _FLOATS = {"clean", "baseline", "scrubbed"}
+
+
+def methodology(hyp, ablation=None) -> dict[str, Any]:
+    """The six choices of Miller et al. (2024) a score depends on, plus baseline and ablation.
+
+    scrub fixes some by construction (granularity: whole components at the positions given;
+    direction: the whole output, no subspace; circuit: the mapped paths are kept and every other
+    input ablated); the rest come from the file.
+
+    Args:
+        hyp: the :class:`~scrub.Hypothesis`.
+        ablation: its :class:`~scrub.engine._ablation.Ablation`, for the means' reference.
+    """
+    from scrub._positions import format_positions
+
+    means = getattr(ablation, "means", None)
+    reference = None
+    if means is not None:
+        reference = {
+            "dataset": means.dataset,
+            "params": dict(means.params),
+            "classes": list(means.classes),
+            "size": int(means.counts.sum()),
+            "positions_per_class": means.counts.tolist(),
+        }
+    return {
+        "granularity": "components (attention heads, MLPs, embeddings) at the positions given",
+        "components": {
+            name: [str(mc) for mc in hyp.node(name).components]
+            for name in hyp.graph
+            if name != hyp.root
+        },
+        "ablation": hyp.spec.ablation.kind,
+        "ablation_reference": reference,
+        "token_positions": {
+            f"{c}->{p}": format_positions(hyp.edge(c, p).positions) for c, p in hyp.graph.edges
+        },
+        "direction": "the whole component output (no subspace)",
+        "circuit_vs_complement": "circuit: the mapped paths are kept, every other input ablated",
+        "baseline": hyp.spec.baseline_kind,
+    }
 
 
 def _clean_nan(value: Any) -> Any:

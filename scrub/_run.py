@@ -10,6 +10,9 @@ The fraction recovered is **undefined** (``None``, with ``recovered_undefined_re
 clean and baseline cannot be told apart: the paired bootstrap CI of clean − baseline contains 0,
 a mean is not finite, or there are too few examples. It is never reported as a number then.
 
+The file's ``ablation:`` (resample, mean, zero; :mod:`scrub.engine._ablation`) goes to the
+engine, and so does the ablation of a ``mean`` / ``zero`` baseline. Every result records the methodology (:func:`scrub._result.methodology`).
+
 Logits are only needed where the metric reads them, so the engines are asked for those
 positions only. With a shared :class:`~scrub.engine.ActivationCache` (and a shared dataset),
 competing hypotheses reuse the clean and baseline outputs and every cached leaf activation.
@@ -33,16 +36,17 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from scrub._bind import bind, make_dataset_for
+from scrub._bind import bind, load_model_for, make_dataset_for
 from scrub._errors import ScrubWarning
 from scrub._hypothesis import Hypothesis, load_hypothesis
 from scrub._metrics import per_example_metric
-from scrub._model import ScrubModel, load_model
+from scrub._model import ScrubModel
 from scrub._positions import resolve_positions
-from scrub._result import ScrubResult, bootstrap_ci, recovered_of
+from scrub._result import ScrubResult, bootstrap_ci, methodology, recovered_of
 from scrub._tree import MAX_TREE_NODES, SampledTree, sample_tree, stream
 from scrub.data import Dataset
 from scrub.engine import ActivationCache, FastEngine, baseline_for, evaluate_reference
+from scrub.engine._ablation import Ablation, ablation_for
 
 __all__ = ["ENGINES", "run"]
 
@@ -59,6 +63,7 @@ def run(
     dataset: Dataset | None = None,
     n: int | None = None,
     seed: int | None = None,
+    reference_seed: int | None = None,
     engine: str = "fast",
     baseline: str | None = None,
     cache: ActivationCache | None = None,
@@ -75,9 +80,12 @@ def run(
         dataset: a dataset to use instead of making the file's (it may grow).
         n: number of reference examples (default: the file's ``defaults.n``).
         seed: the seed every draw derives from (default: the file's ``defaults.seed``).
+        reference_seed: draw the reference batch from this seed instead (default: ``seed``),
+            to re-draw the tree on one reference batch (``scrub compare --seeds``).
         engine: the evaluator, ``fast`` (default) or ``reference``; they agree to 1e-4.
-        baseline: the experiment's baseline kind (default: the file's ``baseline``, else
-            ``resample_all``); see :mod:`scrub.engine.baseline`.
+        baseline: the experiment's baseline kind (default: the file's ``baseline``, else the
+            one matching its ``ablation``: ``resample_all`` for ``resample``); see
+            :mod:`scrub.engine.baseline`.
         cache: activations to reuse across runs on the same model and dataset (fast engine);
             pass the same ``dataset`` too.
         max_batch_rows: most rows in one forward pass (fast engine); results do not depend
@@ -103,22 +111,27 @@ def run(
         raise ValueError(f"confidence must be between 0 and 1 (exclusive), not {confidence!r}")
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; engines: {', '.join(ENGINES)}")
-    base = baseline_for(spec.baseline if baseline is None else baseline)
+    kind = spec.baseline_kind if baseline is None else baseline
+    if kind not in ("resample_all", "mean", "zero", "permuted_labels"):
+        baseline_for(kind)  # raises, naming the kinds
+    if kind == "mean" and spec.ablation.kind != "mean":
+        raise ValueError("baseline 'mean' takes its means from the file's mean 'ablation:'")
     if cache is None:
         cache = ActivationCache(max_batch_rows=max_batch_rows)
     if not isinstance(model, ScrubModel):
-        model = load_model(model or spec.model)
+        model = load_model_for(hyp, model)  # the file's model is relative to the file
     if dataset is None:
         dataset = make_dataset_for(hyp, seed=seed)
     bound = bind(hyp, model, dataset)
-    tree = sample_tree(bound, n=n, seed=seed, max_tree_nodes=max_tree_nodes)
+    tree = sample_tree(
+        bound, n=n, seed=seed, max_tree_nodes=max_tree_nodes, reference_seed=reference_seed
+    )
     messages = list(tree.warnings)
 
-    evaluate: Evaluate = (
-        FastEngine(cache=cache, max_batch_rows=max_batch_rows)
-        if engine == "fast"
-        else _gathering(evaluate_reference)
-    )
+    ablation = ablation_for(hyp, model, dataset, cache)
+    evaluate = _engine(engine, cache, max_batch_rows, ablation)
+    base_ablation = {"mean": ablation, "zero": Ablation("zero")}.get(kind)
+    base = baseline_for(kind, ablation=base_ablation)
     x = tree.reference
     o_root = tree.rows(tree.root)
     clean_pos = resolve_positions(spec.metric.positions, dataset, x)
@@ -151,12 +164,15 @@ def run(
             reference=x,
             seed=seed,
             metric_positions=spec.metric.positions,
-            evaluate=evaluate,
+            evaluate=_engine(engine, cache, max_batch_rows, base_ablation),
             engine=engine,
             cache=cache,
             on_pass=tick,
+            clean_logits=clean_logits,
         )
         baseline_logits = base_run.logits
+        labelled = x if base_run.labels is None else base_run.labels
+        baseline_clean = clean_logits if base_run.clean is None else base_run.clean
         bar.update()
         bar.set_postfix_str(stages[2])
         scrubbed_logits = evaluate(model, tree, positions=root_pos, on_pass=tick)
@@ -170,7 +186,13 @@ def run(
         )
 
     clean = metric(clean_logits)
-    baseline_values = metric(baseline_logits)
+    baseline_values = per_example_metric(
+        spec.metric,
+        baseline_logits,
+        reference=labelled,
+        dataset=dataset,
+        clean_logits=baseline_clean,
+    )
     scrubbed = metric(scrubbed_logits)
 
     if torch.equal(scrubbed_logits, clean_logits):
@@ -216,7 +238,7 @@ def run(
         dataset={
             "generator": spec.dataset.generator,
             "params": dict(dataset.params),
-            "spec_file": _relative_to_file(hyp.dataset_file, hyp.file),
+            "spec_file": _relative_to_file(hyp.dataset_path, hyp.file),
         },
         metric=spec.metric.model_dump(),
         n=n,
@@ -243,6 +265,7 @@ def run(
         baseline_rows=None if base_run.rows is None else base_run.rows.tolist(),
         self_draws=tree.self_draws,
         generated=_generated_examples(tree),
+        methodology=methodology(hyp, ablation),
     )
     for message in messages:
         warnings.warn(message, ScrubWarning, stacklevel=2)
@@ -335,6 +358,15 @@ def _clean(
 def _gather(logits: Tensor, positions: np.ndarray) -> Tensor:
     batch = torch.arange(logits.shape[0], device=logits.device)[:, None]
     return logits[batch, torch.as_tensor(positions, device=logits.device)]
+
+
+def _engine(
+    engine: str, cache: ActivationCache, max_batch_rows: int, ablation: Ablation | None
+) -> Evaluate:
+    """The evaluator named ``engine``, ablating unmapped inputs as ``ablation`` says."""
+    if engine == "fast":
+        return FastEngine(cache=cache, max_batch_rows=max_batch_rows, ablation=ablation)
+    return _gathering(functools.partial(evaluate_reference, ablation=ablation))
 
 
 def _gathering(evaluate: Callable[..., Tensor]) -> Evaluate:

@@ -294,9 +294,18 @@ def baseline_rows(dataset: Dataset, reference: np.ndarray, seed: int) -> np.ndar
 
 
 def sample_tree(
-    bound: BoundHypothesis, *, n: int, seed: int, max_tree_nodes: int = MAX_TREE_NODES
+    bound: BoundHypothesis,
+    *,
+    n: int,
+    seed: int,
+    max_tree_nodes: int = MAX_TREE_NODES,
+    reference_seed: int | None = None,
 ) -> SampledTree:
-    """Draw every node's data for ``n`` reference examples (see the module docstring)."""
+    """Draw every node's data for ``n`` reference examples (see the module docstring).
+
+    ``reference_seed`` draws the reference batch from another seed than the rest of the tree
+    (default: ``seed``), so that the tree can be re-drawn on one reference batch.
+    """
     try:
         root = treeify(bound.hypothesis, max_nodes=max_tree_nodes)
     except HypothesisError as exc:
@@ -339,7 +348,7 @@ def sample_tree(
         return rows
 
     try:
-        x = reference_rows(dataset, n, seed)
+        x = reference_rows(dataset, n, seed if reference_seed is None else reference_seed)
     except HypothesisError as exc:
         raise exc.with_context(file=bound.hypothesis.file) from None
 

@@ -1,5 +1,5 @@
-"""The scrub command: scrub run FILE, scrub check FILE, scrub graph FILE,
-scrub report RESULT.json ... and scrub patch FILE.
+"""The scrub command: scrub run FILE, scrub check FILE, scrub graph FILE, scrub compare
+FILES, scrub diagnose FILE, scrub patch FILE and scrub report RESULT.json ....
 
 Exit codes: 0 success, 1 invalid hypothesis or an output that cannot be written (the message
 names the file, key and fix), 2 bad command-line usage, 130 interrupted (Ctrl-C).
@@ -105,11 +105,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     patch.add_argument("file", type=Path, help="experiment YAML file")
     patch.add_argument("--model", help="model: shipped name, local HF directory or hub name")
-    patch.add_argument("--n", type=int, help="number of reference examples")
-    patch.add_argument("--seed", type=int, help="seed of every random draw")
+    patch.add_argument("--n", type=_POSITIVE, help="number of reference examples (at least 1)")
+    patch.add_argument("--seed", type=_NON_NEGATIVE, help="seed of every random draw (0 or more)")
     patch.add_argument(
         "--max-batch-rows",
-        type=int,
+        type=_POSITIVE,
         default=4096,
         help="most rows in one forward pass (caps memory; results do not change)",
     )
@@ -117,6 +117,39 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="write NAME.json, NAME.npz and figures into this directory"
     )
     patch.add_argument("--no-figures", action="store_true", help="skip the PNG/SVG figures")
+    cmp = sub.add_parser("compare", help="compare rival hypotheses on one experiment")
+    cmp.add_argument("files", type=Path, nargs="+", help="hypothesis YAML files")
+    cmp.add_argument("--model", help="model: shipped name, local HF directory or hub name")
+    cmp.add_argument("--n", type=_POSITIVE, help="number of reference examples (at least 1)")
+    cmp.add_argument(
+        "--seed", type=_NON_NEGATIVE, help="seed of the reference batch and of the first draw"
+    )
+    cmp.add_argument(
+        "--seeds", type=_POSITIVE, default=1, help="draws of the tree on the reference batch (K)"
+    )
+    cmp.add_argument(
+        "--experiment", type=Path, help="YAML whose model/dataset/metric/... every file gets"
+    )
+    cmp.add_argument(
+        "--random-controls",
+        type=_NON_NEGATIVE,
+        default=0,
+        metavar="N",
+        help="rank each hypothesis among N random ones of the same shape",
+    )
+    cmp.add_argument("--margin", type=float, default=0.05, help="TOST equivalence margin ε")
+    cmp.add_argument("--engine", default="fast", choices=["fast", "reference"])
+    cmp.add_argument("--out", type=Path, help="write the comparison as JSON here")
+
+    diag = sub.add_parser("diagnose", help="which part of a hypothesis loses the metric")
+    diag.add_argument("file", type=Path, help="hypothesis YAML file")
+    diag.add_argument("--model", help="model: shipped name, local HF directory or hub name")
+    diag.add_argument("--n", type=_POSITIVE, help="number of reference examples (at least 1)")
+    diag.add_argument("--seed", type=_NON_NEGATIVE, help="seed of every random draw (0 or more)")
+    diag.add_argument("--by", help="dataset field to break examples down by ('' for none)")
+    diag.add_argument("--engine", default="fast", choices=["fast", "reference"])
+    diag.add_argument("--out", type=Path, help="write the diagnosis as JSON here")
+
     graph = sub.add_parser("graph", help="draw the interpretation graph (Graphviz)")
     graph.add_argument("file", type=Path, help="hypothesis YAML file")
     graph.add_argument("--out", type=Path, help="a .dot, .svg or .png file (default: print DOT)")
@@ -135,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args)
         if args.command == "graph":
             return _graph(args)
+        if args.command == "compare":
+            return _compare(args)
+        if args.command == "diagnose":
+            return _diagnose(args)
         if args.command == "patch":
             return _patch(args)
         if args.command == "report":
@@ -194,22 +231,25 @@ def _quiet_hf() -> Iterator[None]:
 
 def _load(args: argparse.Namespace):
     """The hypothesis and its model, loaded quietly."""
+    from scrub._bind import load_model_for
     from scrub._hypothesis import load_hypothesis
-    from scrub._model import load_model
 
     hyp = load_hypothesis(args.file)
     with _quiet_hf():
-        model = load_model(args.model or hyp.spec.model)
+        model = load_model_for(hyp, args.model)  # the file's model is relative to the file
     return hyp, model
 
 
 def _check(args: argparse.Namespace) -> int:
-    from scrub._bind import bind, make_dataset_for
+    from scrub._bind import bind, load_model_for, make_dataset_for
+    from scrub._hypothesis import load_hypothesis
     from scrub._tree import sample_tree
 
-    hyp, model = _load(args)
+    hyp = load_hypothesis(args.file)
     n, seed = hyp.spec.defaults.n, hyp.spec.defaults.seed
-    dataset = make_dataset_for(hyp, seed=seed)
+    dataset = make_dataset_for(hyp, seed=seed)  # before the (slower) model
+    with _quiet_hf():
+        model = load_model_for(hyp, args.model)  # the file's model is relative to the file
     bound = bind(hyp, model, dataset)
     # A dry sampling on the defaults: what ``run`` would reject at sampling time is caught
     # here (n larger than the pool, ...), and what it would warn about is shown.
@@ -320,6 +360,51 @@ def _patch(args: argparse.Namespace) -> int:
             return 1
         for path in written:
             print(f"wrote {path}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from scrub.experiments import compare
+
+    if not 0 < args.margin < 1:
+        print(f"error: --margin must be between 0 and 1, not {args.margin}", file=sys.stderr)
+        return 2
+    if args.out is not None:
+        _check_writable(args.out)
+    with warnings.catch_warnings(), _quiet_hf():  # the table lists the warnings
+        warnings.simplefilter("ignore", ScrubWarning)
+        result = compare(
+            args.files,
+            model=args.model,
+            n=args.n,
+            seed=args.seed,
+            seeds=args.seeds,
+            experiment=args.experiment,
+            random_controls=args.random_controls,
+            margin=args.margin,
+            engine=args.engine,
+        )
+    print(result.table())
+    if args.out is not None:
+        _write_atomically(args.out, result.to_json() + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from scrub.experiments import diagnose
+
+    if args.out is not None:
+        _check_writable(args.out)
+    with warnings.catch_warnings(), _quiet_hf():
+        warnings.simplefilter("ignore", ScrubWarning)
+        result = diagnose(
+            args.file, model=args.model, n=args.n, seed=args.seed, by=args.by, engine=args.engine
+        )
+    print(result.table())
+    if args.out is not None:
+        _write_atomically(args.out, result.to_json() + "\n")
+        print(f"wrote {args.out}")
     return 0
 
 

@@ -125,12 +125,6 @@ def test_full_ioi_names_hypothesis_is_exact():
     assert full.clean > full.baseline + 3  # n = 8: clean 9.3, baseline 3.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after merging main (00:45 UTC) empty.yaml on ioi_names scrubs to 2.25 while the "
-    "baseline is 2.97 (recovered -0.11, n=8); the same file on ioi_toy is exact. Not yet "
-    "diagnosed: the empty hypothesis must equal the baseline",
-)
 def test_empty_ioi_names_hypothesis_is_exact():
     with pytest.warns(scrub.ScrubWarning, match="equals the baseline exactly"):
         empty = scrub.run(HYPOTHESES / "empty.yaml", n=8)

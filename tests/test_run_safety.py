@@ -250,7 +250,10 @@ def test_baseline_key_in_the_file(tiny_model_dir, tiny_model):
         assert scrub.run(hyp, model=tiny_model).baseline_kind == "resample_all"
     with pytest.raises(scrub.HypothesisError, match="baseline"):
         hyp_of(tiny_model_dir, nodes, baseline="nothing")
-    with pytest.raises(ValueError, match="unknown baseline 'nothing'; baselines: resample_all"):
+    with pytest.raises(
+        ValueError,
+        match="unknown baseline 'nothing'; baselines: mean, permuted_labels, resample_all, zero",
+    ):
         scrub.run(hyp, model=tiny_model, baseline="nothing")
 
 

@@ -26,7 +26,62 @@ import torch
 
 from scrub._errors import HypothesisError
 
-__all__ = ["Dataset", "Feature", "Generator"]
+__all__ = [
+    "MAX_POOL_SIZE",
+    "MAX_POOL_TOKENS",
+    "MAX_SEQ_LEN",
+    "Dataset",
+    "Feature",
+    "Generator",
+    "check_pool_size",
+    "check_pool_tokens",
+]
+
+MAX_POOL_SIZE = 1_000_000
+"""The most examples a generator may make for a pool (scrub draws ``n`` reference rows from it)."""
+
+MAX_SEQ_LEN = 65_536
+"""The longest sequence a generator may make."""
+
+MAX_POOL_TOKENS = 1 << 25
+"""The most tokens (examples x sequence length) in a pool: 256 MiB of int64 token ids."""
+
+
+def check_pool_size(size: int, *, param: str = "size") -> None:
+    """Refuse a pool size outside ``1 .. MAX_POOL_SIZE`` before anything is allocated.
+
+    Raises:
+        HypothesisError: at ``params.<param>``.
+    """
+    if not 1 <= size <= MAX_POOL_SIZE:
+        raise HypothesisError(
+            f"dataset size {size:,} is outside 1 .. {MAX_POOL_SIZE:,}",
+            key=("params", param),
+            hint="the pool needs at least one example, and more than a million is more than a "
+            "scrub needs (n reference examples are drawn from it); e.g. 'size: 2000'",
+        )
+
+
+def check_pool_tokens(size: int, seq_len: int, *, param: str) -> None:
+    """Refuse sequences longer than ``MAX_SEQ_LEN`` or pools over ``MAX_POOL_TOKENS`` tokens.
+
+    Raises:
+        HypothesisError: at ``params.<param>`` (the parameter that sets the length).
+    """
+    if not 1 <= seq_len <= MAX_SEQ_LEN:
+        raise HypothesisError(
+            f"these params make sequences of {seq_len:,} tokens, outside 1 .. {MAX_SEQ_LEN:,}",
+            key=("params", param),
+            hint="use shorter lengths; the model reads at most its context length anyway",
+        )
+    if size * seq_len > MAX_POOL_TOKENS:
+        raise HypothesisError(
+            f"a pool of {size:,} sequences of {seq_len:,} tokens holds {size * seq_len:,} "
+            f"tokens, more than {MAX_POOL_TOKENS:,}",
+            key=("params", "size"),
+            hint="use a smaller size or shorter sequences",
+        )
+
 
 Feature = Callable[["Dataset", np.ndarray], np.ndarray]
 """A feature: ``f(dataset, rows) -> values`` with one value (or row of values) per row."""

@@ -236,7 +236,9 @@ class Vocab:
             raise FileNotFoundError(
                 f"no IOI-toy vocabulary at {path}; train one with scripts/train_ioi_toy.py"
             )
-        data = json.loads(path.read_text())
+        if not path.is_file() or path.stat().st_size > 1 << 24:
+            raise ValueError(f"{path} is not a vocabulary file (a regular file under 16 MiB)")
+        data = json.loads(path.read_text(encoding="utf-8"))
         try:
             return cls(
                 tokens=tuple(data["tokens"]),

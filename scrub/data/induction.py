@@ -24,7 +24,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from scrub.data._dataset import Dataset
+from scrub._imports import dataset_generator
+from scrub.data._dataset import Dataset, check_pool_size, check_pool_tokens
 
 __all__ = ["BOS", "induction"]
 
@@ -103,6 +104,7 @@ def _same_segment(ds: Dataset, rows: np.ndarray, rng: np.random.Generator) -> Da
     )
 
 
+@dataset_generator
 def induction(
     *,
     rng: np.random.Generator,
@@ -126,7 +128,18 @@ def induction(
     """
     if segment_len < 2:
         raise ValueError(f"segment_len must be at least 2, not {segment_len}")
+    for name, value in (
+        ("prefix_len", prefix_len),
+        ("gap_len", gap_len),
+        ("suffix_len", suffix_len),
+    ):
+        if value < 0:
+            raise ValueError(f"{name} must be at least 0, not {value}")
+    if not 2 <= vocab <= 1 << 31:
+        raise ValueError(f"vocab must be 2 .. 2**31, not {vocab}")
+    check_pool_size(size)
     seq_len = 1 + prefix_len + 2 * segment_len + gap_len + suffix_len
+    check_pool_tokens(size, seq_len, param="segment_len")
     params = {
         "size": size,
         "segment_len": segment_len,

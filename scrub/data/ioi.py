@@ -69,7 +69,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from scrub.data._dataset import Dataset, Feature
+from scrub._imports import dataset_generator
+from scrub.data._dataset import Dataset, Feature, check_pool_size
 from scrub.data.ioi_templates import (
     ABC_TEMPLATES,
     BAC_TEMPLATES,
@@ -407,10 +408,10 @@ def _check(size: int, prompt_type: str, nb_templates: int, *, abc: bool) -> None
         raise ValueError(f"prompt_type must be one of {', '.join(types)}, not {prompt_type!r}")
     if not 1 <= nb_templates <= len(ABC_TEMPLATES):
         raise ValueError(f"nb_templates must be 1..{len(ABC_TEMPLATES)}, not {nb_templates}")
-    if size < 1:
-        raise ValueError(f"size must be positive, not {size}")
+    check_pool_size(size)
 
 
+@dataset_generator
 def ioi(
     *,
     rng: np.random.Generator,
@@ -430,6 +431,7 @@ def ioi(
     return _make("ioi", rng=rng, size=size, prompt_type=prompt_type, nb_templates=nb_templates)
 
 
+@dataset_generator
 def ioi_abc(
     *,
     rng: np.random.Generator,

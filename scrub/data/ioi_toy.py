@@ -67,7 +67,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scrub.data._dataset import Dataset
+from scrub._imports import dataset_generator
+from scrub.data._dataset import Dataset, check_pool_size
 from scrub.data._words import (
     BOS,
     COPY_TEMPLATES,
@@ -261,6 +262,7 @@ def _orders(prompt_type: str) -> tuple[int, ...]:
     return PROMPT_TYPES[prompt_type]
 
 
+@dataset_generator
 def ioi_toy(
     *,
     rng: np.random.Generator,
@@ -318,8 +320,7 @@ def make_word_ioi(
     Raises:
         ValueError: as :func:`ioi_toy`.
     """
-    if size <= 0:
-        raise ValueError(f"size must be positive, not {size}")
+    check_pool_size(size)
     try:
         vocab_obj = Vocab.load(vocab if vocab is not None else default_vocab)
     except FileNotFoundError as exc:

@@ -72,7 +72,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from scrub.data._dataset import Dataset
+from scrub._imports import dataset_generator
+from scrub.data._dataset import Dataset, check_pool_size, check_pool_tokens
 
 __all__ = [
     "BALANCED",
@@ -351,6 +352,7 @@ def _params(
     }
 
 
+@dataset_generator
 def parens(
     *,
     rng: np.random.Generator,
@@ -374,8 +376,10 @@ def parens(
     """
     if max_len < 2:
         raise ValueError(f"max_len must be at least 2, not {max_len}")
+    check_pool_size(size)
+    check_pool_tokens(size, max_len + 1, param="max_len")
     fractions = (p_balanced, p_count, p_horizon)
-    if min(fractions) < 0 or sum(fractions) > 1 + 1e-12:
+    if not all(0 <= f <= 1 for f in fractions) or sum(fractions) > 1 + 1e-12:  # NaN too
         raise ValueError(
             f"p_balanced, p_count and p_horizon must be non-negative with sum <= 1, not {fractions}"
         )

@@ -51,6 +51,7 @@ from scrub._components import Channel, Component
 from scrub._model import ScrubModel
 from scrub._positions import PositionSpec
 from scrub._tree import SampledTree, TreeNode
+from scrub.engine._ablation import ablated_in_reading
 
 __all__ = ["Group", "Move", "Plan", "Source", "make_plan", "signature"]
 
@@ -110,6 +111,8 @@ class Group:
         sets: (output group) target → the reading group whose assembled value it takes.
         virtual: (output group) computed by kernels from the assembled inputs, not stacked.
         record: components whose outputs (after patches) later hooks read from this group.
+        ablate: components whose outputs are replaced by their ablation values (mean or zero
+            ablation; :mod:`scrub.engine._ablation`), before the patches.
         stop: ``stop_at_layer`` after which nothing more is read from this group.
     """
 
@@ -123,6 +126,7 @@ class Group:
     record: set[Component] = field(default_factory=set)
     stop: int = 0
     virtual: bool = False
+    ablate: list[Component] = field(default_factory=list)
 
     @property
     def targets(self) -> list[Target]:
@@ -162,9 +166,13 @@ class Plan:
         return self.roots[0]
 
 
-def signature(tree: SampledTree, node: TreeNode) -> str:
-    """What a node's treeified outputs depend on: its subtree's structure and draws."""
+def signature(tree: SampledTree, node: TreeNode, *, salt: str = "") -> str:
+    """What a node's treeified outputs depend on: its subtree's structure and draws.
+
+    ``salt`` names what else they depend on (the ablation of unmapped inputs).
+    """
     digest = hashlib.blake2b(digest_size=16)
+    digest.update(salt.encode())
 
     def feed(n: TreeNode) -> None:
         digest.update(repr(n.interp.components).encode())
@@ -185,6 +193,7 @@ def make_plan(
     *,
     known: Callable[[str], bool] = lambda sig: False,
     kernels: bool = False,
+    ablation: str | None = None,
 ) -> Plan:
     """Plan the row groups of one tree, or of several trees on one dataset, together.
 
@@ -193,6 +202,7 @@ def make_plan(
         trees: the sampled tree, or several (same dataset, same number of reference rows).
         known: whether the cache holds the outputs of a subtree with this signature.
         kernels: compute non-fused nodes' components by kernels (virtual output groups).
+        ablation: the key of the mean / zero ablation of unmapped inputs (``None``: resample).
     """
     if isinstance(trees, SampledTree):
         trees = [trees]
@@ -224,7 +234,7 @@ def make_plan(
         if node.is_leaf and node.edge is not None:
             outputs[t, node.name] = Source(node, tree.rows(node), None, tree=t)
             return
-        sig = signature(tree, node) if node.edge is not None else None
+        sig = signature(tree, node, salt=ablation or "") if node.edge is not None else None
         if sig is not None and known(sig):
             outputs[t, node.name] = Source(node, tree.rows(node), None, known=sig, tree=t)
             return
@@ -258,6 +268,10 @@ def make_plan(
                 for move in group.splices[target]:
                     group.record.add(move.component)  # "this pass"'s output, subtracted
             group.stop = max(model.stop_layer(c) for c, _ in targets)
+            if ablation is not None:
+                group.ablate = ablated_in_reading(
+                    model.shape, [m.component for m in group.patches], [c for c, _ in targets]
+                )
             reading.append(group)
 
         orders = {c.order(n_layers) for c in comps}
@@ -268,6 +282,8 @@ def make_plan(
             out = new_group(node, tree.rows(node))
             out.virtual = kernels and all(c.kind in ("head", "mlp") for c in comps)
             out.stop = max(model.stop_layer(c) for c in comps)
+            if ablation is not None and not out.virtual:
+                out.ablate = [c for c in comps if c.kind in ("tok_embed", "pos_embed")]
             for group in reading:
                 for target in group.splices:
                     out.sets[target] = group.gid

@@ -14,7 +14,12 @@ returns a :class:`BaselineRun`: the logits at the metric's positions and what it
   with the default ``other: uncond`` draws the same rows, so the empty hypothesis (root only)
   scores exactly the baseline.
 
-Other kinds (mean or zero ablation, permuted labels) are added to :data:`BASELINES`.
+- :class:`MeanAblated` / :class:`ZeroAblated` (``mean``, ``zero``): the same root alone on the same rows, with every
+  component output mean- or zero-ablated (:mod:`scrub.engine._ablation`; only the rows' layout
+  matters then, through the means' position classes). A hypothesis with that ablation and no
+  children scores exactly this baseline.
+- :class:`PermutedLabels` (``permuted_labels``, the paren paper's floor): the clean model's
+  outputs scored against the labels of a seeded permutation of the reference batch.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from scrub._components import Component
@@ -31,11 +37,22 @@ from scrub._hypothesis import InterpNode, MappedComponent
 from scrub._model import ScrubModel
 from scrub._positions import PositionSpec, resolve_positions
 from scrub._samplers import UncondSampler
-from scrub._tree import SampledTree, TreeNode, baseline_rows
+from scrub._tree import SampledTree, TreeNode, baseline_rows, stream
 from scrub.data import Dataset
+from scrub.engine._ablation import Ablation
 from scrub.engine.cache import ActivationCache
 
-__all__ = ["BASELINES", "Baseline", "BaselineRun", "ResampleAll", "baseline_for"]
+__all__ = [
+    "BASELINES",
+    "Ablated",
+    "Baseline",
+    "BaselineRun",
+    "MeanAblated",
+    "PermutedLabels",
+    "ResampleAll",
+    "ZeroAblated",
+    "baseline_for",
+]
 
 Evaluate = Callable[..., Tensor]
 """An engine: ``evaluate(model, tree, *, positions, on_pass) -> (batch, K, vocab)`` logits."""
@@ -50,11 +67,15 @@ class BaselineRun:
         logits: ``(batch, K, vocab)`` logits at the metric's positions.
         rows: the dataset rows the model ran on, one per reference row (``None`` for kinds
             that do not run on other examples).
+        labels: the reference rows whose labels it is scored against (``None``: the reference
+            batch), and ``clean`` the clean logits of those rows (for ``kl``).
     """
 
     kind: str
     logits: Tensor
     rows: np.ndarray | None
+    labels: np.ndarray | None = None
+    clean: Tensor | None = None
 
 
 class Baseline(Protocol):
@@ -74,6 +95,7 @@ class Baseline(Protocol):
         engine: str,
         cache: ActivationCache,
         on_pass: Callable[[], None],
+        clean_logits: Tensor,
     ) -> BaselineRun: ...
 
 
@@ -104,44 +126,142 @@ class ResampleAll:
         engine: str,
         cache: ActivationCache,
         on_pass: Callable[[], None],
+        clean_logits: Tensor,
     ) -> BaselineRun:
-        rows = baseline_rows(dataset, reference, seed)
-        positions = resolve_positions(metric_positions, dataset, rows)
-        # The root alone, computed by the same engine as the scrubbed tree, so that an empty
-        # hypothesis (whose root draws these rows) gives the same logits bit for bit.
-        root = TreeNode(name=_ROOT.name, path=(), interp=_ROOT, edge=None)
-        tree = SampledTree(
-            root=root,
-            data={root.name: reference},
-            other={root.name: rows},
-            dataset=dataset,
-            warnings=[],
-        )
-        logits = cache.memo(
-            model,
-            dataset,
-            ("baseline", self.kind, engine, rows.tobytes(), positions.tobytes()),
-            lambda: evaluate(model, tree, positions=positions, on_pass=on_pass),
-        )
-        return BaselineRun(kind=self.kind, logits=logits, rows=rows)
+        return _root_alone(
+            self.kind, "", model, dataset, reference, seed, metric_positions, evaluate, engine,
+            cache, on_pass,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return "ResampleAll()"
 
 
-BASELINES: dict[str, Baseline] = {ResampleAll.kind: ResampleAll()}
-"""Baseline kinds by name."""
+def _root_alone(
+    kind: str,
+    key: str,
+    model: ScrubModel,
+    dataset: Dataset,
+    reference: np.ndarray,
+    seed: int,
+    metric_positions: PositionSpec,
+    evaluate: Evaluate,
+    engine: str,
+    cache: ActivationCache,
+    on_pass: Callable[[], None],
+) -> BaselineRun:
+    rows = baseline_rows(dataset, reference, seed)
+    positions = resolve_positions(metric_positions, dataset, rows)
+    # The root alone, computed by the same engine as the scrubbed tree, so that an empty
+    # hypothesis (whose root draws these rows) gives the same logits bit for bit.
+    root = TreeNode(name=_ROOT.name, path=(), interp=_ROOT, edge=None)
+    tree = SampledTree(
+        root=root,
+        data={root.name: reference},
+        other={root.name: rows},
+        dataset=dataset,
+        warnings=[],
+    )
+    logits = cache.memo(
+        model,
+        dataset,
+        ("baseline", kind, key, engine, rows.tobytes(), positions.tobytes()),
+        lambda: evaluate(model, tree, positions=positions, on_pass=on_pass),
+    )
+    return BaselineRun(kind=kind, logits=logits, rows=rows)
 
 
-def baseline_for(kind: str) -> Baseline:
-    """The baseline named ``kind``.
+@dataclass(frozen=True)
+class Ablated:
+    """The root alone with every component mean- or zero-ablated (``evaluate`` must ablate)."""
+
+    kind: ClassVar[str] = ""
+    ablation: Ablation
+
+    def __call__(
+        self,
+        *,
+        model: ScrubModel,
+        dataset: Dataset,
+        reference: np.ndarray,
+        seed: int,
+        metric_positions: PositionSpec,
+        evaluate: Evaluate,
+        engine: str,
+        cache: ActivationCache,
+        on_pass: Callable[[], None],
+        clean_logits: Tensor,
+    ) -> BaselineRun:
+        return _root_alone(
+            self.kind, self.ablation.key, model, dataset, reference, seed, metric_positions,
+            evaluate, engine, cache, on_pass,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MeanAblated(Ablated):
+    """``mean``: every component output replaced by its per-class mean."""
+
+    kind: ClassVar[str] = "mean"
+
+
+@dataclass(frozen=True)
+class ZeroAblated(Ablated):
+    """``zero``: every component output set to zero."""
+
+    kind: ClassVar[str] = "zero"
+
+
+@dataclass(frozen=True)
+class PermutedLabels:
+    """The clean outputs, scored against the labels of a permutation of the reference batch."""
+
+    kind: ClassVar[str] = "permuted_labels"
+
+    def __call__(
+        self,
+        *,
+        model: ScrubModel,
+        dataset: Dataset,
+        reference: np.ndarray,
+        seed: int,
+        metric_positions: PositionSpec,
+        evaluate: Evaluate,
+        engine: str,
+        cache: ActivationCache,
+        on_pass: Callable[[], None],
+        clean_logits: Tensor,
+    ) -> BaselineRun:
+        perm = stream(seed, "baseline", "permuted_labels").permutation(len(reference))
+        return BaselineRun(
+            kind=self.kind,
+            logits=clean_logits,
+            rows=None,
+            labels=reference[perm],
+            clean=clean_logits[torch.as_tensor(perm)],
+        )
+
+
+BASELINES: dict[str, Baseline] = {
+    ResampleAll.kind: ResampleAll(),
+    PermutedLabels.kind: PermutedLabels(),
+}
+"""Baseline kinds that need nothing but their name (``mean`` and ``zero`` need an ablation)."""
+
+
+def baseline_for(kind: str, *, ablation: Ablation | None = None) -> Baseline:
+    """The baseline named ``kind`` (``ablation``: the one ``mean`` / ``zero`` apply).
 
     Raises:
-        ValueError: no such baseline kind.
+        ValueError: no such baseline kind, or ``mean`` / ``zero`` without an ablation.
     """
+    if kind in ("mean", "zero"):
+        if ablation is None or ablation.kind != kind:
+            raise ValueError(f"baseline {kind!r} needs {kind} ablation")
+        return MeanAblated(ablation) if kind == "mean" else ZeroAblated(ablation)
     try:
         return BASELINES[kind]
     except KeyError:
         raise ValueError(
-            f"unknown baseline {kind!r}; baselines: {', '.join(sorted(BASELINES))}"
+            f"unknown baseline {kind!r}; baselines: {', '.join(sorted([*BASELINES, 'mean', 'zero']))}"
         ) from None

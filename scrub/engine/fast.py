@@ -40,6 +40,7 @@ from scrub._model import ScrubModel, select, write, write_at
 from scrub._positions import PositionSpec, resolve_positions
 from scrub._tree import SampledTree
 from scrub.data import Dataset
+from scrub.engine._ablation import Ablation
 from scrub.engine._kernels import Kernels, kernels_for
 from scrub.engine._plan import Group, Move, Plan, make_plan
 from scrub.engine.cache import ActivationCache, split_qkv_inputs
@@ -62,6 +63,7 @@ class FastEngine:
         kernels: compute the components of nodes that span several layers directly from their
             assembled inputs (checked against the model once), instead of in an extra row group.
         joint_qkv: passes that need no per-head q/k/v input use the joint projection.
+        ablation: mean or zero ablation of unmapped inputs (``None``: resample them).
     """
 
     cache: ActivationCache | None = None
@@ -70,6 +72,7 @@ class FastEngine:
     joint_qkv: bool = field(
         default=False, repr=False
     )  # default: every pass split, so no result depends on its pass-mates
+    ablation: Ablation | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch_rows < 1:
@@ -147,6 +150,7 @@ class FastEngine:
                 batch,
                 known=lambda sig: cache.knows(model, dataset, sig),
                 kernels=kernels is not None,
+                ablation=None if self.ablation is None else self.ablation.key,
             )
 
         first = plan_of(trees[:1])
@@ -196,7 +200,9 @@ class FastEngine:
         for start in range(0, n, chunk):
             rows = slice(start, min(n, start + chunk))
             chunk_leaves = {key: v[rows] for key, v in leaves.items()}
-            run = _ChunkRun(model, dataset, plan, rows, chunk_leaves, positions, kernels, reads)
+            run = _ChunkRun(
+                model, dataset, plan, rows, chunk_leaves, positions, kernels, reads, self.ablation
+            )
             run.joint_qkv = self.joint_qkv
             pieces.append(run.evaluate(tick))
             read.append(run.patterns)
@@ -278,9 +284,12 @@ class _ChunkRun:
         positions: np.ndarray | None,
         kernels: Kernels | None,
         reads: list[dict[Component, int]],
+        ablation: Ablation | None = None,
     ) -> None:
         self.model = model
         self.kernels = kernels
+        self.ablation = ablation
+        self._ablated: dict[tuple[int, Component], Tensor] = {}
         self.pending: dict[tuple[int, Component, Channel], Tensor] = {}
         self.dataset = dataset
         self.reads = {(gid, head) for wanted in reads for head, gid in wanted.items()}
@@ -306,6 +315,17 @@ class _ChunkRun:
                 np.ascontiguousarray(pos), device=self.model.device
             )
         return self._resolved[key]
+
+    def ablated(self, group: Group, comp: Component) -> Tensor:
+        """``comp``'s ablation value on ``group``'s rows of this chunk, ``(rows, pos, d)``."""
+        key = (group.gid, comp)
+        if key not in self._ablated:
+            assert self.ablation is not None
+            rows = group.rows[self.rows]
+            classes = self.ablation.classes(self.dataset, rows)
+            shape = (len(rows), self.dataset.seq_len)
+            self._ablated[key] = self.ablation.values(self.model, comp, classes, shape)
+        return self._ablated[key]
 
     def source_output(self, move: Move, live: Tensor | None) -> Tensor:
         """The child's treeified output of ``move.component``, ``(rows, pos, d)``."""
@@ -368,7 +388,7 @@ class _ChunkRun:
         for group in groups:
             for move in group.patches:
                 outputs.setdefault(model.output_hook(move.component), set()).add(move.component)
-            for comp in group.record if not group.virtual else ():
+            for comp in group.record | set(group.ablate) if not group.virtual else ():
                 outputs.setdefault(model.output_hook(comp), set()).add(comp)
             for comp, ch in group.targets:
                 if comp.kind != "logits":
@@ -397,6 +417,10 @@ class _ChunkRun:
     def _output_hook(self, groups: list[Group], comps: set[Component]) -> Callable:
         def hook(t: Tensor, hook=None) -> Tensor:
             t = t.clone()
+            for group in groups:  # ablation first: the patches apply on top
+                for comp in group.ablate if not group.virtual else ():
+                    if comp in comps:
+                        write(t, comp, self.ablated(group, comp), self.where[group.gid])
             for group in groups:  # children's groups first
                 if group.virtual:
                     continue

@@ -18,6 +18,10 @@ treeified output: paths between two components of the same node are not mapped, 
 Named positions are resolved per row group: a child's value at its example's ``END`` is spliced
 at the parent example's ``END``.
 
+With mean or zero ablation (:mod:`scrub.engine._ablation`), every pass on ``O_n`` first
+overwrites the outputs of the components it ablates with their ablation values (the all-paths
+patches then apply on top), and the final pass ablates the node's own embeddings.
+
 Leaves are plain forward passes on their data. Cost: (number of distinct all-paths patch sets
 + 1) forward passes per non-leaf node. Readable over fast; :mod:`scrub.engine` has the fast one.
 """
@@ -34,6 +38,7 @@ from scrub._components import Channel, Component
 from scrub._model import OutputPatch, ScrubModel
 from scrub._positions import resolve_positions
 from scrub._tree import SampledTree, TreeNode
+from scrub.engine._ablation import Ablation, ablated_in_reading
 
 __all__ = ["evaluate_reference"]
 
@@ -44,6 +49,7 @@ def evaluate_reference(
     model: ScrubModel,
     tree: SampledTree,
     *,
+    ablation: Ablation | None = None,
     on_pass: Callable[[], None] | None = None,
 ) -> Tensor:
     """The treeified model's logits, ``(batch, pos, vocab)``, on the root's rows.
@@ -51,20 +57,28 @@ def evaluate_reference(
     Args:
         model: the model.
         tree: the sampled tree.
+        ablation: mean or zero ablation of unmapped inputs (``None``: resample them).
         on_pass: called after every forward pass (for progress bars).
     """
     tick = on_pass or (lambda: None)
-    return _Evaluator(model, tree, tick).outputs(tree.root)[_LOGITS]
+    return _Evaluator(model, tree, tick, ablation).outputs(tree.root)[_LOGITS]
 
 
 _LOGITS = Component("logits")
 
 
 class _Evaluator:
-    def __init__(self, model: ScrubModel, tree: SampledTree, tick: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        model: ScrubModel,
+        tree: SampledTree,
+        tick: Callable[[], None],
+        ablation: Ablation | None,
+    ) -> None:
         self.model = model
         self.tree = tree
         self.tick = tick
+        self.ablation = ablation
         self.batch = torch.arange(len(tree.reference), device=model.device)[:, None]
 
     def positions(self, spec, node: TreeNode) -> Tensor:
@@ -96,6 +110,11 @@ class _Evaluator:
             patches = [
                 self.patch(node, child_name, comp, child_outs) for child_name, comp in patch_key
             ]
+            if self.ablation is not None:
+                ablated = ablated_in_reading(
+                    self.model.shape, [comp for _, comp in patch_key], [c for c, _ in group]
+                )
+                patches = self.ablated(node, ablated) + patches
             direct = {
                 target: [
                     (child, mc)
@@ -122,8 +141,10 @@ class _Evaluator:
                     )
                 assembled[target] = resid
 
+        embeds = [c for c in comps if c.kind in ("tok_embed", "pos_embed")]
         logits, _, outs = self.model.run(
             self.tokens(node),
+            patches=self.ablated(node, embeds) if self.ablation is not None else (),
             set_inputs=assembled,
             read_outputs=[c for c in comps if c.kind != "logits"],
         )
@@ -131,6 +152,18 @@ class _Evaluator:
         if node.edge is None:
             outs[_LOGITS] = logits
         return outs
+
+    def ablated(self, node: TreeNode, comps: list[Component]) -> list[OutputPatch]:
+        """Patches that write ``comps``' ablation values at every position of ``node``'s rows."""
+        assert self.ablation is not None
+        rows = self.tree.rows(node)
+        shape = (len(rows), self.tree.dataset.seq_len)
+        classes = self.ablation.classes(self.tree.dataset, rows)
+        every = torch.arange(shape[1], device=self.model.device).expand(*shape)
+        return [
+            OutputPatch(c, every, self.ablation.values(self.model, c, classes, shape))
+            for c in comps
+        ]
 
     def patch(
         self, node: TreeNode, child_name: str, comp: Component, child_outs: dict

@@ -36,7 +36,7 @@ import torch
 
 from scrub._bind import _register_feature
 from scrub._errors import HypothesisError
-from scrub._hypothesis import _load_dataset_file, _sampler
+from scrub._hypothesis import _sampler
 from scrub._metrics import per_example_metric
 from scrub._model import ScrubModel, load_model
 from scrub._positions import resolve_positions
@@ -44,7 +44,9 @@ from scrub._run import _clean, _versions
 from scrub._samplers import CondSampler, SampleContext, Sampler
 from scrub._schema import CondSpec, GenerateSpec
 from scrub._tree import reference_rows, stream
+from scrub._yaml import read_yaml_document
 from scrub.data import Dataset, make_dataset
+from scrub.data._spec import load_dataset_spec
 from scrub.engine import ActivationCache, FastEngine
 from scrub.experiments._attention import AttentionResult, attention
 from scrub.experiments._cells import Cell, activation_cells, components_of, path_cells, trees_of
@@ -96,23 +98,8 @@ def load_experiment(path: str | Path) -> Experiment:
 
 
 def _read(path: Path) -> tuple[Any, bytes]:
-    try:
-        from scrub import _yaml  # type: ignore[attr-defined]
-    except ImportError:
-        _yaml = None
-    if _yaml is not None:
-        doc = _yaml.read_yaml_document(path, what="experiment file")
-        return doc.data, doc.raw
-    import yaml
-
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise HypothesisError(f"cannot read experiment file: {exc.strerror}", file=path) from exc
-    try:
-        return yaml.safe_load(raw) or {}, raw
-    except yaml.YAMLError as exc:
-        raise HypothesisError(f"not valid YAML: {exc}", file=path) from exc
+    doc = read_yaml_document(path, what="experiment file")
+    return doc.data, doc.raw
 
 
 def experiment_from_dict(
@@ -134,8 +121,9 @@ def experiment_from_dict(
         )
     dataset_file = None
     if isinstance(data.get("dataset"), str):
-        dataset_file, dataset = _load_dataset_file(data["dataset"], file)
-        data = {**data, "dataset": dataset}
+        source = load_dataset_spec(data["dataset"], file)
+        dataset_file = str(source.file)
+        data = {**data, "dataset": source.data}
     try:
         spec = _ADAPTER.validate_python(data)
     except pydantic.ValidationError as exc:
