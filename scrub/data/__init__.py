@@ -32,6 +32,7 @@ from scrub.data._dataset import (
 )
 from scrub.data.induction import induction
 from scrub.data.ioi import ioi, ioi_abc
+from scrub.data.ioi_names import ioi_names
 from scrub.data.ioi_toy import ioi_toy
 from scrub.data.parens import parens
 
@@ -51,6 +52,7 @@ GENERATORS: Mapping[str, Callable[..., Dataset]] = {
     "ioi": ioi,
     "ioi_abc": ioi_abc,
     "ioi_toy": ioi_toy,
+    "ioi_names": ioi_names,
 }
 """The registered dataset generators."""
 

@@ -3,9 +3,9 @@
 The IOI-toy model (``scrub/models/ioi_toy``) is an offline stand-in for GPT-2 small on indirect
 object identification: a small GPT-2 trained on the IOI paper's templates
 (:mod:`scrub.data.ioi_templates`) in a **word-level vocabulary** where every word, name, place,
-object and punctuation mark is one token. This module holds that vocabulary machinery
-(:class:`Vocab`, :func:`split_words`, :func:`render`) and the dataset generator registered as
-``"ioi_toy"``.
+object and punctuation mark is one token (:mod:`scrub.data._words`: :class:`Vocab`,
+:func:`split_words`, :func:`render`, re-exported here). This module holds the dataset generator
+registered as ``"ioi_toy"`` and :func:`make_word_ioi`, the body it shares with ``ioi_names``.
 
 Layout of every example: ``[<bos>] prompt [<pad> ...]``. The prompt is an ABBA or BABA template
 with ``[A]`` = the IO name, ``[B]`` = the S name, and one place and one object; it stops right
@@ -59,27 +59,30 @@ Pitfalls:
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from scrub._imports import dataset_generator
 from scrub.data._dataset import Dataset, check_pool_size
-from scrub.data.ioi import IOI_FEATURES
-from scrub.data.ioi_templates import (
-    ABBA_TEMPLATES,
-    BABA_TEMPLATES,
-    NAMES,
-    OBJECTS,
-    PLACES,
-    TEMPLATE_FAMILIES,
+from scrub.data._words import (
+    BOS,
+    COPY_TEMPLATES,
+    DISTRACTOR_TEMPLATES,
+    PAD,
+    PLACEHOLDERS,
+    VOCAB_FILE,
+    Vocab,
+    max_prompt_len,
+    render,
+    split_words,
 )
+from scrub.data.ioi import IOI_FEATURES
+from scrub.data.ioi_templates import ABBA_TEMPLATES, BABA_TEMPLATES, OBJECTS, PLACES
 
 __all__ = [
     "BOS",
@@ -91,247 +94,14 @@ __all__ = [
     "VOCAB_FILE",
     "Vocab",
     "ioi_toy",
+    "make_word_ioi",
     "max_prompt_len",
     "render",
     "split_words",
 ]
 
-BOS = "<bos>"
-"""The beginning-of-sequence token (id 0), always at position 0."""
-
-PAD = "<pad>"
-"""The padding token (id 1), only after the prompt."""
-
 PROMPT_TYPES = {"ABBA": (0,), "BABA": (1,), "mixed": (0, 1)}
 """Prompt type → the orders it draws (0: ABBA, IO first; 1: BABA, S first)."""
-
-PLACEHOLDERS = ("[A]", "[B]", "[C]", "[PLACE]", "[OBJECT]")
-"""The placeholders a template may contain (see :mod:`scrub.data.ioi_templates`)."""
-
-VOCAB_FILE = Path(__file__).resolve().parent.parent / "models" / "ioi_toy" / "word_vocab.json"
-"""The shipped model's vocabulary and train/held-out split."""
-
-DISTRACTOR_TEMPLATES: tuple[str, ...] = (
-    "[A] went to the [PLACE].",
-    "[A] and [B] went to the [PLACE].",
-    "Then, [A] found a [OBJECT] at the [PLACE].",
-    "The [OBJECT] was at the [PLACE].",
-    "[A] had a lot of fun at the [PLACE].",
-    "[A] and [B] were working at the [PLACE].",
-    "After the lunch, [A] went to the [PLACE].",
-    "[A] said to [B] that the [OBJECT] was at the [PLACE].",
-    "When [A] got a [OBJECT], [A] gave it to [B].",
-    "Afterwards, [A] and [B] had a long argument.",
-)
-"""Ordinary sentences the model is also trained on (every name, place and object): the token
-after ``to`` is not always a name, and a name after ``to`` is not always predictable."""
-
-COPY_TEMPLATES: tuple[str, ...] = (
-    "[A] was at the [PLACE], so the [OBJECT] went to [A].",
-    "Then, [A] found a [OBJECT] at the [PLACE]. The [OBJECT] was given to [A].",
-)
-"""Sentences with one name whose last word copies it (every name): they teach the model to copy
-*any* name, including those held out of the IOI prompts."""
-
-_WORD = re.compile(r"\[[A-Z]+\]|[A-Za-z]+(?:'[a-z]+)?|[^\sA-Za-z]")
-
-
-def split_words(text: str) -> list[str]:
-    """Split text into word-level tokens: placeholders, words, and single punctuation marks.
-
-    ``"Then, [B] and [A] went to the [PLACE]."`` →
-    ``["Then", ",", "[B]", "and", "[A]", "went", "to", "the", "[PLACE]", "."]``.
-    """
-    return _WORD.findall(text)
-
-
-def render(template: str, values: Mapping[str, str]) -> tuple[list[str], dict[str, list[int]]]:
-    """Fill a template's placeholders with single words.
-
-    Args:
-        template: a template with placeholders from :data:`PLACEHOLDERS`.
-        values: placeholder (``"[A]"``) → the word it stands for.
-
-    Returns:
-        The words, and for each placeholder the indices (into the words) where it occurs.
-
-    Raises:
-        ValueError: a placeholder without a value, or a value that is not one word.
-    """
-    words: list[str] = []
-    where: dict[str, list[int]] = {}
-    for piece in split_words(template):
-        if piece.startswith("["):
-            if piece not in values:
-                raise ValueError(f"template {template!r} has {piece} but no value was given")
-            value = values[piece]
-            if split_words(value) != [value]:
-                raise ValueError(f"{piece} = {value!r} is not a single word")
-            where.setdefault(piece, []).append(len(words))
-            piece = value
-        words.append(piece)
-    return words, where
-
-
-def max_prompt_len() -> int:
-    """Length (with ``<bos>``) of the longest ABBA/BABA prompt: every example's padded length."""
-    return 1 + max(len(split_words(t)) for t in (*ABBA_TEMPLATES, *BABA_TEMPLATES))
-
-
-@dataclass(frozen=True)
-class Vocab:
-    """A word-level vocabulary (token id = index) and the model's train/held-out split.
-
-    Attributes:
-        tokens: the words; ``tokens[0]`` is ``<bos>``, ``tokens[1]`` is ``<pad>``.
-        heldout_names: names never used as IO or S in the training IOI prompts.
-        heldout_templates: template indices (into ``BABA_TEMPLATES``) never used for training
-            IOI prompts, in either order.
-    """
-
-    tokens: tuple[str, ...]
-    heldout_names: tuple[str, ...] = ()
-    heldout_templates: tuple[int, ...] = ()
-    _ids: dict[str, int] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.tokens[:2] != (BOS, PAD):
-            raise ValueError(f"a vocabulary starts with {BOS!r}, {PAD!r}, not {self.tokens[:2]}")
-        ids = {w: i for i, w in enumerate(self.tokens)}
-        if len(ids) != len(self.tokens):
-            raise ValueError("the vocabulary has duplicate tokens")
-        unknown = sorted(set(self.heldout_names) - set(NAMES))
-        if unknown:
-            raise ValueError(f"held-out names {unknown} are not in ioi_templates.NAMES")
-        bad = [t for t in self.heldout_templates if not 0 <= t < len(BABA_TEMPLATES)]
-        if bad:
-            raise ValueError(f"held-out template indices {bad} are outside 0..14")
-        object.__setattr__(self, "_ids", ids)
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    @property
-    def bos_id(self) -> int:
-        return 0
-
-    @property
-    def pad_id(self) -> int:
-        return 1
-
-    def id(self, word: str) -> int:
-        """The id of one word.
-
-        Raises:
-            KeyError: the word is not in the vocabulary.
-        """
-        try:
-            return self._ids[word]
-        except KeyError:
-            raise KeyError(f"{word!r} is not in the IOI-toy vocabulary") from None
-
-    def encode(self, words: Iterable[str]) -> list[int]:
-        """Token ids of ``words`` (see :func:`split_words` to get words from text)."""
-        return [self.id(w) for w in words]
-
-    def decode(self, ids: Iterable[int]) -> list[str]:
-        """The words of token ``ids``."""
-        return [self.tokens[int(i)] for i in ids]
-
-    def ids(self, words: Iterable[str]) -> np.ndarray:
-        """Token ids of ``words`` as an int64 array."""
-        return np.array(self.encode(words), dtype=np.int64)
-
-    def names(self, split: str) -> tuple[str, ...]:
-        """The names of a split: ``"train"``, ``"heldout"`` or ``"all"``."""
-        held = set(self.heldout_names)
-        return _pick(split, NAMES, lambda n: n in held, what="names")
-
-    def templates(self, split: str) -> tuple[int, ...]:
-        """The template indices of a split: ``"train"``, ``"heldout"`` or ``"all"``."""
-        held = set(self.heldout_templates)
-        return _pick(split, range(len(BABA_TEMPLATES)), lambda t: t in held, what="templates")
-
-    # -- files ---------------------------------------------------------------------------------
-    def to_json(self) -> str:
-        return (
-            json.dumps(
-                {
-                    "tokens": list(self.tokens),
-                    "heldout_names": list(self.heldout_names),
-                    "heldout_templates": list(self.heldout_templates),
-                },
-                indent=1,
-            )
-            + "\n"
-        )
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json())
-
-    @classmethod
-    def load(cls, path: str | Path | None = None) -> Vocab:
-        """Read a ``word_vocab.json`` (default: the shipped model's, :data:`VOCAB_FILE`).
-
-        Raises:
-            FileNotFoundError: no such file.
-            ValueError: the file is not a vocabulary.
-        """
-        path = Path(path) if path is not None else VOCAB_FILE
-        if not path.exists():
-            raise FileNotFoundError(
-                f"no IOI-toy vocabulary at {path}; train one with scripts/train_ioi_toy.py"
-            )
-        if not path.is_file() or path.stat().st_size > 1 << 24:
-            raise ValueError(f"{path} is not a vocabulary file (a regular file under 16 MiB)")
-        data = json.loads(path.read_text(encoding="utf-8"))
-        try:
-            return cls(
-                tokens=tuple(data["tokens"]),
-                heldout_names=tuple(data.get("heldout_names", ())),
-                heldout_templates=tuple(int(t) for t in data.get("heldout_templates", ())),
-            )
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"{path} is not an IOI-toy vocabulary: {exc}") from None
-
-    @classmethod
-    def build(
-        cls,
-        *,
-        heldout_names: Sequence[str] = (),
-        heldout_templates: Sequence[int] = (),
-        extra_templates: Sequence[str] = (*DISTRACTOR_TEMPLATES, *COPY_TEMPLATES),
-    ) -> Vocab:
-        """Every word of every IOI template family and of ``extra_templates``, every name, place
-        and object: specials, then template words in order of first appearance, names, places,
-        objects.
-        """
-        words: dict[str, None] = {BOS: None, PAD: None}
-        for family in TEMPLATE_FAMILIES.values():
-            for template in family:
-                words.update((w, None) for w in split_words(template) if w not in PLACEHOLDERS)
-        for template in extra_templates:
-            words.update((w, None) for w in split_words(template) if w not in PLACEHOLDERS)
-        for value in (*NAMES, *PLACES, *OBJECTS):
-            if split_words(value) != [value]:
-                raise ValueError(f"{value!r} is not a single word")
-            words[value] = None
-        return cls(
-            tokens=tuple(words),
-            heldout_names=tuple(heldout_names),
-            heldout_templates=tuple(sorted(heldout_templates)),
-        )
-
-
-def _pick(split: str, items: Iterable, held: Any, *, what: str) -> tuple:
-    if split == "all":
-        return tuple(items)
-    if split == "train":
-        return tuple(i for i in items if not held(i))
-    if split == "heldout":
-        return tuple(i for i in items if held(i))
-    raise ValueError(f"{what} must be 'train', 'heldout' or 'all', not {split!r}")
-
 
 # -- the dataset --------------------------------------------------------------------------------
 _COLUMNS = ("template", "order", "io", "s", "place", "object")
@@ -400,8 +170,19 @@ def _draw(
     return {k: np.asarray(cols[k]).copy() for k in _COLUMNS}
 
 
-def _build(cols: Mapping[str, np.ndarray], *, vocab: Vocab, params: dict) -> Dataset:
-    """Tokens and positions of the examples described by ``cols``."""
+def _build(
+    cols: Mapping[str, np.ndarray],
+    *,
+    vocab: Vocab,
+    params: dict,
+    name: str = "ioi_toy",
+    default_vocab: Path = VOCAB_FILE,
+) -> Dataset:
+    """Tokens and positions of the examples described by ``cols``.
+
+    ``name`` is the dataset's generator name and ``default_vocab`` the vocabulary its
+    generators read when ``params["vocab"]`` is None (the shipped model of that generator).
+    """
     n = len(cols["io"])
     seq_len = max_prompt_len()
     tokens = np.full((n, seq_len), vocab.pad_id, dtype=np.int64)
@@ -430,19 +211,20 @@ def _build(cols: Mapping[str, np.ndarray], *, vocab: Vocab, params: dict) -> Dat
     fields = {k: np.asarray(cols[k]) for k in _COLUMNS}
     fields["s2"] = fields["s"].copy()
     fields["length"] = positions["END"][:, 0] + 1
+    keeping = functools.partial(_keeping, name=name, default_vocab=default_vocab)
     return Dataset(
-        name="ioi_toy",
+        name=name,
         params=params,
         tokens=torch.from_numpy(tokens),
         positions=positions,
         fields=fields,
         features={**IOI_FEATURES, "names": _names_feature},
         generators={
-            "io": _keeping("io"),
-            "s": _keeping("s"),
-            "names": _keeping("io", "s"),
-            "template": _keeping("template", "order"),
-            "order": _keeping("order"),
+            "io": keeping("io"),
+            "s": keeping("s"),
+            "names": keeping("io", "s"),
+            "template": keeping("template", "order"),
+            "order": keeping("order"),
         },
     )
 
@@ -452,12 +234,12 @@ def _names_feature(ds: Dataset, rows: np.ndarray) -> np.ndarray:
     return np.stack([ds.fields["io"][rows], ds.fields["s"][rows]], axis=1)
 
 
-def _keeping(*kept: str):
+def _keeping(*kept: str, name: str, default_vocab: Path):
     """A generator: fresh prompts keeping the ``kept`` columns of the given rows."""
 
     def generate(ds: Dataset, rows: np.ndarray, rng: np.random.Generator) -> Dataset:
         p = ds.params
-        vocab = Vocab.load(p["vocab"])
+        vocab = Vocab.load(p["vocab"] if p["vocab"] is not None else default_vocab)
         keep = {k: ds.fields[k][rows] for k in kept}
         cols = _draw(
             len(rows),
@@ -468,7 +250,7 @@ def _keeping(*kept: str):
             orders=_orders(p["prompt_type"]),
             keep=keep,
         )
-        return _build(cols, vocab=vocab, params=dict(p))
+        return _build(cols, vocab=vocab, params=dict(p), name=name, default_vocab=default_vocab)
 
     generate.__doc__ = f"Fresh IOI-toy prompts with the same {' and '.join(kept)} as ``rows``."
     return generate
@@ -505,9 +287,42 @@ def ioi_toy(
     Raises:
         ValueError: an unknown split or prompt type, a non-positive size, or no vocabulary file.
     """
+    return make_word_ioi(
+        rng=rng,
+        size=size,
+        names=names,
+        templates=templates,
+        prompt_type=prompt_type,
+        vocab=vocab,
+        name="ioi_toy",
+        default_vocab=VOCAB_FILE,
+    )
+
+
+def make_word_ioi(
+    *,
+    rng: np.random.Generator,
+    size: int,
+    names: str,
+    templates: str,
+    prompt_type: str,
+    vocab: str | None,
+    name: str,
+    default_vocab: Path,
+) -> Dataset:
+    """The body of the word-level IOI generators (``ioi_toy``, ``ioi_names``).
+
+    Args:
+        rng, size, names, templates, prompt_type, vocab: as :func:`ioi_toy`.
+        name: the generator's registered name (the dataset's name).
+        default_vocab: the vocabulary read when ``vocab`` is None.
+
+    Raises:
+        ValueError: as :func:`ioi_toy`.
+    """
     check_pool_size(size)
     try:
-        vocab_obj = Vocab.load(vocab)
+        vocab_obj = Vocab.load(vocab if vocab is not None else default_vocab)
     except FileNotFoundError as exc:
         raise ValueError(str(exc)) from None
     params = {
@@ -520,4 +335,4 @@ def ioi_toy(
     cols = _draw(
         size, rng, vocab=vocab_obj, names=names, templates=templates, orders=_orders(prompt_type)
     )
-    return _build(cols, vocab=vocab_obj, params=params)
+    return _build(cols, vocab=vocab_obj, params=params, name=name, default_vocab=default_vocab)
