@@ -523,8 +523,8 @@ def test_unsupported_architecture_is_named(tmp_path: Path) -> None:
     transformers.GPTNeoForCausalLM(config).save_pretrained(tmp_path / "neo")
     with pytest.raises(scrub.HypothesisError) as info:
         scrub.load_model(str(tmp_path / "neo"))
-    assert "architecture (GPTNeoForCausalLM)" in info.value.problem
-    assert "GPT-2" in info.value.hint
+    assert "GPTNeoForCausalLM" in info.value.problem
+    assert "GPT-2" in str(info.value)
 
 
 def test_dataset_spec_errors_name_the_spec(tmp_path: Path, base: dict) -> None:
