@@ -343,13 +343,12 @@ def _import_circuit(args: argparse.Namespace) -> int:
 def _export_circuit(args: argparse.Namespace) -> int:
     import json
 
-    from scrub._bind import bind, make_dataset_for
+    from scrub._bind import bind, load_model_for, make_dataset_for
     from scrub._hypothesis import load_hypothesis
-    from scrub._model import load_model
     from scrub.interop.circuits import hypothesis_to_circuit
 
     hyp = load_hypothesis(args.file)
-    model = load_model(args.model or hyp.spec.model)
+    model = load_model_for(hyp, args.model)
     bound = bind(hyp, model, make_dataset_for(hyp, seed=hyp.spec.defaults.seed))
     circuit = hypothesis_to_circuit(bound.hypothesis, model.shape, d_model=model.bridge.cfg.d_model)
     text = json.dumps(circuit, indent=1)

@@ -203,3 +203,18 @@ def test_cli_compare_writes_json(tiny_model_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "a vs b" in printed and "TOST" in printed
     assert json.loads(out.read_text())["experiment"]["n"] == 12
+
+
+def test_compare_and_diagnose_resolve_model_paths_like_run(tmp_path, tiny_model_dir, monkeypatch):
+    # A relative 'model:' is relative to the hypothesis file, whatever the current directory.
+    (tmp_path / "hyp").mkdir()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "m").symlink_to(tiny_model_dir, target_is_directory=True)
+    spec = base_spec("../models/m", nodes={"out": {"components": ["logits"]}})
+    path = tmp_path / "hyp" / "empty.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    monkeypatch.chdir(tmp_path)  # where '../models/m' names nothing
+    cmp = _quiet(scrub.compare, [path, path], n=4)
+    assert cmp.pairs[0].difference == 0.0
+    diag = _quiet(scrub.diagnose, path, n=4)
+    assert diag.rows

@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from scrub._bind import make_dataset_for
+from scrub._bind import load_model_for, make_dataset_for
 from scrub._errors import HypothesisError, ScrubWarning
 from scrub._hypothesis import Hypothesis, load_hypothesis
-from scrub._model import ScrubModel, load_model
+from scrub._model import ScrubModel
 from scrub._result import ScrubResult, _clean_nan, bootstrap_ci, recovered_of
 from scrub._run import run
 from scrub._tree import stream
@@ -452,7 +452,7 @@ def compare(
     n = first.spec.defaults.n if n is None else n
     seed = first.spec.defaults.seed if seed is None else seed
     if not isinstance(model, ScrubModel):
-        model = load_model(model or first.spec.model)
+        model = load_model_for(first, model)
     if dataset is None:
         dataset = make_dataset_for(first, seed=seed)
     if cache is None:

@@ -37,10 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from scrub._bind import bind, make_dataset_for
+from scrub._bind import bind, load_model_for, make_dataset_for
 from scrub._errors import HypothesisError
 from scrub._hypothesis import Hypothesis, hypothesis_from_dict, load_hypothesis
-from scrub._model import ScrubModel, load_model
+from scrub._model import ScrubModel
 from scrub._positions import format_positions
 from scrub._result import _clean_nan, recovered_of
 from scrub._tree import stream
@@ -254,7 +254,7 @@ def diagnose(
     n = hyp.spec.defaults.n if n is None else n
     seed = hyp.spec.defaults.seed if seed is None else seed
     if not isinstance(model, ScrubModel):
-        model = load_model(model or hyp.spec.model)
+        model = load_model_for(hyp, model)
     if dataset is None:
         dataset = make_dataset_for(hyp, seed=seed)
     if cache is None:

@@ -205,7 +205,9 @@ def setup(
     n = spec.defaults.n if n is None else n
     seed = spec.defaults.seed if seed is None else seed
     if not isinstance(model, ScrubModel):
-        model = load_model(model or spec.model)
+        # A file's relative 'model:' is relative to the file, as in hypothesis files.
+        home = Path(experiment.file).parent if model is None and experiment.file else None
+        model = load_model(model or spec.model, relative_to=home)
     if dataset is None:
         try:
             dataset = make_dataset(
