@@ -32,7 +32,7 @@ from scrub.data._dataset import (
 )
 from scrub.data.induction import induction
 from scrub.data.ioi import ioi, ioi_abc
-from scrub.data.ioi_names import ioi_names
+from scrub.data.ioi_names import ioi_names, ioi_names_abc
 from scrub.data.ioi_toy import ioi_toy
 from scrub.data.parens import parens
 
@@ -53,6 +53,7 @@ GENERATORS: Mapping[str, Callable[..., Dataset]] = {
     "ioi_abc": ioi_abc,
     "ioi_toy": ioi_toy,
     "ioi_names": ioi_names,
+    "ioi_names_abc": ioi_names_abc,
 }
 """The registered dataset generators."""
 

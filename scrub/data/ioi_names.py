@@ -20,6 +20,11 @@ Pitfalls:
   IOI-toy model or to GPT-2.
 - ``labels: next`` at ``END`` reads a ``<pad>``: the answer is not in the sequence; use the
   ``io`` field.
+
+``ioi_names_abc`` is the ABC family in the same vocabulary and layout: S2 holds a third name
+(field ``s2``; ``s_duplicated`` false), so the prompt has no right answer. It is the reference
+distribution for the IOI paper's mean ablation (``ablation: {kind: mean, dataset: ...}``): the
+same templates and named positions (``IO``, ``S1``, ``S1+1``, ``S2``, ``END``) as ``ioi_names``.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import numpy as np
 from scrub.data._dataset import Dataset
 from scrub.data.ioi_toy import make_word_ioi
 
-__all__ = ["VOCAB_FILE", "ioi_names"]
+__all__ = ["VOCAB_FILE", "ioi_names", "ioi_names_abc"]
 
 VOCAB_FILE = Path(__file__).resolve().parent.parent / "models" / "ioi_names" / "word_vocab.json"
 """The shipped IOI-names model's vocabulary, name pool and train/held-out split."""
@@ -70,4 +75,34 @@ def ioi_names(
         vocab=vocab,
         name="ioi_names",
         default_vocab=VOCAB_FILE,
+    )
+
+
+def ioi_names_abc(
+    *,
+    rng: np.random.Generator,
+    size: int = 2000,
+    names: str = "train",
+    templates: str = "train",
+    prompt_type: str = "mixed",
+    vocab: str | None = None,
+) -> Dataset:
+    """Make ``size`` ABC prompts for the IOI-names model: S2 is a third name (module docstring).
+
+    Args:
+        rng, size, names, templates, prompt_type, vocab: as :func:`ioi_names`.
+
+    Raises:
+        ValueError: as :func:`ioi_names`.
+    """
+    return make_word_ioi(
+        rng=rng,
+        size=size,
+        names=names,
+        templates=templates,
+        prompt_type=prompt_type,
+        vocab=vocab,
+        name="ioi_names_abc",
+        default_vocab=VOCAB_FILE,
+        abc=True,
     )

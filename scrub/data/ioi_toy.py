@@ -149,8 +149,12 @@ def _draw(
     templates: str,
     orders: tuple[int, ...],
     keep: Mapping[str, np.ndarray] | None = None,
+    abc: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Columns of ``n`` examples: kept columns copied, the others drawn from the splits."""
+    """Columns of ``n`` examples: kept columns copied, the others drawn from the splits.
+
+    ``s2`` (the name at the second ``[B]`` slot) is ``s``, or with ``abc`` a third name.
+    """
     keep = keep or {}
     name_ids = vocab.ids(vocab.names(names))
     template_ids = np.array(vocab.templates(templates), dtype=np.int64)
@@ -167,7 +171,16 @@ def _draw(
         cols["io"] = _draw_distinct(rng, name_ids, cols["s"])
     cols["place"] = keep.get("place", rng.choice(vocab.ids(PLACES), size=n))
     cols["object"] = keep.get("object", rng.choice(vocab.ids(OBJECTS), size=n))
-    return {k: np.asarray(cols[k]).copy() for k in _COLUMNS}
+    if abc:
+        third = _draw_distinct(rng, name_ids, cols["io"])
+        clash = third == cols["s"]
+        while clash.any():
+            third[clash] = _draw_distinct(rng, name_ids, cols["io"][clash])
+            clash = third == cols["s"]
+        cols["s2"] = third
+    else:
+        cols["s2"] = cols["s"]
+    return {k: np.asarray(cols[k]).copy() for k in (*_COLUMNS, "s2")}
 
 
 def _build(
@@ -180,6 +193,9 @@ def _build(
 ) -> Dataset:
     """Tokens and positions of the examples described by ``cols``.
 
+    ``cols["s2"]`` (optional, default ``cols["s"]``) is the name written at the second ``[B]``
+    slot (S2): a third name makes an ABC-family prompt.
+
     ``name`` is the dataset's generator name and ``default_vocab`` the vocabulary its
     generators read when ``params["vocab"]`` is None (the shipped model of that generator).
     """
@@ -190,6 +206,7 @@ def _build(
     positions = {k: np.zeros((n, 1), dtype=np.int64) for k in ("IO", "S1", "S1+1", "S2", "END")}
     values = {"[A]": cols["io"], "[B]": cols["s"], "[PLACE]": cols["place"]}
     values["[OBJECT]"] = cols["object"]
+    s2 = np.asarray(cols["s2"] if "s2" in cols else cols["s"])
     layouts = _layouts()
     for t, order in sorted(
         {(int(t), int(o)) for t, o in zip(cols["template"], cols["order"], strict=True)}
@@ -202,6 +219,7 @@ def _build(
         for placeholder, where in layout.where.items():
             for pos in where:
                 tokens[rows, pos] = values[placeholder][rows]
+        tokens[rows, layout.where["[B]"][1]] = s2[rows]
         positions["IO"][rows] = layout.where["[A]"][0]
         positions["S1"][rows] = layout.where["[B]"][0]
         positions["S1+1"][rows] = layout.where["[B]"][0] + 1
@@ -209,7 +227,7 @@ def _build(
         positions["END"][rows] = len(layout.words)
     positions["BOS"] = np.zeros((n, 1), dtype=np.int64)
     fields = {k: np.asarray(cols[k]) for k in _COLUMNS}
-    fields["s2"] = fields["s"].copy()
+    fields["s2"] = s2.copy()
     fields["length"] = positions["END"][:, 0] + 1
     keeping = functools.partial(_keeping, name=name, default_vocab=default_vocab)
     return Dataset(
@@ -249,6 +267,7 @@ def _keeping(*kept: str, name: str, default_vocab: Path):
             templates=p["templates"],
             orders=_orders(p["prompt_type"]),
             keep=keep,
+            abc=bool(p.get("abc", False)),
         )
         return _build(cols, vocab=vocab, params=dict(p), name=name, default_vocab=default_vocab)
 
@@ -309,13 +328,15 @@ def make_word_ioi(
     vocab: str | None,
     name: str,
     default_vocab: Path,
+    abc: bool = False,
 ) -> Dataset:
-    """The body of the word-level IOI generators (``ioi_toy``, ``ioi_names``).
+    """The body of the word-level IOI generators (``ioi_toy``, ``ioi_names``, ``ioi_names_abc``).
 
     Args:
         rng, size, names, templates, prompt_type, vocab: as :func:`ioi_toy`.
         name: the generator's registered name (the dataset's name).
         default_vocab: the vocabulary read when ``vocab`` is None.
+        abc: write a third name at S2 (the ABC family; recorded as ``params["abc"]``).
 
     Raises:
         ValueError: as :func:`ioi_toy`.
@@ -332,7 +353,15 @@ def make_word_ioi(
         "prompt_type": prompt_type,
         "vocab": vocab,
     }
+    if abc:
+        params["abc"] = True
     cols = _draw(
-        size, rng, vocab=vocab_obj, names=names, templates=templates, orders=_orders(prompt_type)
+        size,
+        rng,
+        vocab=vocab_obj,
+        names=names,
+        templates=templates,
+        orders=_orders(prompt_type),
+        abc=abc,
     )
     return _build(cols, vocab=vocab_obj, params=params, name=name, default_vocab=default_vocab)

@@ -10,8 +10,10 @@ Flips by dataset:
 
 - ``ioi`` / ``ioi_abc`` (GPT-2 tokens): ``IO``, ``S``, ``S1``, ``S2``, ``order``; ``ABC`` is
   ``S2`` (the second S becomes a third name: an ABC-family prompt with the same template).
-- ``ioi_toy`` (the IOI-toy model's words): ``IO``, ``S`` (both S occurrences), ``order``. Its
-  templates always repeat S, so ``S1`` / ``S2`` / ``ABC`` are refused.
+- ``ioi_toy``, ``ioi_names``, ``ioi_names_abc`` (word vocabularies): the same flips; ``S1`` /
+  ``S2`` / ``ABC`` write a fresh name at that slot only (S is then no longer duplicated), ``S``
+  renames both occurrences (S2 only where it is S). Fresh names come from the dataset's own
+  name split and differ from the prompt's names.
 
 Pitfall: a flip is defined on pool rows only (the reference batch is always drawn from the
 pool); flipping a generated example is refused.
@@ -33,7 +35,7 @@ __all__ = ["FLIP_NAMES", "FlipSampler", "flip_pool"]
 FLIP_NAMES = ("IO", "S", "S1", "S2", "order", "ABC")
 """Every flip a file may name (not every dataset has every flip)."""
 
-_TOY_FLIPS = ("IO", "S", "order")
+_WORD_DATASETS = ("ioi_toy", "ioi_names", "ioi_names_abc")
 
 
 def flip_pool(ds: Dataset, what: Sequence[str], rng: np.random.Generator) -> Dataset:
@@ -47,41 +49,47 @@ def flip_pool(ds: Dataset, what: Sequence[str], rng: np.random.Generator) -> Dat
         from scrub.data.ioi import flip
 
         return flip(ds, ["S2" if w == "ABC" else w for w in what], rng=rng)
-    if ds.name == "ioi_toy":
-        bad = [w for w in what if w not in _TOY_FLIPS]
-        if bad:
-            raise HypothesisError(
-                f"dataset 'ioi_toy' has no flip {bad[0]!r}: its templates always repeat S",
-                hint=f"ioi_toy flips: {', '.join(_TOY_FLIPS)}",
-            )
-        return _flip_toy(ds, what, rng)
+    if ds.name in _WORD_DATASETS:
+        return _flip_words(ds, what, rng)
     raise HypothesisError(
         f"dataset {ds.name!r} has no flips",
-        hint="flips exist for ioi, ioi_abc and ioi_toy; use another sampler (uncond, cond, "
-        "generate) for the source or base",
+        hint="flips exist for ioi, ioi_abc, ioi_toy, ioi_names and ioi_names_abc; use another "
+        "sampler (uncond, cond, generate) for the source or base",
     )
 
 
-def _flip_toy(ds: Dataset, what: Sequence[str], rng: np.random.Generator) -> Dataset:
+def _flip_words(ds: Dataset, what: Sequence[str], rng: np.random.Generator) -> Dataset:
+    from scrub.data.ioi_names import VOCAB_FILE as NAMES_VOCAB
+    from scrub.data.ioi_toy import VOCAB_FILE as TOY_VOCAB
     from scrub.data.ioi_toy import Vocab, _build
 
-    vocab = Vocab.load(ds.params.get("vocab"))
+    default = TOY_VOCAB if ds.name == "ioi_toy" else NAMES_VOCAB
+    vocab_file = ds.params.get("vocab") or default
+    vocab = Vocab.load(vocab_file)
     names = vocab.ids(vocab.names(ds.params["names"]))
     cols = {
         k: ds.fields[k][: ds.n_base].copy()
-        for k in ("template", "order", "io", "s", "place", "object")
+        for k in ("template", "order", "io", "s", "s2", "place", "object")
     }
     for step in what:
         if step == "order":
             cols["order"] = 1 - cols["order"]
             continue
         new = rng.choice(names, size=ds.n_base)
-        clash = (new == cols["io"]) | (new == cols["s"])
+        clash = (new == cols["io"]) | (new == cols["s"]) | (new == cols["s2"])
         while clash.any():
             new[clash] = rng.choice(names, size=int(clash.sum()))
-            clash = (new == cols["io"]) | (new == cols["s"])
-        cols["io" if step == "IO" else "s"] = new
-    return _build(cols, vocab=vocab, params=dict(ds.params))
+            clash = (new == cols["io"]) | (new == cols["s"]) | (new == cols["s2"])
+        if step == "IO":
+            cols["io"] = new
+        elif step == "S":
+            cols["s2"] = np.where(cols["s2"] == cols["s"], new, cols["s2"])
+            cols["s"] = new
+        elif step == "S1":
+            cols["s"] = new
+        else:  # S2, ABC
+            cols["s2"] = new
+    return _build(cols, vocab=vocab, params=dict(ds.params), name=ds.name, default_vocab=default)
 
 
 @dataclass(frozen=True)

@@ -45,10 +45,12 @@ STATS = (
 def token_labels(dataset: Dataset, row: int) -> list[str]:
     """Readable tokens of one dataset row (word vocabularies and GPT-2 decoded; else ids)."""
     ids = dataset.tokens[row].tolist()
-    if dataset.name == "ioi_toy":
+    if dataset.name in ("ioi_toy", "ioi_names", "ioi_names_abc"):
+        from scrub.data.ioi_names import VOCAB_FILE as NAMES_VOCAB
         from scrub.data.ioi_toy import Vocab
 
-        vocab = Vocab.load(dataset.params.get("vocab"))
+        default = None if dataset.name == "ioi_toy" else NAMES_VOCAB
+        vocab = Vocab.load(dataset.params.get("vocab") or default)
         return [str(vocab.tokens[i]) for i in ids]
     if dataset.params.get("family") in ("ioi", "ioi_abc"):
         from scrub._tokenizer import gpt2_tokenizer
