@@ -153,6 +153,18 @@ def _parser() -> argparse.ArgumentParser:
     diag.add_argument("--engine", default="fast", choices=["fast", "reference"])
     diag.add_argument("--out", type=Path, help="write the diagnosis as JSON here")
 
+    rep = sub.add_parser("reproduce", help="run every claim of a paper's circuit (ioi)")
+    rep.add_argument("paper", choices=["ioi"], help="what to reproduce")
+    rep.add_argument(
+        "--model", help="ioi_names (the shipped offline model, default) or a GPT-2 source"
+    )
+    rep.add_argument("--out", type=Path, default=Path("results/reproduce-ioi"), help="output folder")
+    rep.add_argument("--n", type=_POSITIVE, help="reference examples for every step")
+    rep.add_argument(
+        "--only", action="append", metavar="CLAIM", help="run only this claim (repeatable)"
+    )
+    rep.add_argument("--no-patches", action="store_true", help="skip the patching grids")
+
     graph = sub.add_parser("graph", help="draw the interpretation graph (Graphviz)")
     graph.add_argument("file", type=Path, help="hypothesis YAML file")
     graph.add_argument("--out", type=Path, help="a .dot, .svg or .png file (default: print DOT)")
@@ -194,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(args)
         if args.command == "diagnose":
             return _diagnose(args)
+        if args.command == "reproduce":
+            return _reproduce(args)
         if args.command == "import-circuit":
             return _import_circuit(args)
         if args.command == "export-circuit":
@@ -485,6 +499,24 @@ def _diagnose(args: argparse.Namespace) -> int:
     if args.out is not None:
         _write_atomically(args.out, result.to_json() + "\n")
         print(f"wrote {args.out}")
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from scrub.experiments.reproduce import reproduce
+
+    with _quiet_hf():
+        result = reproduce(
+            args.paper,
+            model=args.model,
+            out=args.out,
+            n=args.n,
+            only=args.only,
+            patches=not args.no_patches,
+        )
+    print((result.out / "results.md").read_text(), end="")
+    for path in result.files:
+        print(f"wrote {path}")
     return 0
 
 
