@@ -66,7 +66,7 @@ def diagnosis_ranking(ctx: Context) -> Markup:
         references=((0.0, "0: no change"),),
     )
     header = ["variant", "recovered", "Δ vs hypothesis", "CI", "p"]
-    header += [f"recovered, {by}={g}" for g in groups]
+    header += [f"{by}={g}" for g in groups]
     caption = (
         "Each variant's paired difference in fraction recovered against the hypothesis itself "
         "(keep first, then largest loss first), with its bootstrap CI over reference examples."

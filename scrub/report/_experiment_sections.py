@@ -76,11 +76,12 @@ def experiment_section(ctx: Context) -> Markup:
     return kv_table(pairs)
 
 
-def provenance_section(ctx: Context) -> Markup:
-    """Every other recorded field, and the command line when known."""
+def provenance_section(ctx: Context, *, hide: frozenset[str] = frozenset()) -> Markup:
+    """Every other recorded field (but those in ``hide``, shown elsewhere), and the command
+    line when known."""
     data = ctx.doc.data
     shown = {"experiment", "hypotheses", "pairs", "rows", "axes", "methodology", "versions"}
-    shown |= {"warnings", "skipped"}  # their own sections
+    shown |= {"warnings", "skipped"} | hide  # their own sections
     pairs: list[tuple[str, object]] = [("source", ctx.doc.source)]
     command = ctx.doc.context.get("command_line")
     pairs.append(("command line", " ".join(command) if command else "not recorded in the result"))

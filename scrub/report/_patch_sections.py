@@ -71,6 +71,17 @@ def setup_section(ctx: Context) -> Markup:
     return kv_table(pairs)
 
 
+STAT_KEYS = frozenset(
+    f"{stat}{end}" for stat in ("mean", "effect", "normalized") for end in ("", "_low", "_high")
+) | {"p", "p_adjusted", "valid"}
+"""The grid's statistic arrays: drawn in the grid and the largest cells, not in provenance."""
+
+
+def patch_provenance(ctx: Context) -> Markup:
+    hidden = {key for key, _ in SETUP_KEYS} | {"clean", "base_mean", "scale_mean"}
+    return provenance_section(ctx, hide=frozenset(STAT_KEYS | hidden | {"clean", "under"}))
+
+
 def _short(value: object, limit: int = 300) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
@@ -250,7 +261,7 @@ ATTENTION_SECTIONS = (
     ("setup", "Experiment", setup_section),
     ("attention", "Attention patterns", attention_section),
     ("warnings", "Warnings", warnings_section),
-    ("provenance", "Provenance", provenance_section),
+    ("provenance", "Provenance", patch_provenance),
 )
 
 PATCHING_SECTIONS = (
@@ -258,5 +269,5 @@ PATCHING_SECTIONS = (
     ("heatmap", "Patching grid", patching_grid),
     ("cells", "Largest effects", top_cells),
     ("warnings", "Warnings", warnings_section),
-    ("provenance", "Provenance", provenance_section),
+    ("provenance", "Provenance", patch_provenance),
 )
