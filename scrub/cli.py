@@ -161,7 +161,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument(
         "--model", help="ioi_names (the shipped offline model, default) or a GPT-2 source"
     )
-    rep.add_argument("--out", type=Path, default=Path("results/reproduce-ioi"), help="output folder")
+    rep.add_argument(
+        "--out", type=Path, default=Path("results/reproduce-ioi"), help="output folder"
+    )
     rep.add_argument("--n", type=_POSITIVE, help="reference examples for every step")
     rep.add_argument(
         "--only", action="append", metavar="CLAIM", help="run only this claim (repeatable)"

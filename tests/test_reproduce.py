@@ -51,7 +51,7 @@ def test_every_claim_file_exists_for_both_targets():
         for claim in CLAIMS[target]:
             for name in claim.files:
                 assert (HYP / folder / name).is_file(), (target, claim.key, name)
-    assert ROOT == HYP.parent
+    assert HYP.parent == ROOT
 
 
 def test_reproduce_refuses_unknown_papers_and_claims(tmp_path):

@@ -43,6 +43,7 @@ from scrub._errors import HypothesisError, ScrubWarning
 from scrub._model import ScrubModel, load_model
 from scrub._result import bootstrap_ci
 from scrub._tree import stream
+from scrub.experiments._attention import AttentionResult
 from scrub.experiments.compare import Comparison, compare
 from scrub.experiments.diagnose import diagnose
 from scrub.experiments.patching import patch
@@ -191,7 +192,10 @@ PATCHES: dict[str, tuple[str, ...]] = {
 }
 """Patching experiments (in ``experiments/<target>/``) run before the claims."""
 
-_FOLDERS = {"ioi_names": ("hypotheses/ioi_names", "experiments/ioi_names"), "gpt2": ("hypotheses/ioi", "")}
+_FOLDERS = {
+    "ioi_names": ("hypotheses/ioi_names", "experiments/ioi_names"),
+    "gpt2": ("hypotheses/ioi", ""),
+}
 
 
 @dataclass(frozen=True)
@@ -287,7 +291,9 @@ def reproduce(
     (out / "patches").mkdir(parents=True, exist_ok=True)
     if not isinstance(model, ScrubModel):
         model = load_model(source or "ioi_names")
-    model_opt = () if target == "ioi_names" and source in (None, "ioi_names") else ("--model", source)
+    model_opt = (
+        () if target == "ioi_names" and source in (None, "ioi_names") else ("--model", source)
+    )
     n_opt = () if n is None else ("--n", n)
     results: dict[str, Any] = {"what": what, "target": target, "model": model.source, "n": n}
     md = [f"# IOI reproduced on `{model.source}`", ""]
@@ -316,7 +322,16 @@ def reproduce(
             diag = diagnose(winner, model=model, n=n, max_batch_rows=max_batch_rows)
         cmd = _command("diagnose", _rel(winner), *model_opt, *n_opt)
         results["diagnosis"] = {"command": cmd, **diag.to_dict()}
-        md += ["## Diagnosis of the claim-1 winner", "", f"`{cmd}`", "", "```", diag.table(), "```", ""]
+        md += [
+            "## Diagnosis of the claim-1 winner",
+            "",
+            f"`{cmd}`",
+            "",
+            "```",
+            diag.table(),
+            "```",
+            "",
+        ]
     (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
     (out / "results.md").write_text("\n".join(md).rstrip() + "\n")
     files += [out / "results.md", out / "results.json"]
@@ -341,7 +356,7 @@ def _patches(
             result = patch(path, model=model, n=n, max_batch_rows=max_batch_rows)
         written += [p for p in result.save(out / "patches") if p.suffix == ".png"]
         cmd = _command("patch", _rel(path), *n_opt, "--out", "DIR")
-        if result.kind == "attention":
+        if isinstance(result, AttentionResult):
             summary[result.name] = {"command": cmd, "mean_abs_change": result.mean_abs_change}
             pictures = ", ".join(f"`patches/{result.name}.{h}.example0.png`" for h in result.heads)
             md += [f"### {result.name}", "", f"`{cmd}`: attention pictures {pictures}.", ""]
@@ -396,7 +411,11 @@ def _claim_section(claim: Claim, cmp: Comparison, cmd: str, record: dict[str, An
             f"{h.scrubbed:.3f} | [{_fmt(lo)}, {_fmt(hi)}] | {_fmt(ratio)} |"
         )
     if cmp.pairs:
-        md += ["", "| A vs B | A − B | 95% CI | p | p (Holm) | verdict |", "| --- | --- | --- | --- | --- | --- |"]
+        md += [
+            "",
+            "| A vs B | A − B | 95% CI | p | p (Holm) | verdict |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for p in cmp.pairs:
             md.append(
                 f"| `{p.a}` vs `{p.b}` | {p.difference:+.3f} | [{_fmt(p.ci[0])}, "
