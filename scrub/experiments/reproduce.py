@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from scrub._errors import HypothesisError, ScrubWarning
+from scrub._hypothesis import Hypothesis
 from scrub._model import ScrubModel, load_model
 from scrub._result import bootstrap_ci
 from scrub._tree import stream
@@ -216,7 +217,7 @@ def _target(model: str | None) -> str:
     return "gpt2"
 
 
-def _command(*parts: str | int) -> str:
+def _command(*parts: object) -> str:
     return "scrub " + " ".join(shlex.quote(str(p)) for p in parts)
 
 
@@ -307,9 +308,10 @@ def reproduce(
     winner = None
     for claim in claims:
         paths = [hyp_dir / f for f in claim.files]
+        rivals: list[Hypothesis | str | Path] = list(paths)
         with warnings.catch_warnings():  # each score keeps its warnings (results.json)
             warnings.simplefilter("ignore", ScrubWarning)
-            cmp = compare(paths, model=model, n=n, max_batch_rows=max_batch_rows)
+            cmp = compare(rivals, model=model, n=n, max_batch_rows=max_batch_rows)
         cmd = _command("compare", *map(_rel, paths), *model_opt, *n_opt)
         results["claims"][claim.key] = {"title": claim.title, "command": cmd, **cmp.to_dict()}
         md += _claim_section(claim, cmp, cmd, results["claims"][claim.key])
