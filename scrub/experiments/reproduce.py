@@ -315,6 +315,7 @@ def reproduce(
         cmd = _command("compare", *map(_rel, paths), *model_opt, *n_opt)
         results["claims"][claim.key] = {"title": claim.title, "command": cmd, **cmp.to_dict()}
         md += _claim_section(claim, cmp, cmd, results["claims"][claim.key])
+        _write(out, results, md)  # so far, in case a later step fails
         if claim.key == "circuit":
             best = max(range(len(paths)), key=lambda i: cmp.hypotheses[i].recovered)
             winner = paths[best]
@@ -334,10 +335,14 @@ def reproduce(
             "```",
             "",
         ]
-    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
-    (out / "results.md").write_text("\n".join(md).rstrip() + "\n")
+    _write(out, results, md)
     files += [out / "results.md", out / "results.json"]
     return Reproduction(out, files, results)
+
+
+def _write(out: Path, results: dict[str, Any], md: list[str]) -> None:
+    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+    (out / "results.md").write_text("\n".join(md).rstrip() + "\n")
 
 
 def _patches(
