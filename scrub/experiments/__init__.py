@@ -5,6 +5,8 @@
 - :func:`patch` (``scrub patch FILE``): discovery grids as special cases of causal scrubbing:
   activation patching, path patching, iterative path patching and counterfactual attention
   (:mod:`scrub.experiments.patching`).
+- :func:`scrub.experiments.reproduce.reproduce` (``scrub reproduce ioi``): every IOI circuit
+  claim, from the patching grids to the compared hypotheses, in one command.
 """
 
 from scrub.experiments._patch_result import PatchResult
