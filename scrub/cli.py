@@ -269,13 +269,16 @@ def _load(args: argparse.Namespace):
 def _check(args: argparse.Namespace) -> int:
     from scrub._bind import bind, load_model_for, make_dataset_for
     from scrub._hypothesis import load_hypothesis
+    from scrub._model import ConfigOnlyModel
+    from scrub._model_variants import WEIGHTS_HINT
     from scrub._tree import sample_tree
 
     hyp = load_hypothesis(args.file)
     n, seed = hyp.spec.defaults.n, hyp.spec.defaults.seed
     dataset = make_dataset_for(hyp, seed=seed)  # before the (slower) model
     with _quiet_hf():
-        model = load_model_for(hyp, args.model)  # the file's model is relative to the file
+        # the file's model is relative to the file; without weights, check against its config
+        model = load_model_for(hyp, args.model, allow_config_only=True)
     bound = bind(hyp, model, dataset)
     # A dry sampling on the defaults: what ``run`` would reject at sampling time is caught
     # here (n larger than the pool, ...), and what it would warn about is shown.
@@ -285,6 +288,12 @@ def _check(args: argparse.Namespace) -> int:
         f"({sum(1 for _ in tree.root.walk())} after treeifying), model {model.source!r}, "
         f"dataset {dataset.name!r} ({dataset.n_base} examples), sampled n={n} seed={seed}"
     )
+    if isinstance(model, ConfigOnlyModel):
+        print(
+            f"note: model {model.source!r} checked against {model.origin} (shapes and names "
+            "only): its weights are not in the Hugging Face cache, so 'scrub run' needs them "
+            f"first; {WEIGHTS_HINT.format(name=model.source)}"
+        )
     for message in tree.warnings:
         print(f"warning: {message}")
     return 0
