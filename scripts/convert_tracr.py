@@ -65,7 +65,16 @@ def _programs() -> dict[str, dict[str, Any]]:
             "program": lib.shift_by(1, rasp.tokens).named("prev_token"),
             "source": "shift_by(1, tokens)  # Aggregate(Select(indices, indices, q == k + 1), tokens)",
             "what": "the previous token (a causal shift by one)",
-            "first": 2,  # position 1 has no previous token (RASP: None)
+            "first": 2,
+            "circuit": [
+                "`a0.h0` attends from position i to position i - 1: its query reads `indices` "
+                "(the position embedding) and `one` (token embedding), its key `indices` and "
+                "`tokens:BOS` (so a query with nothing to select attends to BOS); its value reads "
+                "`tokens` (token embedding) and it writes `prev_token:*`, the only dimensions the "
+                "logits read.",
+                "`m0` is empty (all weights zero).",
+                "Circuit: `embed` -(q, k)-> `a0.h0` <-(v)- `tok_embed`; `a0.h0` -> `logits`.",
+            ],  # position 1 has no previous token (RASP: None)
         },
         "frac_x": {
             "program": lib.make_frac_prevs(rasp.tokens == "x").named("frac_x"),
@@ -73,12 +82,33 @@ def _programs() -> dict[str, dict[str, Any]]:
             "indices, LEQ), numerical(Map(tokens == x)))",
             "what": "the fraction of the tokens so far (this one included) that are x",
             "first": 1,
+            "circuit": [
+                "`m0` reads `tokens` (token embedding) and writes `is_x` (a numerical Map: 1 for "
+                "x, else 0).",
+                "`a0.h0` and `m1` are empty (all weights zero).",
+                "`a1.h0` attends uniformly to every position so far: its query reads `indices` "
+                "and `one`, its key `indices` and `tokens:BOS`; its value reads only `is_x` "
+                "(m0's output), and it writes `frac_x`, which the unembedding puts into logit 1.",
+                "Circuit: `tok_embed` -> `m0` -(v)-> `a1.h0` <-(q, k)- `embed`; `a1.h0` -> "
+                "`logits`. The tokens matter only through where the x's are.",
+            ],
         },
         "hist": {
             "program": lib.make_hist().named("hist"),
             "source": "make_hist()  # SelectorWidth(Select(tokens, tokens, EQ)), causal",
             "what": "how many tokens so far (this one included) equal this one",
             "first": 1,
+            "circuit": [
+                "`a0.h0` (SelectorWidth's attention) attends from each token to the equal tokens "
+                "so far and to BOS: its query reads `tokens` and `one`, its key `tokens` "
+                "(BOS included), its value `tokens:BOS`; it writes 1 / (count + 1) into one "
+                "dimension.",
+                "`m0` decodes that into the count: it reads the attention output, `one` and "
+                "`tokens`, writes the one-hot count `hist:*` (and clears the attention output).",
+                "Positions play no part (the causal mask alone makes it causal).",
+                "Circuit: `tok_embed` -(q, k, v)-> `a0.h0` -> `m0` <- `tok_embed`; `m0` -> "
+                "`logits`. The tokens matter only through which of them are equal.",
+            ],
         },
     }
 
@@ -261,7 +291,80 @@ def build(name: str, spec: dict[str, Any], out: Path, *, n_check: int = 200) -> 
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out)
         (out / "tracr.json").write_text(json.dumps(info, indent=1) + "\n")
+        write_card(out, info, spec["circuit"], model.config)
     return info
+
+
+def write_card(out: Path, info: dict[str, Any], circuit: list[str], config: Any) -> None:
+    """MODEL_CARD.md: what the model computes, its ground-truth circuit, how it was verified.
+
+    The scores section between the ``<!-- scores -->`` markers is kept from the existing card
+    (``scripts/tracr_results.py --write`` fills it in).
+    """
+    card = out / "MODEL_CARD.md"
+    scores = "<!-- scores -->\n(run `python scripts/tracr_results.py --write`)\n<!-- /scores -->"
+    if card.exists() and "<!-- scores -->" in (old := card.read_text()):
+        scores = old[old.index("<!-- scores -->") : old.index("<!-- /scores -->") + 16]
+    name, v = info["program"], info["verified"]
+    kind = info["output_kind"]
+    if kind == "numerical":
+        readout = (
+            f"logit 1 = {info['scale']:g} x the fraction (scrub's logits are centred per position, "
+            f"so the fraction is (logit 1 - logit 0) / {info['scale']:g})"
+        )
+    else:
+        readout = (
+            f"the logit of the output's id is {info['scale']:g}, every other logit 0; output ids: "
+            + ", ".join(f"`{k}` -> {i}" for k, i in info["output_ids"].items())
+        )
+    text = f"""# tracr_{name}: a Tracr-compiled transformer with a known circuit
+
+Computes **{info["computes"]}**, at every position from {info["first_output_position"]} on: the
+causal RASP program
+
+    {info["rasp"]}
+
+compiled by Tracr (tracr-pypi, `causal=True`, vocabulary {{{", ".join(info["vocab"])}}}, max_seq_len
+{info["max_seq_len"]}) and converted into a `GPT2LMHeadModel` by `scripts/convert_tracr.py`. Nobody
+trained it: its circuit is known by construction, so scrub's scores on it can be checked.
+
+## Ground-truth circuit
+
+{chr(10).join("- " + line for line in circuit)}
+
+Everything else is zero by construction: Tracr's residual stream has one dimension per RASP value
+(`{"`, `".join(info["residual_labels"])}`), and each block reads and writes only its own.
+
+## Format
+
+- GPT-2: {config.n_layer} layer(s), {config.n_head} head(s), d_model {config.n_embd} (Tracr's
+  {len(info["residual_labels"])} dimensions, one balancing dimension that keeps the residual's
+  mean at zero, padding), d_mlp {config.n_inner}, ReLU, context {config.n_positions} (BOS +
+  {info["max_seq_len"]} tokens), vocabulary {config.vocab_size}, untied unembedding, zero biases.
+- LayerNorms: epsilon 2^40, weight 2^20, bias 0 on a mean-zero residual: an exact identity in
+  float32 while the residual's variance is below 2^16 (here below 1). scrub loads it as is
+  (`model: tracr_{name}`), or with `layernorm: identity` in a model spec file (the same
+  outputs; see the README's "Architectures").
+- Input ids: {", ".join(f"`{k}` {i}" for k, i in info["input_ids"].items())}; inputs start with BOS.
+- Output: {readout}.
+- Inputs for scrub: `dataset: {{generator: tracr, params: {{program: {name}}}}}`
+  (`datasets/tracr_{name}.yaml`), position set `OUT` (where the program has an output),
+  fields `{"value" if kind == "numerical" else "label"}`, `x_pattern`, `equality`.
+
+## Verification (by the converter, before writing)
+
+On {v["inputs"]} random inputs: the Hugging Face model's final residual equals Tracr's on Tracr's
+dimensions to {v["max_residual_difference_vs_tracr"]:.2g} (max abs), and its output differs from
+RASP's own evaluation (`tracr.rasp.causal_eval`) at {v["outputs_differing_from_rasp"]} positions.
+`python scripts/convert_tracr.py --check` recompiles and compares; the slow test
+`tests/test_tracr.py::test_recompiled_programs_match_the_shipped_checkpoints` checks the weights
+are bit-identical.
+
+## scrub scores (true and deliberately wrong hypotheses, `hypotheses/tracr/{name}_*.yaml`)
+
+{scores}
+"""
+    card.write_text(text)
 
 
 def _jsonable(v: Any) -> Any:

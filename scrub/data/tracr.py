@@ -15,7 +15,7 @@ Positions: ``BOS`` (0) and ``OUT``, the positions where the program has an outpu
 for ``prev_token``, whose first token has no previous one). Fields: ``label`` (categorical
 programs: the output id at each ``OUT`` position, the model's logit that the program's answer
 raises) or ``value`` (``frac_x``: the fraction, which the model writes into logit 1 times its
-``scale``), and ``x_pattern`` / ``equality`` (below).
+``scale``, so that it is ``(logit 1 - logit 0) / scale`` in scrub's per-position centred logits), and ``x_pattern`` / ``equality`` (below).
 
 Features and generators for samplers that keep what the program reads:
 
