@@ -157,7 +157,9 @@ def convert(assembled: Any, *, numerical: bool, label: str) -> tuple[Any, dict[s
         """``(d_tracr, n_heads * key_size)`` → ``(d_model, n_heads * d_head)``, padded per head."""
         out = np.zeros((d_model, n_heads * d_head))
         for h in range(n_heads):
-            out[:d_tracr, h * d_head : h * d_head + key_size] = w[:, h * key_size : (h + 1) * key_size]
+            out[:d_tracr, h * d_head : h * d_head + key_size] = w[
+                :, h * key_size : (h + 1) * key_size
+            ]
         return out
 
     in_map = dict(assembled.input_encoder.encoding_map)
@@ -194,7 +196,9 @@ def convert(assembled: Any, *, numerical: bool, label: str) -> tuple[Any, dict[s
         w_o = params[f"{p}/attn/linear"]["w"]  # (n_heads * key_size, d_tracr)
         proj = np.zeros((n_heads * d_head, d_model))
         for hd in range(n_heads):
-            proj[hd * d_head : hd * d_head + key_size] = writer(w_o[hd * key_size : (hd + 1) * key_size])
+            proj[hd * d_head : hd * d_head + key_size] = writer(
+                w_o[hd * key_size : (hd + 1) * key_size]
+            )
         state[f"{h}.attn.c_proj.weight"] = proj
         state[f"{h}.attn.c_proj.bias"] = np.zeros(d_model)
         state[f"{h}.mlp.c_fc.weight"] = reader(params[f"{p}/mlp/linear_1"]["w"], hidden)
@@ -253,7 +257,9 @@ def build(name: str, spec: dict[str, Any], out: Path, *, n_check: int = 200) -> 
     for row, x in enumerate(inputs):
         tr = assembled.apply([BOS, *x])
         ours = hf.hidden_states[-1][row, :, : maps["d_tracr"]].numpy()
-        worst_resid = max(worst_resid, float(np.abs(ours - np.asarray(tr.transformer_output[0])).max()))
+        worst_resid = max(
+            worst_resid, float(np.abs(ours - np.asarray(tr.transformer_output[0])).max())
+        )
         expected = causal_eval.evaluate(program, x)
         logits = hf.logits[row]
         for i in range(first, MAX_SEQ_LEN + 1):
@@ -266,7 +272,9 @@ def build(name: str, spec: dict[str, Any], out: Path, *, n_check: int = 200) -> 
         if row < 20:
             examples.append({"tokens": x, "output": [_jsonable(v) for v in expected]})
     if worst_resid > 1e-4 or wrong:
-        raise SystemExit(f"{name}: conversion differs from Tracr (residual {worst_resid:.3g}, {wrong} wrong outputs)")
+        raise SystemExit(
+            f"{name}: conversion differs from Tracr (residual {worst_resid:.3g}, {wrong} wrong outputs)"
+        )
     info = {
         "program": name,
         "rasp": spec["source"],
@@ -391,10 +399,19 @@ def _layer_summary(assembled: Any) -> list[dict[str, Any]]:
                 entry[block] = None
                 continue
             entry[block] = {
-                r: sorted({labels[i].split(":")[0] for i in np.flatnonzero(np.abs(_np(assembled.params[f"{p}/{block}/{r}"]["w"])).sum(1))})
+                r: sorted(
+                    {
+                        labels[i].split(":")[0]
+                        for i in np.flatnonzero(
+                            np.abs(_np(assembled.params[f"{p}/{block}/{r}"]["w"])).sum(1)
+                        )
+                    }
+                )
                 for r in reads
             }
-            entry[block]["writes"] = sorted({labels[i].split(":")[0] for i in np.flatnonzero(np.abs(w_out).sum(0))})
+            entry[block]["writes"] = sorted(
+                {labels[i].split(":")[0] for i in np.flatnonzero(np.abs(w_out).sum(0))}
+            )
         summary.append(entry)
     return summary
 
@@ -410,7 +427,10 @@ def main() -> int:
         if args.check:
             info = build(name, programs[name], None)
             shipped = json.loads((out / "tracr.json").read_text())
-            same = {k: info[k] == shipped[k] for k in ("input_ids", "output_ids", "residual_labels", "examples")}
+            same = {
+                k: info[k] == shipped[k]
+                for k in ("input_ids", "output_ids", "residual_labels", "examples")
+            }
             print(f"{name}: {same}")
             continue
         info = build(name, programs[name], out)

@@ -144,7 +144,9 @@ def test_unknown_program_is_a_clear_error():
 
 
 def _converter():
-    spec = importlib.util.spec_from_file_location("convert_tracr", REPO / "scripts" / "convert_tracr.py")
+    spec = importlib.util.spec_from_file_location(
+        "convert_tracr", REPO / "scripts" / "convert_tracr.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -137,7 +137,9 @@ def _same_equality(ds: Dataset, rows: np.ndarray, rng: np.random.Generator) -> D
     vocab = program_info(ds.params["program"])["vocab"]
     out = np.empty_like(names)
     for i, row in enumerate(names):
-        perm = dict(zip(vocab, np.asarray(vocab, dtype=object)[rng.permutation(len(vocab))], strict=True))
+        perm = dict(
+            zip(vocab, np.asarray(vocab, dtype=object)[rng.permutation(len(vocab))], strict=True)
+        )
         out[i] = [perm[v] for v in row]
     return _build(ds.params["program"], out, dict(ds.params))
 
