@@ -18,6 +18,7 @@ import torch
 import scrub
 from scrub import cli
 from scrub._bind import load_model_for, make_dataset_for
+from scrub._yaml import read_yaml
 from scrub.engine import FastEngine, evaluate_reference
 from scrub.engine._kernels import kernel_status
 from scrub.testing import save_random_model
@@ -168,7 +169,11 @@ def test_hypothesis_file_names_a_model_spec_file(dirs, tmp_path, capsys):
 
 
 # -- GPT-2 files without the weights ---------------------------------------------------------------
-GPT2_FILES = sorted((REPO / "hypotheses" / "ioi").glob("*.yaml"))
+GPT2_FILES = sorted(
+    p
+    for p in (REPO / "hypotheses" / "ioi").glob("*.yaml")
+    if read_yaml(p, what="hypothesis file").get("model") == "gpt2"
+)
 
 
 def test_check_gpt2_files_offline_from_the_config(capsys):
