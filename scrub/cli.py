@@ -159,6 +159,11 @@ def _parser() -> argparse.ArgumentParser:
     graph = sub.add_parser("graph", help="draw the interpretation graph (Graphviz)")
     graph.add_argument("file", type=Path, help="hypothesis YAML file")
     graph.add_argument("--out", type=Path, help="a .dot, .svg or .png file (default: print DOT)")
+    graph.add_argument(
+        "--diagnosis",
+        type=Path,
+        help="colour nodes and edges by the losses in this 'scrub diagnose --out' JSON",
+    )
     imp = sub.add_parser(
         "import-circuit", help="write a hypothesis file from an EAP-IG / MIB circuit JSON"
     )
@@ -308,16 +313,51 @@ def _graph(args: argparse.Namespace) -> int:
     from scrub._render import render, to_dot
 
     hyp = load_hypothesis(args.file)
+    overlay = None if args.diagnosis is None else _diagnosis_overlay(hyp, args.diagnosis)
     if args.out is None:
-        sys.stdout.write(to_dot(hyp).source + "\n")
+        sys.stdout.write(to_dot(hyp, overlay=overlay).source + "\n")
         sys.stdout.flush()
         return 0
     try:
-        print(f"wrote {render(hyp, args.out)}")
+        print(f"wrote {render(hyp, args.out, overlay=overlay)}")
     except (RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _diagnosis_overlay(hyp, path: Path):
+    """The losses of a diagnosis of ``hyp`` (its JSON at ``path``), to draw over it.
+
+    Raises:
+        OutputError: the file is not a diagnosis, or is of another version of the file.
+    """
+    from scrub.report import ReportError, load_document
+    from scrub.report._diagnosis_sections import loss_overlay
+
+    try:
+        doc = load_document(path)
+    except ReportError as exc:
+        raise OutputError(f"--diagnosis: {exc}") from None
+    if doc.kind != "diagnosis":
+        raise OutputError(
+            f"--diagnosis {path} is a {doc.kind!r} result, not a diagnosis (write one with "
+            f"'scrub diagnose {hyp.file or 'FILE'} --out {path}')"
+        )
+    recorded = doc.data.get("sha256")
+    if recorded != hyp.sha256:
+        what = (
+            f"records sha256 {recorded[:12]}…"
+            if isinstance(recorded, str)
+            else "records no sha256 (made by an older scrub)"
+        )
+        raise OutputError(
+            f"--diagnosis {path} {what}, but {hyp.file or hyp.name} has {hyp.sha256[:12]}…: it "
+            "may diagnose another file or version, whose rows need not name this file's nodes; "
+            "run 'scrub diagnose' on this file again"
+        )
+    rows = [r for r in doc.data.get("rows") or [] if isinstance(r, dict)]
+    return loss_overlay(hyp, rows)[0]
 
 
 def _import_circuit(args: argparse.Namespace) -> int:
