@@ -7,6 +7,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -79,3 +81,19 @@ def all_components(n_layers: int, n_heads: int) -> list[str]:
     for layer in range(n_layers):
         comps += [f"a{layer}.h{h}" for h in range(n_heads)] + [f"m{layer}"]
     return comps
+
+
+SLOW_SHIPPED = frozenset({"ioi/circuit_mean", "ioi/direct_movers_mean"})
+"""Shipped files run in the slow tier only: the GPT-2 mean-ablation claims, whose ABC means on
+the GPT-2-shaped stand-in (12 layers, 50257-token vocabulary) take minutes on a shared CPU."""
+
+
+def shipped_hypotheses() -> list:
+    """Every shipped hypothesis file as a pytest param (id ``folder/stem``; slow ones marked)."""
+    root = Path(__file__).parent.parent / "hypotheses"
+    params = []
+    for path in sorted(root.rglob("*.yaml")):
+        key = f"{path.parent.name}/{path.stem}"
+        marks = [pytest.mark.slow] if key in SLOW_SHIPPED else []
+        params.append(pytest.param(path, id=key, marks=marks))
+    return params

@@ -8,7 +8,6 @@ paths, every sampler kind), the two engines agree to 1e-4 on log-probabilities.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,11 +18,10 @@ from scrub._bind import make_dataset_for
 from scrub.engine import ActivationCache, FastEngine, evaluate_reference
 from scrub.engine._plan import make_plan
 from scrub.testing import save_random_gpt2
-from tests.conftest import base_spec, stand_in
+from tests.conftest import base_spec, shipped_hypotheses, stand_in
 from tests.random_hypotheses import random_nodes
 
 ATOL = 1e-4
-HYPOTHESES = sorted((Path(__file__).parent.parent / "hypotheses").rglob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +75,7 @@ def test_fast_equals_reference_on_random_hypotheses_slow(
     _random_case([tiny_model, one_layer_model, deep_model], seed)
 
 
-@pytest.mark.parametrize("path", HYPOTHESES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize("path", shipped_hypotheses())
 def test_fast_equals_reference_on_shipped_hypotheses(path, gpt2_shaped_dir):
     model = scrub.load_model(
         stand_in(path, gpt2_shaped_dir) or scrub.load_hypothesis(path).spec.model

@@ -9,9 +9,8 @@ import pytest
 
 import scrub
 from scrub.cli import main
-from tests.conftest import stand_in
+from tests.conftest import shipped_hypotheses, stand_in
 
-HYPOTHESES = sorted((Path(__file__).parent.parent / "hypotheses").rglob("*.yaml"))
 INDUCTION = Path(__file__).parent.parent / "hypotheses" / "induction"
 
 
@@ -20,7 +19,7 @@ def test_there_are_shipped_hypotheses():
     assert {"full.yaml", "empty.yaml", "kcomp.yaml", "kcomp_all_heads.yaml", "naive.yaml"} <= names
 
 
-@pytest.mark.parametrize("path", HYPOTHESES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize("path", shipped_hypotheses())
 def test_shipped_hypothesis_checks_and_runs(path, capsys, gpt2_shaped_dir):
     model = stand_in(path, gpt2_shaped_dir)  # GPT-2 files run on a random GPT-2-shaped model
     assert main(["check", str(path), *(["--model", model] if model else [])]) == 0, (
