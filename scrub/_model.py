@@ -23,7 +23,8 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from scrub._architectures import Architecture, boot, check_architecture
 from scrub._components import Channel, Component, ModelShape
 from scrub._errors import HypothesisError, ScrubWarning
 
-__all__ = ["SHIPPED_MODELS", "OutputPatch", "ScrubModel", "load_model"]
+__all__ = ["SHIPPED_MODELS", "OutputPatch", "ScrubModel", "load_model", "split_qkv_inputs"]
 
 SHIPPED_MODELS = Path(__file__).parent / "models"
 """Directory of the models shipped with scrub (one HF-format directory each)."""
@@ -355,12 +356,32 @@ class ScrubModel:
             add(self.input_hook(comp, ch), _read_input_hook(comp, ch, inputs, self))
 
         fwd_hooks = [(name, _chain(fns)) for name, fns in hooks.items()]
-        with self.bridge.hooks(fwd_hooks=fwd_hooks):
+        per_head = any(c.kind == "head" for c, _ in [*set_inputs, *read_inputs])
+        with split_qkv_inputs(self.bridge, per_head), self.bridge.hooks(fwd_hooks=fwd_hooks):
             if stop_at_layer is None or stop_at_layer >= self.shape.n_layers:
                 logits = self.bridge(tokens.to(self.device))
             else:
                 logits = self.bridge(tokens.to(self.device), stop_at_layer=stop_at_layer)
         return logits, inputs, outputs
+
+
+@contextmanager
+def split_qkv_inputs(bridge, on: bool) -> Iterator[None]:
+    """Per-head q/k/v inputs only for passes that read or set them, restored on exit.
+
+    The split inputs run LayerNorm and the q/k/v projections per head (``n_heads`` times the
+    activations); a pass that only patches outputs or splices into MLPs and the logits reads
+    the same values through the model's ordinary joint projection, several times faster.
+    """
+    was = bool(bridge.cfg.use_split_qkv_input)
+    if was == on:
+        yield
+        return
+    bridge.set_use_split_qkv_input(on)
+    try:
+        yield
+    finally:
+        bridge.set_use_split_qkv_input(was)
 
 
 def _chain(fns: list[Callable]) -> Callable:

@@ -18,8 +18,7 @@ a row's tokens never change under the cache.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -27,29 +26,10 @@ import torch
 from torch import Tensor
 
 from scrub._components import Component
-from scrub._model import ScrubModel
+from scrub._model import ScrubModel, split_qkv_inputs
 from scrub.data import Dataset
 
 __all__ = ["ActivationCache", "split_qkv_inputs"]
-
-
-@contextmanager
-def split_qkv_inputs(bridge, on: bool) -> Iterator[None]:
-    """Per-head q/k/v inputs only for passes that read or set them, restored on exit.
-
-    The split inputs run LayerNorm and the q/k/v projections per head (``n_heads`` times the
-    activations); a pass that only patches outputs or splices into MLPs and the logits reads
-    the same values through the model's ordinary joint projection, several times faster.
-    """
-    was = bool(bridge.cfg.use_split_qkv_input)
-    if was == on:
-        yield
-        return
-    bridge.set_use_split_qkv_input(on)
-    try:
-        yield
-    finally:
-        bridge.set_use_split_qkv_input(was)
 
 
 class ActivationCache:
