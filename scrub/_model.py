@@ -93,7 +93,28 @@ def load_model(
             hint="scrub supports GPT-2, GPT-NeoX/Pythia, Llama, Qwen2 and Gemma-2 models and "
             f"the shipped models: {', '.join(_shipped_names())}",
         ) from None
+    _torch_gelu(bridge)
     return ScrubModel(bridge, source=source, kind=kind, path=path, architecture=arch)
+
+
+def _torch_gelu(bridge: Any) -> None:
+    """Swap Hugging Face's Python ``gelu_new`` for torch's fused tanh GELU (same formula).
+
+    HF's ``NewGELUActivation`` spells the tanh approximation out in Python tensor ops; torch's
+    ``gelu(approximate="tanh")`` computes it in one kernel, about 3x faster. The swap is made
+    only if the two agree within 1e-6 on a probe spanning the activation's range.
+    """
+    from transformers.activations import NewGELUActivation
+
+    probe = torch.linspace(-12, 12, 4097)
+    fused = torch.nn.GELU(approximate="tanh")
+    with torch.no_grad():
+        if (fused(probe) - NewGELUActivation()(probe)).abs().max() > 1e-6:
+            return
+    for module in list(bridge.original_model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, NewGELUActivation):
+                setattr(module, name, torch.nn.GELU(approximate="tanh"))
 
 
 def _looks_like_path(source: str) -> bool:
@@ -239,11 +260,23 @@ class ScrubModel:
         )
 
     def checkpoint_sha256(self) -> str | None:
-        """Hash of the weights file for shipped and local models (provenance)."""
+        """Hash of the weights file for shipped and local models (provenance).
+
+        Computed once per file version: remembered with the file's size and modification
+        time, and recomputed when either changes.
+        """
         weights = Path(self.path) / "model.safetensors"
         if self.kind == "hub" or not weights.exists():
             return None
-        return hashlib.sha256(weights.read_bytes()).hexdigest()
+        stat = weights.stat()
+        key = ("sha256", stat.st_size, stat.st_mtime_ns)
+        if key not in self.memo:
+            digest = hashlib.sha256()
+            with weights.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            self.memo[key] = digest.hexdigest()
+        return self.memo[key]
 
     # -- hook points --------------------------------------------------------------------------
     @staticmethod
