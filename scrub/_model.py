@@ -93,7 +93,7 @@ def load_model(
             hint="scrub supports GPT-2, GPT-NeoX/Pythia, Llama, Qwen2 and Gemma-2 models and "
             f"the shipped models: {', '.join(_shipped_names())}",
         ) from None
-    _torch_gelu(bridge)
+    _torch_gelu(bridge)  # after eval(): the new modules take the old ones' mode
     return ScrubModel(bridge, source=source, kind=kind, path=path, architecture=arch)
 
 
@@ -114,7 +114,7 @@ def _torch_gelu(bridge: Any) -> None:
     for module in list(bridge.original_model.modules()):
         for name, child in module.named_children():
             if isinstance(child, NewGELUActivation):
-                setattr(module, name, torch.nn.GELU(approximate="tanh"))
+                setattr(module, name, torch.nn.GELU(approximate="tanh").train(child.training))
 
 
 def _looks_like_path(source: str) -> bool:

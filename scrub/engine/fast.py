@@ -43,7 +43,7 @@ from scrub.data import Dataset
 from scrub.engine._ablation import Ablation
 from scrub.engine._kernels import Kernels, kernel_status, kernels_for
 from scrub.engine._plan import Group, Move, Plan, make_plan
-from scrub.engine.cache import ActivationCache, split_qkv_inputs
+from scrub.engine.cache import ActivationCache, pass_rows, split_qkv_inputs
 
 __all__ = ["Evaluated", "FastEngine"]
 
@@ -64,6 +64,8 @@ class FastEngine:
             assembled inputs (checked against the model once), instead of in an extra row group.
         joint_qkv: passes that need no per-head q/k/v input use the joint projection.
         ablation: mean or zero ablation of unmapped inputs (``None``: resample them).
+        max_memory: activation budget of one pass in bytes (:func:`pass_rows`); passes take as
+            many rows as fit, at most ``max_batch_rows``. ``None``: :data:`scrub.engine.cache.PASS_MEMORY`.
     """
 
     cache: ActivationCache | None = None
@@ -73,10 +75,19 @@ class FastEngine:
         default=False, repr=False
     )  # default: every pass split, so no result depends on its pass-mates
     ablation: Ablation | None = None
+    max_memory: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch_rows < 1:
             raise ValueError(f"max_batch_rows must be at least 1, not {self.max_batch_rows}")
+        if self.max_memory is not None and self.max_memory < 1:
+            raise ValueError(
+                f"max_memory must be a positive number of bytes, not {self.max_memory}"
+            )
+
+    def rows_per_pass(self, model: ScrubModel, seq_len: int) -> int:
+        """Rows of one pass: ``max_batch_rows``, or fewer if they would exceed the budget."""
+        return min(self.max_batch_rows, pass_rows(model, seq_len, max_memory=self.max_memory))
 
     def describe(self, model: ScrubModel) -> str:
         """How this engine evaluates on ``model``, as results record it: ``"fast"`` with
@@ -147,7 +158,9 @@ class FastEngine:
         if not trees:
             return Evaluated([], [])
         tick = on_pass or (lambda: None)
-        cache = self.cache or ActivationCache(max_batch_rows=self.max_batch_rows)
+        cache = self.cache or ActivationCache(
+            max_batch_rows=self.max_batch_rows, max_memory=self.max_memory
+        )
         dataset = trees[0].dataset
         kernels = kernels_for(model) if self.kernels and not patterns else None
         n = len(trees[0].reference)
@@ -162,7 +175,7 @@ class FastEngine:
             )
 
         first = plan_of(trees[:1])
-        per_batch = max(1, self.max_batch_rows // (_widest(first) * n))
+        per_batch = max(1, self.rows_per_pass(model, dataset.seq_len) // (_widest(first) * n))
         out = Evaluated([], [])
         for start in range(0, len(trees), per_batch):
             batch = trees[start : start + per_batch]
@@ -198,7 +211,7 @@ class FastEngine:
             if src.known is not None:
                 leaves[src.leaf_key(comp)] = cache.subtree(src.known, comp)
         reads = _pattern_groups(plan, trees, patterns)
-        chunk = max(1, self.max_batch_rows // _widest(plan))
+        chunk = max(1, self.rows_per_pass(model, dataset.seq_len) // _widest(plan))
         n = len(trees[0].reference)
         # A cache made for this call alone would never be read again.
         keep = self.cache is not None and self.cache.subtrees
