@@ -269,7 +269,7 @@ class ScrubModel:
         if self.kind == "hub" or not weights.exists():
             return None
         stat = weights.stat()
-        key = ("sha256", stat.st_size, stat.st_mtime_ns)
+        key = f"sha256 {stat.st_size} {stat.st_mtime_ns}"
         if key not in self.memo:
             digest = hashlib.sha256()
             with weights.open("rb") as fh:
