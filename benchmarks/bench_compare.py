@@ -9,18 +9,23 @@ Both sides do the same scrubs, measured in one run (these machines are noisy; re
 2. **diagnose of kcomp.yaml** vs every variant (and the hypothesis) as separate runs.
 
 Each is timed in wall-clock and CPU seconds (``time.process_time``: all threads), after one
-warm-up of the model load. Threads: ``--threads`` (``torch.set_num_threads``); the environment's
+warm-up of the model load. The two sides are **interleaved** (shared side, separate side, shared
+side, ...; the order alternates each repeat) and repeated ``--repeat`` times, and the medians
+are reported with the range, so that a burst of load from other jobs on the machine hits both
+sides alike. Threads: ``--threads`` (``torch.set_num_threads``); the environment's
 ``OMP_NUM_THREADS`` and ``OMP_WAIT_POLICY`` are printed with the results.
 
 Usage::
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_compare.py --threads 2 --n 200
+    OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_compare.py --threads 1 \
+        --n 200 --repeat 3
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 import warnings
 from pathlib import Path
@@ -61,27 +66,60 @@ def separate(model, hyps, n: int, seed: int) -> list[float]:
     return out
 
 
+def interleaved(shared, alone, repeat: int):
+    """Time ``shared`` and ``alone`` ``repeat`` times each, alternating which goes first."""
+    times: dict[str, list[tuple[float, float]]] = {"shared": [], "alone": []}
+    outs = {}
+    for i in range(repeat):
+        order = [("shared", shared), ("alone", alone)]
+        for name, fn in order if i % 2 == 0 else order[::-1]:
+            outs[name], wall, cpu = timed(fn)
+            times[name].append((wall, cpu))
+    return outs["shared"], outs["alone"], times
+
+
+def summary(times: dict[str, list[tuple[float, float]]]) -> str:
+    def med(name: str, i: int) -> float:
+        return statistics.median(t[i] for t in times[name])
+
+    def spread(name: str, i: int) -> str:
+        values = [t[i] for t in times[name]]
+        return f"{med(name, i):.2f} s ({min(values):.2f}-{max(values):.2f})"
+
+    ratios = [s[1] / a[1] for s, a in zip(times["shared"], times["alone"], strict=True)]
+    return (
+        f"wall {spread('shared', 0)}, cpu {spread('shared', 1)}; separate runs: wall "
+        f"{spread('alone', 0)}, cpu {spread('alone', 1)}; ratio of medians wall "
+        f"{med('shared', 0) / med('alone', 0):.2f}, cpu {med('shared', 1) / med('alone', 1):.2f}"
+        f" (cpu ratio per repeat: {', '.join(f'{r:.2f}' for r in ratios)})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=3, help="timings of each side")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", scrub.ScrubWarning)
     model = scrub.load_model("induction")
     env = {k: os.environ.get(k, "(unset)") for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
-    print(f"torch threads {torch.get_num_threads()}, {env}, n = {args.n}")
+    print(f"torch threads {torch.get_num_threads()}, {env}, n = {args.n}, repeat {args.repeat}")
     scrub.run(INDUCTION / "kcomp.yaml", model=model, n=8)  # warm-up
 
     hyps = ten_hypotheses()
-    cmp, cw, cc = timed(lambda: scrub.compare(hyps, model=model, n=args.n, seed=args.seed))
-    alone, sw, sc = timed(lambda: separate(model, hyps, args.n, args.seed))
+    cmp, alone, times = interleaved(
+        lambda: scrub.compare(hyps, model=model, n=args.n, seed=args.seed),
+        lambda: separate(model, hyps, args.n, args.seed),
+        args.repeat,
+    )
     worst = max(abs(h.recovered - r) for h, r in zip(cmp.hypotheses, alone, strict=True))
     print(
-        f"compare of {len(hyps)} hypotheses ({len(cmp.pairs)} pairs): wall {cw:.2f} s, cpu "
-        f"{cc:.2f} s; separate runs: wall {sw:.2f} s, cpu {sc:.2f} s; ratio wall "
-        f"{cw / sw:.2f}, cpu {cc / sc:.2f}; largest |Δ recovered| {worst:.1e}"
+        f"compare of {len(hyps)} hypotheses ({len(cmp.pairs)} pairs): {summary(times)}; "
+        f"largest |Δ recovered| {worst:.1e}",
+        flush=True,
     )
 
     kcomp = scrub.load_hypothesis(INDUCTION / "kcomp.yaml")
@@ -89,14 +127,17 @@ def main() -> None:
     edits = [kcomp] + [
         scrub.hypothesis_from_dict(data, file=kcomp.file) for _, _, data in variants(kcomp)
     ]
-    diag, dw, dc = timed(lambda: scrub.diagnose(kcomp, model=model, n=args.n, seed=args.seed))
-    alone, sw, sc = timed(lambda: separate(model, edits, args.n, args.seed))
+    diag, alone, times = interleaved(
+        lambda: scrub.diagnose(kcomp, model=model, n=args.n, seed=args.seed),
+        lambda: separate(model, edits, args.n, args.seed),
+        args.repeat,
+    )
     rows = {(r.node, r.change): r.recovered for r in diag.rows}
     worst = max(abs(rows[label] - a) for label, a in zip(labels, alone, strict=True))
     print(
-        f"diagnose of kcomp ({len(diag.rows)} rows): wall {dw:.2f} s, cpu {dc:.2f} s; "
-        f"separate runs ({len(edits)}): wall {sw:.2f} s, cpu {sc:.2f} s; ratio wall "
-        f"{dw / sw:.2f}, cpu {dc / sc:.2f}; largest |Δ recovered| {worst:.1e}"
+        f"diagnose of kcomp ({len(diag.rows)} rows; {len(edits)} separate runs): "
+        f"{summary(times)}; largest |Δ recovered| {worst:.1e}",
+        flush=True,
     )
 
 

@@ -11,6 +11,9 @@ stream only, solid) or ``all paths`` (an activation patch, dashed).
 program (Debian: ``apt-get install graphviz``); without it :func:`render` and :func:`to_svg`
 raise :class:`GraphvizMissing`, a ``RuntimeError`` whose message says how to install it.
 
+An :class:`Overlay` colours nodes and edges and adds a line to their labels (a report draws
+``scrub diagnose`` losses this way); the drawing itself stays the file's.
+
 Pitfall: a sampler the file leaves out is ``exact`` (``other:`` is ``uncond``); the drawing says
 ``exact (default)`` so that a reader can tell an explicit claim from a default.
 """
@@ -20,6 +23,8 @@ from __future__ import annotations
 import re
 import shutil
 import textwrap
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +45,7 @@ from scrub._schema import (
 __all__ = [
     "FORMATS",
     "GraphvizMissing",
+    "Overlay",
     "edge_label",
     "render",
     "sampler_label",
@@ -64,6 +70,23 @@ class GraphvizMissing(RuntimeError):
             "(Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz) or write "
             "a .dot file instead"
         )
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """Colours and notes drawn over a hypothesis's diagram (e.g. ``scrub diagnose`` losses).
+
+    Attributes:
+        node_fill: node name → fill colour (``#rrggbb``); other nodes keep theirs.
+        node_note: node name → one more line at the foot of the node's label.
+        edge_colour: ``(child, parent)`` → the edge's colour (drawn thicker).
+        edge_note: ``(child, parent)`` → one more line of the edge's label.
+    """
+
+    node_fill: Mapping[str, str] = field(default_factory=dict)
+    node_note: Mapping[str, str] = field(default_factory=dict)
+    edge_colour: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    edge_note: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
 
 def sampler_label(spec: Any, *, node_feature: str | None, default: str) -> str:
@@ -147,6 +170,8 @@ def _html_label(lines: list[tuple[str, str]]) -> str:
             cell = f'<b><font point-size="13">{text}</font></b>'
         elif kind == "components":
             cell = f'<font face="monospace" point-size="11">{text}</font>'
+        elif kind == "overlay":
+            cell = f'<b><font point-size="11">{text}</font></b>'
         else:
             cell = f'<font point-size="11" color="{_MUTED}">{text}</font>'
         rows.append(f'<tr><td align="left">{cell}</td></tr>')
@@ -157,8 +182,9 @@ def _html_label(lines: list[tuple[str, str]]) -> str:
     )
 
 
-def to_dot(hyp: Hypothesis) -> graphviz.Digraph:
-    """The hypothesis as a ``graphviz.Digraph`` (output at the top)."""
+def to_dot(hyp: Hypothesis, *, overlay: Overlay | None = None) -> graphviz.Digraph:
+    """The hypothesis as a ``graphviz.Digraph`` (output at the top), with ``overlay`` drawn on."""
+    overlay = overlay or Overlay()
     dot = graphviz.Digraph(
         hyp.name,
         graph_attr={
@@ -177,22 +203,32 @@ def to_dot(hyp: Hypothesis) -> graphviz.Digraph:
     for name in hyp.graph:
         is_root = name == hyp.root
         description = hyp.node(name).description
+        lines = _node_lines(hyp, name)
+        if name in overlay.node_note:
+            lines.append(("overlay", overlay.node_note[name]))
         dot.node(
             name,
-            label=_html_label(_node_lines(hyp, name)),
+            label=_html_label(lines),
             shape="box",
             style="rounded,filled",
-            fillcolor="#e6eef8" if is_root else "#f6f6f4",
+            fillcolor=overlay.node_fill.get(name, "#e6eef8" if is_root else "#f6f6f4"),
             peripheries="2" if is_root else "1",
             tooltip=description or name,
         )
     for child, parent in hyp.graph.edges:
         corr = hyp.edge(child, parent)
+        label = edge_label(corr, hyp.node(child))
+        extra: dict[str, str] = {}
+        if (child, parent) in overlay.edge_note:
+            label += "\n" + overlay.edge_note[(child, parent)]
+        if (child, parent) in overlay.edge_colour:
+            extra = {"color": overlay.edge_colour[(child, parent)], "penwidth": "2.6"}
         dot.edge(
             child,
             parent,
-            label=edge_label(corr, hyp.node(child)),
+            label=label,
             style="solid" if corr.paths == "direct" else "dashed",
+            **extra,
         )
     return dot
 
@@ -201,13 +237,14 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def to_svg(hyp: Hypothesis, *, id_prefix: str = "") -> str:
+def to_svg(hyp: Hypothesis, *, id_prefix: str = "", overlay: Overlay | None = None) -> str:
     """The drawing as an SVG document (no XML prolog, so it can be inlined in HTML).
 
     Args:
         hyp: the hypothesis.
         id_prefix: prefixed to Graphviz's element ids (``node1``, ``edge1``), so that several
             drawings can share one page.
+        overlay: colours and notes to draw over it.
 
     Raises:
         GraphvizMissing: ``dot`` is not installed.
@@ -215,7 +252,7 @@ def to_svg(hyp: Hypothesis, *, id_prefix: str = "") -> str:
     if shutil.which("dot") is None:
         raise GraphvizMissing("drawing the hypothesis as SVG")
     try:
-        svg = to_dot(hyp).pipe(format="svg", encoding="utf-8")
+        svg = to_dot(hyp, overlay=overlay).pipe(format="svg", encoding="utf-8")
     except graphviz.ExecutableNotFound:
         raise GraphvizMissing("drawing the hypothesis as SVG") from None
     svg = svg[svg.index("<svg") :]

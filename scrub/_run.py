@@ -47,6 +47,7 @@ from scrub._tree import MAX_TREE_NODES, SampledTree, sample_tree, stream
 from scrub.data import Dataset
 from scrub.engine import ActivationCache, FastEngine, baseline_for, evaluate_reference
 from scrub.engine._ablation import Ablation, ablation_for
+from scrub.engine.baseline import BaselineContext
 
 __all__ = ["ENGINES", "run"]
 
@@ -165,16 +166,18 @@ def run(
         bar.update()
         bar.set_postfix_str(stages[1])
         base_run = base(
-            model=model,
-            dataset=dataset,
-            reference=x,
-            seed=seed,
-            metric_positions=spec.metric.positions,
-            evaluate=_engine(engine, cache, max_batch_rows, base_ablation, max_memory),
-            engine=engine,
-            cache=cache,
-            on_pass=tick,
-            clean_logits=clean_logits,
+            BaselineContext(
+                model=model,
+                dataset=dataset,
+                reference=x,
+                seed=seed,
+                metric_positions=spec.metric.positions,
+                evaluate=_engine(engine, cache, max_batch_rows, base_ablation, max_memory),
+                engine=engine,
+                cache=cache,
+                on_pass=tick,
+                clean_logits=clean_logits,
+            )
         )
         baseline_logits = base_run.logits
         labelled = x if base_run.labels is None else base_run.labels

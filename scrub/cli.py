@@ -127,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="write NAME.json, NAME.npz and figures into this directory"
     )
     patch.add_argument("--no-figures", action="store_true", help="skip the PNG/SVG figures")
+    patch.add_argument("--report", type=Path, help="write an HTML report of the result here")
     cmp = sub.add_parser("compare", help="compare rival hypotheses on one experiment")
     cmp.add_argument("files", type=Path, nargs="+", help="hypothesis YAML files")
     cmp.add_argument("--model", help="model: shipped name, local HF directory or hub name")
@@ -150,6 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--margin", type=float, default=0.05, help="TOST equivalence margin ε")
     cmp.add_argument("--engine", default="fast", choices=["fast", "reference"])
     cmp.add_argument("--out", type=Path, help="write the comparison as JSON here")
+    cmp.add_argument("--report", type=Path, help="write an HTML report of the comparison here")
 
     diag = sub.add_parser("diagnose", help="which part of a hypothesis loses the metric")
     diag.add_argument("file", type=Path, help="hypothesis YAML file")
@@ -159,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     diag.add_argument("--by", help="dataset field to break examples down by ('' for none)")
     diag.add_argument("--engine", default="fast", choices=["fast", "reference"])
     diag.add_argument("--out", type=Path, help="write the diagnosis as JSON here")
+    diag.add_argument("--report", type=Path, help="write an HTML report of the diagnosis here")
 
     graph = sub.add_parser("graph", help="draw the interpretation graph (Graphviz)")
     graph.add_argument("file", type=Path, help="hypothesis YAML file")
@@ -192,6 +195,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``scrub`` command (see the module docstring for exit codes)."""
     args = _parser().parse_args(argv)
+    args.command_line = _command_line(argv)  # for the reports' provenance
     try:
         if args.command == "check":
             return _check(args)
@@ -392,9 +396,9 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     from scrub._report import format_result
     from scrub._run import run
 
-    for out in (args.out, args.report):
+    for out, flag in ((args.out, "--out"), (args.report, "--report")):
         if out is not None:
-            _check_writable(out)  # before the run, which may take long
+            _check_writable(out, flag=flag)  # before the run, which may take long
     hyp, model = _load(args)
     assert isinstance(model, ScrubModel)
     # Made here (as run would make it) so that the report can break the result down by its fields.
@@ -430,6 +434,8 @@ def _patch(args: argparse.Namespace) -> int:
     from scrub.experiments import patch
     from scrub.experiments._report import format_patch
 
+    if args.report is not None:
+        _check_writable(args.report, flag="--report")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ScrubWarning)
         result = patch(
@@ -448,6 +454,7 @@ def _patch(args: argparse.Namespace) -> int:
             return 1
         for path in written:
             print(f"wrote {path}")
+    _write_html_report(result, args)
     return 0
 
 
@@ -459,6 +466,8 @@ def _compare(args: argparse.Namespace) -> int:
         return 2
     if args.out is not None:
         _check_writable(args.out)
+    if args.report is not None:
+        _check_writable(args.report, flag="--report")
     with warnings.catch_warnings(), _quiet_hf():  # the table lists the warnings
         warnings.simplefilter("ignore", ScrubWarning)
         result = compare(
@@ -476,6 +485,7 @@ def _compare(args: argparse.Namespace) -> int:
     if args.out is not None:
         _write_atomically(args.out, result.to_json() + "\n")
         print(f"wrote {args.out}")
+    _write_html_report(result, args)
     return 0
 
 
@@ -484,6 +494,8 @@ def _diagnose(args: argparse.Namespace) -> int:
 
     if args.out is not None:
         _check_writable(args.out)
+    if args.report is not None:
+        _check_writable(args.report, flag="--report")
     with warnings.catch_warnings(), _quiet_hf():
         warnings.simplefilter("ignore", ScrubWarning)
         result = diagnose(
@@ -493,17 +505,33 @@ def _diagnose(args: argparse.Namespace) -> int:
     if args.out is not None:
         _write_atomically(args.out, result.to_json() + "\n")
         print(f"wrote {args.out}")
+    _write_html_report(result, args)
     return 0
 
 
-def _check_writable(path: Path) -> None:
+def _write_html_report(result: object, args: argparse.Namespace) -> None:
+    """Write ``--report`` (if given): the HTML page of one result of this command."""
+    if args.report is None:
+        return
+    from scrub.report import document_from_result, write_report
+
+    doc = document_from_result(result, command_line=args.command_line)
+    try:
+        out = write_report([doc], args.report, command_line=args.command_line)
+    except OSError as exc:
+        raise OutputError(f"cannot write --report {args.report}: {exc.strerror or exc}") from None
+    print(f"wrote {out}")
+
+
+def _check_writable(path: Path, *, flag: str = "--out") -> None:
     """Fail now, not after the run, if ``path`` cannot be written.
 
     Raises:
-        OutputError: naming the path and the reason.
+        OutputError: naming the flag, the path and the reason.
     """
     if path.is_dir():
-        raise OutputError(f"--out {path} is a directory; give a file name, e.g. {path / 'x.json'}")
+        example = path / ("x.html" if flag == "--report" else "x.json")
+        raise OutputError(f"{flag} {path} is a directory; give a file name, e.g. {example}")
     parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -511,7 +539,7 @@ def _check_writable(path: Path) -> None:
             pass
     except OSError as exc:
         raise OutputError(
-            f"cannot write --out {path}: {exc.strerror or exc} (in {parent})"
+            f"cannot write {flag} {path}: {exc.strerror or exc} (in {parent})"
         ) from None
 
 

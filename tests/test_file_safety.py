@@ -481,11 +481,16 @@ def test_model_path_is_relative_to_the_file(
     (tmp_path / "models" / "m").symlink_to(tiny_model_dir, target_is_directory=True)
     base["model"] = "../models/m"
     path = _hyp(tmp_path / "hyp", base)
-    monkeypatch.chdir(tmp_path / "models")  # the cwd is not where the file is
+    # The cwd is somewhere '../models/m' does not resolve, so only the file-relative rule works.
+    cwd = tmp_path / "elsewhere" / "deep"
+    cwd.mkdir(parents=True)
+    (cwd / "here").symlink_to(tiny_model_dir, target_is_directory=True)
+    monkeypatch.chdir(cwd)
+    assert not (cwd / "../models/m").exists()
     assert scrub.cli.main(["check", str(path)]) == 0
     assert "model '../models/m'" in capsys.readouterr().out
     # --model is relative to the current directory
-    assert scrub.cli.main(["check", str(path), "--model", "m"]) == 0
+    assert scrub.cli.main(["check", str(path), "--model", "here"]) == 0
     capsys.readouterr()
     base["model"] = "../models/nope"
     assert scrub.cli.main(["check", str(_hyp(tmp_path / "hyp", base))]) == 1

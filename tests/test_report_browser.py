@@ -199,3 +199,67 @@ def test_experiment_pages(results, shots):
     seen = _look(build_report(docs, strict=True), "experiments", shots, selectors)
     for selector in selectors:
         _visible(seen, selector, 1)
+
+
+@pytest.fixture(scope="module")
+def made_reports(tmp_path_factory) -> Path:
+    """The pages ``make reports`` writes (``scripts/make_reports.py``), on small n."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("made-reports")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    script = ROOT / "scripts" / "make_reports.py"
+    argv = [sys.executable, str(script), "--n", "20", "--patch-n", "8", "--out", str(out)]
+    subprocess.run(argv, check=True, cwd=ROOT, env=env, capture_output=True)
+    return out
+
+
+MADE_PAGES = {
+    # page: (sections present once per result block, figures and how many)
+    "induction.html": (
+        ["summary", "graph", "distribution", "provenance"],
+        {"forest": 1, "distribution": 5, "recovered": 5, "graph": 5},
+    ),
+    "induction-comparison.html": (
+        ["experiment", "forest", "pairs", "distribution", "graph", "warnings", "provenance"],
+        {"forest": 1, "pairs": 1, "distribution": 1, "graph": 3},
+    ),
+    "parens-comparison.html": (
+        ["experiment", "forest", "pairs", "distribution", "graph"],
+        {"forest": 1, "pairs": 1, "distribution": 1, "graph": 3},
+    ),
+    "parens-diagnosis.html": (
+        ["experiment", "ranking", "graph", "skipped", "warnings", "provenance"],
+        {"ranking": 1, "graph": 1, "legend": 1},
+    ),
+    "patching/induction-iterative-path-logits.html": (
+        ["setup", "heatmap", "cells", "warnings", "provenance"],
+        {"heatmap": 1},
+    ),
+    "patching/induction-attention-prev-token.html": (
+        ["setup", "attention", "warnings", "provenance"],
+        {"attention": 1},
+    ),
+}
+
+
+@pytest.mark.parametrize("page", sorted(MADE_PAGES))
+def test_made_reports_in_the_browser(made_reports, page, shots):
+    """Each kind of page ``make reports`` writes: run, comparison, diagnosis, patching grid,
+    attention maps."""
+    sections, figures = MADE_PAGES[page]
+    if not HAS_DOT:
+        figures = {k: v for k, v in figures.items() if k not in ("graph", "legend")}
+    selectors = [f'section[data-section="{s}"]' for s in sections]
+    selectors += [f'figure[data-figure="{f}"] svg' for f in figures]
+    selectors += ["nav a", "p.note.skipped"]
+    html = (made_reports / page).read_text()
+    assert "could not be drawn" not in html
+    name = page.replace("/", "-").removesuffix(".html")
+    seen = _look(html, name, shots, selectors)
+    for section in sections:
+        _visible(seen, f'section[data-section="{section}"]')
+    for fig, count in figures.items():
+        _visible(seen, f'figure[data-figure="{fig}"] svg', count)
+    _visible(seen, "nav a")

@@ -6,6 +6,7 @@ hypothesis scored on one experiment (same dataset, reference batch and seed) is 
 same baseline values, bit for bit, so rivals share a denominator.
 
 A baseline kind is a small object with a ``kind`` name and one method, ``__call__``, that
+takes a :class:`BaselineContext` (the experiment's model, data, reference batch, engine) and
 returns a :class:`BaselineRun`: the logits at the metric's positions and what it ran on.
 
 - :class:`ResampleAll` (``resample_all``, the default): the whole model run on unconditionally
@@ -46,6 +47,7 @@ __all__ = [
     "BASELINES",
     "Ablated",
     "Baseline",
+    "BaselineContext",
     "BaselineRun",
     "MeanAblated",
     "PermutedLabels",
@@ -78,25 +80,40 @@ class BaselineRun:
     clean: Tensor | None = None
 
 
+@dataclass(frozen=True)
+class BaselineContext:
+    """Everything a baseline kind may need about one experiment's reference batch.
+
+    Attributes:
+        model, dataset: the experiment's model and dataset.
+        reference: the reference batch's dataset rows.
+        seed: the experiment's seed (the baseline's draws come from its baseline stream).
+        metric_positions: where the metric reads the logits.
+        evaluate: the engine that computes a tree (ablating, for ``mean`` / ``zero``).
+        engine: the engine's name (part of memo keys).
+        cache: the experiment's activation cache.
+        on_pass: called after every forward pass (progress).
+        clean_logits: the clean model's logits on the reference batch.
+    """
+
+    model: ScrubModel
+    dataset: Dataset
+    reference: np.ndarray
+    seed: int
+    metric_positions: PositionSpec
+    evaluate: Evaluate
+    engine: str
+    cache: ActivationCache
+    on_pass: Callable[[], None]
+    clean_logits: Tensor
+
+
 class Baseline(Protocol):
     """A named way to compute an experiment's baseline."""
 
     kind: ClassVar[str]
 
-    def __call__(
-        self,
-        *,
-        model: ScrubModel,
-        dataset: Dataset,
-        reference: np.ndarray,
-        seed: int,
-        metric_positions: PositionSpec,
-        evaluate: Evaluate,
-        engine: str,
-        cache: ActivationCache,
-        on_pass: Callable[[], None],
-        clean_logits: Tensor,
-    ) -> BaselineRun: ...
+    def __call__(self, ctx: BaselineContext) -> BaselineRun: ...
 
 
 _ROOT = InterpNode(
@@ -114,59 +131,32 @@ class ResampleAll:
 
     kind: ClassVar[str] = "resample_all"
 
-    def __call__(
-        self,
-        *,
-        model: ScrubModel,
-        dataset: Dataset,
-        reference: np.ndarray,
-        seed: int,
-        metric_positions: PositionSpec,
-        evaluate: Evaluate,
-        engine: str,
-        cache: ActivationCache,
-        on_pass: Callable[[], None],
-        clean_logits: Tensor,
-    ) -> BaselineRun:
-        return _root_alone(
-            self.kind, "", model, dataset, reference, seed, metric_positions, evaluate, engine,
-            cache, on_pass,
-        )  # fmt: skip
+    def __call__(self, ctx: BaselineContext) -> BaselineRun:
+        return _root_alone(self.kind, "", ctx)
 
     def __repr__(self) -> str:
         return "ResampleAll()"
 
 
-def _root_alone(
-    kind: str,
-    key: str,
-    model: ScrubModel,
-    dataset: Dataset,
-    reference: np.ndarray,
-    seed: int,
-    metric_positions: PositionSpec,
-    evaluate: Evaluate,
-    engine: str,
-    cache: ActivationCache,
-    on_pass: Callable[[], None],
-) -> BaselineRun:
-    rows = baseline_rows(dataset, reference, seed)
-    positions = resolve_positions(metric_positions, dataset, rows)
+def _root_alone(kind: str, key: str, ctx: BaselineContext) -> BaselineRun:
+    model, dataset = ctx.model, ctx.dataset
+    rows = baseline_rows(dataset, ctx.reference, ctx.seed)
+    positions = resolve_positions(ctx.metric_positions, dataset, rows)
     # The root alone, computed by the same engine as the scrubbed tree, so that an empty
     # hypothesis (whose root draws these rows) gives the same logits bit for bit.
     root = TreeNode(name=_ROOT.name, path=(), interp=_ROOT, edge=None)
     tree = SampledTree(
         root=root,
-        data={root.name: reference},
+        data={root.name: ctx.reference},
         other={root.name: rows},
         dataset=dataset,
         warnings=[],
     )
-    logits = cache.memo(
+    logits = ctx.cache.memo(
         model,
         dataset,
-        ("baseline", kind, key, engine, rows.tobytes(), positions.tobytes()),
-        lambda: evaluate(model, tree, positions=positions, on_pass=on_pass),
+        ("baseline", kind, key, ctx.engine, rows.tobytes(), positions.tobytes()),
+        lambda: ctx.evaluate(model, tree, positions=positions, on_pass=ctx.on_pass),
     )
     return BaselineRun(kind=kind, logits=logits, rows=rows)
 
@@ -178,24 +168,8 @@ class Ablated:
     kind: ClassVar[str] = ""
     ablation: Ablation
 
-    def __call__(
-        self,
-        *,
-        model: ScrubModel,
-        dataset: Dataset,
-        reference: np.ndarray,
-        seed: int,
-        metric_positions: PositionSpec,
-        evaluate: Evaluate,
-        engine: str,
-        cache: ActivationCache,
-        on_pass: Callable[[], None],
-        clean_logits: Tensor,
-    ) -> BaselineRun:
-        return _root_alone(
-            self.kind, self.ablation.key, model, dataset, reference, seed, metric_positions,
-            evaluate, engine, cache, on_pass,
-        )  # fmt: skip
+    def __call__(self, ctx: BaselineContext) -> BaselineRun:
+        return _root_alone(self.kind, self.ablation.key, ctx)
 
 
 @dataclass(frozen=True)
@@ -218,27 +192,14 @@ class PermutedLabels:
 
     kind: ClassVar[str] = "permuted_labels"
 
-    def __call__(
-        self,
-        *,
-        model: ScrubModel,
-        dataset: Dataset,
-        reference: np.ndarray,
-        seed: int,
-        metric_positions: PositionSpec,
-        evaluate: Evaluate,
-        engine: str,
-        cache: ActivationCache,
-        on_pass: Callable[[], None],
-        clean_logits: Tensor,
-    ) -> BaselineRun:
-        perm = stream(seed, "baseline", "permuted_labels").permutation(len(reference))
+    def __call__(self, ctx: BaselineContext) -> BaselineRun:
+        perm = stream(ctx.seed, "baseline", "permuted_labels").permutation(len(ctx.reference))
         return BaselineRun(
             kind=self.kind,
-            logits=clean_logits,
+            logits=ctx.clean_logits,
             rows=None,
-            labels=reference[perm],
-            clean=clean_logits[torch.as_tensor(perm)],
+            labels=ctx.reference[perm],
+            clean=ctx.clean_logits[torch.as_tensor(perm)],
         )
 
 

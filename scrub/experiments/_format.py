@@ -122,4 +122,5 @@ def format_diagnosis(diag: Diagnosis) -> str:
         rows.append(row)
     lines += _grid(header, rows)
     lines += [f"  skipped: {s}" for s in diag.skipped]
+    lines += [f"  warning: {w}" for w in diag.warnings]
     return "\n".join(lines)

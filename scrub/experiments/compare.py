@@ -143,8 +143,8 @@ class Comparison:
         raise KeyError((a, b))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (NaN becomes ``None``)."""
-        return _clean_nan(asdict(self))
+        """JSON-ready (NaN becomes ``None``), with ``kind: comparison`` for ``scrub report``."""
+        return _clean_nan({"kind": "comparison", **asdict(self)})
 
     def to_json(self, *, indent: int | None = 2) -> str:
         """Strict JSON (no NaN)."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,11 @@ class Diagnosis:
         rows: ``keep`` first, then the variants by loss (largest first).
         skipped: variants that are not valid hypotheses, with the reason.
         methodology: the choices the scores depend on.
+        file, sha256: the hypothesis's file (as given) and its sha256, so that a report can
+            draw it.
+        clean, baseline: the mean clean and baseline metrics.
+        warnings: what the hypothesis's run warned about, then each variant's (prefixed with
+            its label).
     """
 
     hypothesis: str
@@ -92,6 +98,11 @@ class Diagnosis:
     rows: list[VariantScore]
     skipped: list[str]
     methodology: dict[str, Any]
+    file: str | None = None
+    sha256: str | None = None
+    clean: float = math.nan
+    baseline: float = math.nan
+    warnings: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:
         return f"Diagnosis({self.hypothesis!r}, {len(self.rows)} rows, by={self.by!r})"
@@ -103,7 +114,8 @@ class Diagnosis:
         return format_diagnosis(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return _clean_nan(asdict(self))
+        """JSON-ready (NaN becomes ``None``), with ``kind: diagnosis`` for ``scrub report``."""
+        return _clean_nan({"kind": "diagnosis", **asdict(self)})
 
     def to_json(self, *, indent: int | None = 2) -> str:
         """Strict JSON (no NaN)."""
@@ -300,6 +312,7 @@ def diagnose(
     rows = [VariantScore("—", "keep", number(base.recovered), 0.0, (0.0, 0.0), 1.0, by_group(s0))]
     skipped = []
     scored = []
+    messages = list(base.warnings)
     for node, change, data in variants(hyp):
         label = f"{node}: {change}"
         try:
@@ -310,6 +323,7 @@ def diagnose(
             continue
         _, _, S = scorer.arrays(variant)
         s = S[0]
+        messages += [f"{label}: {w}" for w in scorer.results(variant)[0].warnings]
         diff = float(_stats.recovered_difference(c, b, s, s0))
         ci = _stats.difference_ci(
             c, b, s, s0, rng=stream(seed, "diagnose", label), confidence=confidence
@@ -330,4 +344,9 @@ def diagnose(
         rows=rows,
         skipped=skipped,
         methodology=base.methodology,
+        file=hyp.file,
+        sha256=hyp.sha256,
+        clean=float(c.mean()),
+        baseline=float(b.mean()),
+        warnings=list(dict.fromkeys(messages)),
     )

@@ -34,6 +34,7 @@ __all__ = [
     "detect_kind",
     "document_from_result",
     "get_ci",
+    "get_dict",
     "get_floats",
     "get_num",
     "get_str",
@@ -152,6 +153,12 @@ def get_ci(data: Mapping[str, Any], key: str) -> tuple[float, float] | None:
     if pair[0] is None or pair[1] is None:
         return None
     return (pair[0], pair[1])
+
+
+def get_dict(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """The mapping at ``key``, else an empty one (missing, null or not a mapping)."""
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def get_str(data: Mapping[str, Any], key: str) -> str | None:

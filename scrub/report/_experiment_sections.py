@@ -1,28 +1,24 @@
-"""Sections of experiment results: comparisons, diagnoses, patching grids, attention maps.
+"""Sections of experiment results: comparisons (diagnoses: :mod:`scrub.report._diagnosis_sections`;
+patching grids and attention maps: :mod:`scrub.report._patch_sections`), and the experiment,
+warnings and provenance sections they share.
 
-These formats (``scrub compare``, ``scrub diagnose``, ``scrub patch``) are young, so every
-section reads its fields through the defensive getters and skips, with the reason, what it does
-not find. The shapes drawn here:
+Every section reads its fields through the defensive getters and skips, with the reason, what
+it does not find, so a file written by an older scrub (``scrub compare`` and ``scrub diagnose``
+JSON had no ``kind`` before; :func:`~scrub.report._documents.detect_kind` recognises them by
+their keys) draws what it can. The shapes drawn here, as the commands write them:
 
-- ``comparison``: ``experiment``, ``hypotheses`` (``name``, ``file``, ``sha256``,
-  ``recovered``, ``ci``, ``warnings``) and ``pairs`` (``a``, ``b``, ``difference``, ``ci``,
-  ``p``, ``p_holm``, ``verdict``);
-- ``diagnosis``: ``hypothesis``, ``recovered``, ``ci`` and ``rows`` (``node``, ``change``,
-  ``recovered``, ``difference``, ``ci``, ``p``);
-- ``attention``: ``heads``, ``tokens`` (per example), ``clean`` and ``under`` (head →
-  patterns per example, query × key), ``under_label``, ``mean_abs_change``;
-- ``patching`` (kinds ``activation``, ``path``, ``iterative_path``): ``axes`` (name → labels)
-  and statistic arrays shaped like them (``normalized``, ``effect``, ``mean``), NaN/null where a
-  cell is not a path of the model.
+- ``comparison`` (:meth:`scrub.Comparison.to_dict`): ``experiment`` (with ``methods``),
+  ``clean``, ``baseline``, ``hypotheses`` (``name``, ``file``, ``sha256``, ``recovered``,
+  ``ci``, ``per_draw``, ``draws_half_width``, ``total_ci``, ``complete``, ``controls``,
+  ``per_example``, ``warnings``) and ``pairs`` (``a``, ``b``, ``difference``, ``ci``,
+  ``total_ci``, ``p``, ``p_holm``, ``verdict``).
 
-Pitfall: a patching grid with more than two axes is drawn over its two longest axes, one
-heatmap per combination of the other axes' labels, at most :data:`MAX_FACETS`; more are not
-drawn (the note says so).
+Pitfall: a comparison's hypothesis is drawn only if its file is found and still has the sha256
+the comparison recorded.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -32,17 +28,17 @@ from markupsafe import Markup, escape
 
 from scrub.report import figures
 from scrub.report._context import Context, locate_hypothesis
-from scrub.report._documents import Skip, get_ci, get_num, get_str
+from scrub.report._documents import Skip, get_ci, get_dict, get_floats, get_num, get_str
 from scrub.report._html import ci_text, figure, kv_table, note, num_text, table
 
 __all__ = [
-    "ATTENTION_SECTIONS",
     "COMPARISON_SECTIONS",
-    "DIAGNOSIS_SECTIONS",
-    "PATCHING_SECTIONS",
+    "experiment_section",
+    "p_text",
+    "provenance_section",
+    "records",
+    "warnings_section",
 ]
-
-MAX_FACETS = 8
 
 
 def _short(value: object, limit: int = 300) -> str:
@@ -50,7 +46,7 @@ def _short(value: object, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
 
 
-def _records(data: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+def records(data: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
     value = data.get(key)
     if not isinstance(value, list) or not value:
         raise Skip(f"the result records no {key}")
@@ -60,7 +56,7 @@ def _records(data: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
     return records
 
 
-def _p_text(value: float | None) -> str:
+def p_text(value: float | None) -> str:
     if value is None:
         return "—"
     return "< 0.0001" if value < 1e-4 else f"{value:.4f}"
@@ -70,20 +66,40 @@ def experiment_section(ctx: Context) -> Markup:
     experiment = ctx.doc.data.get("experiment")
     if not isinstance(experiment, dict) or not experiment:
         raise Skip("the result records no experiment")
-    pairs = [(k, _short(v)) for k, v in experiment.items()]
+    pairs = [(k, _short(v)) for k, v in experiment.items() if k != "methods"]
+    methods = experiment.get("methods")
+    if isinstance(methods, dict):
+        pairs += [(f"method: {k.replace('_', ' ')}", _short(v)) for k, v in methods.items()]
     for key in ("clean", "baseline", "clean_mean", "base_mean"):
         if get_num(ctx.doc.data, key) is not None:
             pairs.append((f"{key} (mean metric)", num_text(get_num(ctx.doc.data, key))))
     return kv_table(pairs)
 
 
-def provenance_section(ctx: Context) -> Markup:
-    """Every other recorded field, and the command line when known."""
+def provenance_section(ctx: Context, *, hide: frozenset[str] = frozenset()) -> Markup:
+    """Every other recorded field (but those in ``hide``, shown elsewhere), and the command
+    line when known."""
     data = ctx.doc.data
-    shown = {"experiment", "hypotheses", "pairs", "rows", "axes"}
+    shown = {"experiment", "hypotheses", "pairs", "rows", "axes", "methodology", "versions"}
+    shown |= {"warnings", "skipped"} | hide  # their own sections
     pairs: list[tuple[str, object]] = [("source", ctx.doc.source)]
     command = ctx.doc.context.get("command_line")
     pairs.append(("command line", " ".join(command) if command else "not recorded in the result"))
+    for h in data.get("hypotheses") or []:
+        if isinstance(h, dict):
+            where = f"{h.get('file') or 'no file'} (sha256 {h.get('sha256') or '—'})"
+            pairs.append((f"hypothesis {h.get('name', '?')}", where))
+    methodology = data.get("methodology")
+    if not isinstance(methodology, dict):
+        first = next((h for h in data.get("hypotheses") or [] if isinstance(h, dict)), {})
+        methodology = first.get("methodology")
+    if isinstance(methodology, dict):
+        pairs += [
+            (f"methodology: {k.replace('_', ' ')}", _short(v)) for k, v in methodology.items()
+        ]
+    versions = data.get("versions")
+    if isinstance(versions, dict) and versions:
+        pairs.append(("versions", ", ".join(f"{k} {v}" for k, v in versions.items())))
     for k, v in sorted(data.items()):
         if k in shown:
             continue
@@ -97,6 +113,8 @@ def provenance_section(ctx: Context) -> Markup:
 
 def warnings_section(ctx: Context) -> Markup:
     data = ctx.doc.data
+    if "warnings" not in data and not isinstance(data.get("hypotheses"), list):
+        raise Skip("the result records no warnings list")
     messages: list[str] = [str(m) for m in data.get("warnings") or [] if isinstance(m, str)]
     for h in data.get("hypotheses") or []:
         if isinstance(h, dict):
@@ -110,73 +128,120 @@ def warnings_section(ctx: Context) -> Markup:
 
 # --------------------------------------------------------------------------------------------
 def comparison_scores(ctx: Context) -> Markup:
-    hyps = _records(ctx.doc.data, "hypotheses")
+    hyps = records(ctx.doc.data, "hypotheses")
+    experiment = ctx.doc.data.get("experiment")
+    margin = get_num(experiment, "margin") if isinstance(experiment, dict) else None
+    several = any(get_ci(h, "total_ci") for h in hyps)
+    controls = any(isinstance(h.get("controls"), dict) for h in hyps)
     rows, forest_rows = [], []
     for h in hyps:
         name = str(h.get("name", "?"))
         value, ci = get_num(h, "recovered"), get_ci(h, "ci")
         total = get_ci(h, "total_ci")
-        rows.append(
-            (
-                name,
-                "undefined" if value is None else num_text(value, 3),
-                ci_text(ci, 3),
-                ci_text(total, 3) if total else "—",
+        complete = get_dict(h, "complete")
+        row = [name, "undefined" if value is None else num_text(value, 3), ci_text(ci, 3)]
+        if several:
+            draws = get_floats(h, "per_draw") or []
+            spread = float(np.std(draws, ddof=1)) if len(draws) > 1 else None
+            row += [f"{len(draws)}, sd {num_text(spread, 3)}", ci_text(total, 3) if total else "—"]
+        row += [
+            p_text(get_num(complete, "p_incomplete")),
+            p_text(get_num(complete, "p_equivalent")),
+        ]
+        if controls:
+            c = get_dict(h, "controls")
+            pct, count = get_num(c, "percentile"), c.get("count")
+            row.append(
+                f"{pct:.0f} of {count} ({num_text(get_num(c, 'median'), 3)})"
+                if pct is not None
+                else "—"
             )
+        rows.append(tuple(row))
+        why = (
+            get_str(h, "recovered_undefined_reason")
+            or get_str(complete, "reason")
+            or "not recorded"
         )
-        why = get_str(h, "recovered_undefined_reason") or "not recorded"
         forest_rows.append(
             figures.ForestRow(name, value, total or ci, None if value is not None else why)
         )
     svg = figures.forest(forest_rows, xlabel="fraction of the metric recovered", key=f"{ctx.key}-f")
-    return Markup("").join(
-        [
-            figure(
-                svg,
-                "Fraction recovered by each hypothesis on one experiment (paired), with its CI "
-                "(over examples and draws where both are recorded).",
-                kind="forest",
-            ),
-            table(("hypothesis", "recovered", "CI", "CI (examples and draws)"), rows),
-        ]
+    header = ["hypothesis", "recovered", "CI (examples)"]
+    if several:
+        header += ["draws", "CI (examples and draws)"]
+    eps = f"ε = {margin:g}" if margin is not None else "ε not recorded"
+    header += ["p(recovered < 1)", f"TOST p ({eps})"]
+    if controls:
+        header.append("percentile among random controls (their median)")
+    parts = [
+        figure(
+            svg,
+            "Fraction recovered by each hypothesis on one experiment (paired), with its CI "
+            "(over examples and draws where both are recorded).",
+            kind="forest",
+        ),
+        table(header, rows),
+        note(
+            "p(recovered < 1): one-sided paired sign-flip test of scrubbed against clean (small: "
+            "the hypothesis misses something). TOST p: equivalence to the clean model within the "
+            "margin ε (small: recovered is shown to lie within 1 ± ε)."
+        ),
+    ]
+    return Markup("").join(parts)
+
+
+def comparison_distribution(ctx: Context) -> Markup:
+    hyps = records(ctx.doc.data, "hypotheses")
+    series = [(str(h.get("name", "?")), get_floats(h, "per_example")) for h in hyps]
+    drawn = [(name, values) for name, values in series if values]
+    if not drawn:
+        raise Skip("the comparison records no per-example scrubbed metrics")
+    experiment = ctx.doc.data.get("experiment")
+    metric = experiment.get("metric") if isinstance(experiment, dict) else None
+    kind = metric.get("kind") if isinstance(metric, dict) else None
+    svg = figures.distribution(
+        drawn, xlabel=f"scrubbed metric per example ({kind or 'metric'})", key=f"{ctx.key}-dist"
     )
+    caption = "Per-example scrubbed metric of each hypothesis on the shared reference batch"
+    clean, base = get_num(ctx.doc.data, "clean"), get_num(ctx.doc.data, "baseline")
+    if clean is not None and base is not None:
+        caption += f" (mean clean {clean:.4g}, mean baseline {base:.4g})"
+    return figure(svg, caption + "; dashed lines: means.", kind="distribution")
 
 
 def comparison_pairs(ctx: Context) -> Markup:
-    pairs = _records(ctx.doc.data, "pairs")
+    pairs = records(ctx.doc.data, "pairs")
+    several = any(get_ci(p, "total_ci") for p in pairs)
     rows, forest_rows = [], []
     for p in pairs:
         label = f"{p.get('a', '?')} − {p.get('b', '?')}"
-        diff, ci = get_num(p, "difference"), get_ci(p, "ci")
-        rows.append(
-            (
-                label,
-                num_text(diff, 3),
-                ci_text(ci, 3),
-                _p_text(get_num(p, "p")),
-                _p_text(get_num(p, "p_holm")),
-                str(p.get("verdict", "")),
-            )
-        )
-        forest_rows.append(figures.ForestRow(label, diff, get_ci(p, "total_ci") or ci, "undefined"))
+        diff, ci, total = get_num(p, "difference"), get_ci(p, "ci"), get_ci(p, "total_ci")
+        row = [label, num_text(diff, 3), ci_text(ci, 3)]
+        if several:
+            row.append(ci_text(total, 3) if total else "—")
+        row += [p_text(get_num(p, "p")), p_text(get_num(p, "p_holm")), str(p.get("verdict", ""))]
+        rows.append(tuple(row))
+        forest_rows.append(figures.ForestRow(label, diff, total or ci, "undefined"))
     svg = figures.forest(
         forest_rows,
         xlabel="difference in fraction recovered",
         key=f"{ctx.key}-pairs",
         references=((0.0, "0: no difference"),),
     )
-    return Markup("").join(
-        [
-            figure(svg, "Paired differences in fraction recovered, with CIs.", kind="pairs"),
-            table(("pair", "difference", "CI", "p", "p (Holm)", "verdict"), rows),
-        ]
+    header = ["pair", "difference", "CI (examples)"]
+    if several:
+        header.append("CI (examples and draws)")
+    header += ["p", "p (Holm)", "verdict"]
+    caption = "Paired differences in fraction recovered, with CIs" + (
+        " over examples and draws." if several else " over reference examples."
     )
+    return Markup("").join([figure(svg, caption, kind="pairs"), table(header, rows)])
 
 
 def comparison_graphs(ctx: Context) -> Markup:
     from scrub._render import GraphvizMissing, to_svg
 
-    hyps = _records(ctx.doc.data, "hypotheses")
+    hyps = records(ctx.doc.data, "hypotheses")
     parts = []
     for i, h in enumerate(hyps):
         name = str(h.get("name", "?"))
@@ -202,186 +267,8 @@ COMPARISON_SECTIONS = (
     ("experiment", "Experiment", experiment_section),
     ("forest", "Recovered", comparison_scores),
     ("pairs", "Pairwise differences", comparison_pairs),
+    ("distribution", "Per-example metrics", comparison_distribution),
     ("graph", "Hypotheses", comparison_graphs),
-    ("warnings", "Warnings", warnings_section),
-    ("provenance", "Provenance", provenance_section),
-)
-
-
-# --------------------------------------------------------------------------------------------
-def diagnosis_ranking(ctx: Context) -> Markup:
-    rows_in = _records(ctx.doc.data, "rows")
-    rows, forest_rows = [], []
-    for r in rows_in:
-        label = f"{r.get('node', '?')}: {r.get('change', '?')}"
-        diff, ci = get_num(r, "difference"), get_ci(r, "ci")
-        rows.append(
-            (
-                label,
-                num_text(get_num(r, "recovered"), 3),
-                num_text(diff, 3),
-                ci_text(ci, 3),
-                _p_text(get_num(r, "p")),
-            )
-        )
-        forest_rows.append(figures.ForestRow(label, diff, ci, "undefined"))
-    svg = figures.forest(
-        forest_rows,
-        xlabel="change in fraction recovered",
-        key=f"{ctx.key}-diag",
-        references=((0.0, "0: no change"),),
-    )
-    return Markup("").join(
-        [
-            figure(svg, "Variants of the hypothesis ranked as recorded, with CIs.", kind="ranking"),
-            table(("variant", "recovered", "difference", "CI", "p"), rows),
-        ]
-    )
-
-
-DIAGNOSIS_SECTIONS = (
-    ("experiment", "Experiment", experiment_section),
-    ("ranking", "Diagnosis", diagnosis_ranking),
-    ("warnings", "Warnings", warnings_section),
-    ("provenance", "Provenance", provenance_section),
-)
-
-
-# --------------------------------------------------------------------------------------------
-def patching_grid(ctx: Context) -> Markup:
-    data = ctx.doc.data
-    axes = data.get("axes")
-    if (
-        not isinstance(axes, dict)
-        or not axes
-        or not all(isinstance(v, list) for v in axes.values())
-    ):
-        raise Skip("the result records no grid axes")
-    names = list(axes)
-    shape = tuple(len(axes[n]) for n in names)
-    stat = next((s for s in ("normalized", "effect", "mean") if _finite_any(data.get(s))), None)
-    if stat is None:
-        raise Skip("the result records no statistic with a finite value")
-    try:
-        values = np.array(
-            [[np.nan if v is None else v for v in _flat(data[stat])]], dtype=float
-        ).reshape(shape)
-    except (TypeError, ValueError):
-        raise Skip(f"the {stat} array does not have the axes' shape {shape}") from None
-    if len(names) == 1:
-        values, names, shape = values[:, None], [*names, ""], (*shape, 1)
-        axes = {**axes, "": [""]}
-    # The two longest axes (in their order) make the grid; the others make facets.
-    longest = sorted(sorted(range(len(names)), key=lambda i: -shape[i])[:2])
-    order = longest + [i for i in range(len(names)) if i not in longest]
-    values = np.transpose(values, order)
-    names = [names[i] for i in order]
-    rest = names[2:]
-    combos = list(itertools.product(*[range(len(axes[n])) for n in rest]))
-    parts = []
-    if stat != "normalized":
-        why = get_str(data, "normalized_undefined")
-        parts.append(
-            note(
-                f"Showing {stat}: the normalized effect is undefined ({why or 'not recorded'}).",
-                cls="note warn",
-            )
-        )
-    for k, combo in enumerate(combos[:MAX_FACETS]):
-        facet = " · ".join(f"{n} = {axes[n][i]}" for n, i in zip(rest, combo, strict=True))
-        index: tuple[Any, ...] = (slice(None), slice(None), *combo)
-        grid = values[index]
-        svg = figures.heatmap(
-            grid,
-            rows=[str(x) for x in axes[names[0]]],
-            columns=[str(x) for x in axes[names[1]]],
-            ylabel=names[0],
-            xlabel=names[1],
-            value_label=stat,
-            key=f"{ctx.key}-grid{k}",
-        )
-        caption = f"{stat} of each patch" + (f" ({facet})" if facet else "") + "; grey: not a path."
-        parts.append(figure(svg, caption, kind="heatmap"))
-    if len(combos) > MAX_FACETS:
-        parts.append(note(f"{len(combos) - MAX_FACETS} more grids are not drawn."))
-    return Markup("").join(parts)
-
-
-def _flat(value: Any) -> list:
-    if isinstance(value, list):
-        return (
-            [x for item in value for x in _flat(item)]
-            if value and isinstance(value[0], list)
-            else value
-        )
-    return [value]
-
-
-def _finite_any(value: Any) -> bool:
-    try:
-        flat = np.array([np.nan if v is None else v for v in _flat(value)], dtype=float)
-    except (TypeError, ValueError):
-        return False
-    return bool(np.isfinite(flat).any())
-
-
-MAX_HEADS = 4
-
-
-def attention_section(ctx: Context) -> Markup:
-    data = ctx.doc.data
-    heads = data.get("heads")
-    clean, under = data.get("clean"), data.get("under")
-    tokens, lengths = data.get("tokens"), data.get("lengths")
-    if not isinstance(heads, list) or not heads:
-        raise Skip("the result records no heads")
-    if not isinstance(clean, dict) or not isinstance(tokens, list) or not tokens:
-        raise Skip("the result records no clean attention patterns with their tokens")
-    example_tokens = [str(t) for t in tokens[0]]
-    size = len(example_tokens)
-    if isinstance(lengths, list) and lengths and isinstance(lengths[0], int):
-        size = min(size, lengths[0])
-    label = get_str(data, "under_label") or "intervention"
-    recorded_change = data.get("mean_abs_change")
-    change: dict[str, Any] = recorded_change if isinstance(recorded_change, dict) else {}
-    parts = []
-    for i, head in enumerate(heads[:MAX_HEADS]):
-        maps = []
-        for title, source in (("clean", clean), (f"under {label}", under)):
-            if not isinstance(source, dict) or head not in source:
-                continue
-            pattern = np.array(_none_to_nan(source[head]), dtype=float)
-            if pattern.ndim == 3:
-                pattern = pattern[0]
-            maps.append((title, pattern[:size, :size]))
-        if not maps:
-            parts.append(note(f"Not shown: no patterns recorded for {head}.", cls="note skipped"))
-            continue
-        svg = figures.attention_maps(maps, tokens=example_tokens[:size], key=f"{ctx.key}-att{i}")
-        moved = get_num(change, str(head))
-        caption = f"{head}: attention on the first reference example" + (
-            f"; mean |change| over all examples {moved:.3f}" if moved is not None else ""
-        )
-        parts.append(figure(svg, caption + ".", kind="attention"))
-    if len(heads) > MAX_HEADS:
-        parts.append(note(f"{len(heads) - MAX_HEADS} more heads are not drawn."))
-    return Markup("").join(parts)
-
-
-def _none_to_nan(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_none_to_nan(v) for v in value]
-    return np.nan if value is None else value
-
-
-ATTENTION_SECTIONS = (
-    ("attention", "Attention patterns", attention_section),
-    ("warnings", "Warnings", warnings_section),
-    ("provenance", "Provenance", provenance_section),
-)
-
-PATCHING_SECTIONS = (
-    ("heatmap", "Patching grid", patching_grid),
     ("warnings", "Warnings", warnings_section),
     ("provenance", "Provenance", provenance_section),
 )

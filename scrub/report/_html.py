@@ -44,8 +44,8 @@ def table(
         )
         body.append(f"<tr>{cells}</tr>")
     return Markup(
-        f'<table class="data {escape(cls)}"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table>"
+        f'<div class="table-scroll"><table class="data {escape(cls)}"><thead><tr>{head}</tr>'
+        f"</thead><tbody>{''.join(body)}</tbody></table></div>"
     )
 
 

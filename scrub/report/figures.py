@@ -21,12 +21,31 @@ from typing import Any
 
 import matplotlib
 import numpy as np
+from matplotlib import cm
+from matplotlib import colors as mcolors
 from matplotlib.figure import Figure
 
-__all__ = ["COLOURS", "ForestRow", "attention_maps", "distribution", "forest", "heatmap"]
+__all__ = [
+    "COLOURS",
+    "PALETTE",
+    "ForestRow",
+    "attention_maps",
+    "distribution",
+    "forest",
+    "heatmap",
+    "loss_colour",
+    "loss_legend",
+]
 
 COLOURS = {"clean": "#009E73", "baseline": "#E69F00", "scrubbed": "#0072B2", "ink": "#333333"}
 """Okabe–Ito colours (distinguishable with the common colour-vision deficiencies)."""
+
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
+"""Okabe–Ito colours for series without a colour of their own, in order."""
+
+LOSS_CMAP = "RdBu_r"
+_LOSS_REACH = 0.3
+"""Loss colours use the middle ``0.5 ± 0.3`` of the colour map, so dark text stays legible."""
 
 _STYLE: Any = {  # matplotlib types rc keys as a Literal of every rc name
     "svg.fonttype": "none",
@@ -198,9 +217,10 @@ def distribution(
     with matplotlib.rc_context(_STYLE):
         fig = Figure(figsize=(8.4, 3.2))
         ax = fig.add_subplot()
+        others = iter(PALETTE * (1 + len(arrays) // len(PALETTE)))
         for name, values in arrays:
             ok = values[np.isfinite(values)]
-            colour = COLOURS.get(name, COLOURS["ink"])
+            colour = COLOURS.get(name) or next(others)
             mean = float(ok.mean()) if ok.size else math.nan
             dropped = values.size - ok.size
             label = f"{name} (mean {mean:.4g}" + (f", {dropped} NaN left out)" if dropped else ")")
@@ -305,4 +325,32 @@ def attention_maps(
         assert image is not None, "maps is not empty"
         bar = fig.colorbar(image, ax=list(axes), fraction=0.03, pad=0.02)
         bar.set_label("attention")
+        return _svg(fig, key)
+
+
+def loss_colour(loss: float, scale: float) -> str:
+    """The fill of a loss on the diverging scale of :func:`loss_legend` (red: loses)."""
+    scale = scale or 1.0
+    where = 0.5 + _LOSS_REACH * max(-1.0, min(1.0, loss / scale))
+    return mcolors.to_hex(matplotlib.colormaps[LOSS_CMAP](where))
+
+
+def loss_legend(scale: float, *, label: str, key: str) -> str:
+    """A horizontal colour bar of :func:`loss_colour` from ``-scale`` to ``scale``.
+
+    Returns:
+        The SVG element, as text.
+    """
+    scale = scale or 1.0
+    base = matplotlib.colormaps[LOSS_CMAP]
+    cmap = mcolors.ListedColormap(base(np.linspace(0.5 - _LOSS_REACH, 0.5 + _LOSS_REACH, 256)))
+    with matplotlib.rc_context(_STYLE):
+        fig = Figure(figsize=(5.6, 0.95))
+        ax = fig.add_axes((0.05, 0.55, 0.9, 0.28))
+        norm = mcolors.Normalize(vmin=-scale, vmax=scale)
+        bar = fig.colorbar(
+            cm.ScalarMappable(norm=norm, cmap=cmap), cax=ax, orientation="horizontal"
+        )
+        bar.set_label(label, fontsize=9)
+        bar.ax.tick_params(labelsize=8.5)
         return _svg(fig, key)

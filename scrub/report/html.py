@@ -26,7 +26,12 @@ from types import MappingProxyType
 import jinja2
 from markupsafe import Markup
 
-from scrub.report import _experiment_sections, _result_sections
+from scrub.report import (
+    _diagnosis_sections,
+    _experiment_sections,
+    _patch_sections,
+    _result_sections,
+)
 from scrub.report._context import Context
 from scrub.report._documents import Document, Skip, load_document
 from scrub.report._html import kv_table, note
@@ -39,9 +44,9 @@ KIND_SECTIONS: MappingProxyType[str, tuple[tuple[str, str, SectionFn], ...]] = M
     {
         "scrub_result": _result_sections.SECTIONS,
         "comparison": _experiment_sections.COMPARISON_SECTIONS,
-        "diagnosis": _experiment_sections.DIAGNOSIS_SECTIONS,
-        "patching": _experiment_sections.PATCHING_SECTIONS,
-        "attention": _experiment_sections.ATTENTION_SECTIONS,
+        "diagnosis": _diagnosis_sections.DIAGNOSIS_SECTIONS,
+        "patching": _patch_sections.PATCHING_SECTIONS,
+        "attention": _patch_sections.ATTENTION_SECTIONS,
     }
 )
 """Per document kind: its sections as ``(id, title, renderer)``, in page order."""
