@@ -136,11 +136,12 @@ def token_id_tokenizer(d_vocab: int) -> Any:
     return tokenizer
 
 
-def boot(path: str, *, device: str) -> tuple[Any, Architecture]:
+def boot(path: str, *, device: str, hf_model: Any = None) -> tuple[Any, Architecture]:
     """Boot a TransformerBridge for ``path`` with split q/k/v inputs and ``hook_mlp_in``.
 
     A local directory without tokenizer files (or whose tokenizer cannot be built here, e.g. a
-    SentencePiece model without ``sentencepiece``) gets :func:`token_id_tokenizer`.
+    SentencePiece model without ``sentencepiece``) gets :func:`token_id_tokenizer`. ``hf_model``
+    is the Hugging Face model already loaded from ``path`` (with changed weights), if any.
 
     Raises:
         HypothesisError: an architecture scrub cannot treeify (BERT, ...), naming what is missing.
@@ -154,12 +155,14 @@ def boot(path: str, *, device: str) -> tuple[Any, Architecture]:
     if local and not any((Path(path) / f).exists() for f in _TOKENIZER_FILES):
         tokenizer = token_id_tokenizer(_vocab_size(path))
     try:
-        bridge = TransformerBridge.boot_transformers(path, device=device, tokenizer=tokenizer)
+        bridge = TransformerBridge.boot_transformers(
+            path, device=device, tokenizer=tokenizer, hf_model=hf_model
+        )
     except ValueError as exc:
         if not local or tokenizer is not None or "tokenizer" not in str(exc):
             raise
         bridge = TransformerBridge.boot_transformers(
-            path, device=device, tokenizer=token_id_tokenizer(_vocab_size(path))
+            path, device=device, tokenizer=token_id_tokenizer(_vocab_size(path)), hf_model=hf_model
         )
     if not hf_name:
         hf_name = (getattr(bridge.cfg, "architecture", None) or "").strip()

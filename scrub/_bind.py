@@ -54,19 +54,30 @@ class BoundHypothesis:
         return f"BoundHypothesis({self.hypothesis.name!r}, {self.model!r}, {self.dataset!r})"
 
 
-def load_model_for(hypothesis: Hypothesis, model: str | None = None) -> ScrubModel:
+def load_model_for(
+    hypothesis: Hypothesis, model: str | None = None, *, allow_config_only: bool = False
+) -> ScrubModel:
     """Load the model a hypothesis file names (relative to the file), or ``model`` instead.
 
     ``model`` (a command-line ``--model``) is relative to the current directory.
+    ``allow_config_only`` (``scrub check``): a hub model without weights in the cache is
+    checked against its config (see :class:`scrub._model.ConfigOnlyModel`).
 
     Raises:
-        HypothesisError: located at the file's ``model`` key when the file named it.
+        HypothesisError: located at the file's ``model`` key when the file named it (or in the
+            model spec file it names).
     """
     if model is not None:
-        return load_model(model)
+        return load_model(model, allow_config_only=allow_config_only)
     try:
-        return load_model(hypothesis.spec.model, relative_to=hypothesis.base_dir)
+        return load_model(
+            hypothesis.spec.model,
+            relative_to=hypothesis.base_dir,
+            allow_config_only=allow_config_only,
+        )
     except HypothesisError as exc:
+        if exc.file is not None:  # located in a model spec file already
+            raise
         located = exc.with_context(file=hypothesis.file, key_prefix=("model",))
         raise hypothesis.locate(located) from None
 

@@ -425,7 +425,13 @@ def _build_graph(spec: HypothesisSpec) -> tuple[nx.DiGraph, str]:
 
 
 def _check_upstream(graph: nx.DiGraph, child_name: str, parent_name: str, key: tuple) -> None:
-    """Every child component must write before every parent component it feeds reads."""
+    """Every child component must write before every parent component it feeds reads.
+
+    The model is not known yet, so this uses sequential blocks (GPT-2's order), the most
+    permissive order of any family: what fails here fails everywhere. Binding adds what a
+    family forbids beyond it (parallel blocks: a head of layer L does not feed ``m{L}``; see
+    :func:`scrub._architectures.check_paths`).
+    """
     child: InterpNode = graph.nodes[child_name]["interp"]
     parent: InterpNode = graph.nodes[parent_name]["interp"]
     channels = graph.edges[child_name, parent_name]["corr"].channels
@@ -440,7 +446,7 @@ def _check_upstream(graph: nx.DiGraph, child_name: str, parent_name: str, key: t
                     "write into the residual stream before its parent's read it",
                     key=(*key, "node"),
                     hint="a head of layer L reads layers < L; the MLP of layer L also reads "
-                    "layer L's heads",
+                    "layer L's heads (except in parallel blocks, GPT-NeoX/Pythia)",
                 )
 
 

@@ -32,7 +32,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from scrub._components import Component, parse_component
+from scrub._components import Component, ModelShape, parse_component
 from scrub._errors import HypothesisError
 from scrub._model import OutputPatch, ScrubModel
 from scrub.data import Dataset
@@ -116,7 +116,9 @@ class ComponentMeans:
         return [OutputPatch(c, positions, self.values(c, dataset, rows).to(device)) for c in comps]
 
 
-def _components(components: Iterable[Component | str]) -> list[Component]:
+def _components(components: Iterable[Component | str], shape: ModelShape) -> list[Component]:
+    """The components named; on a model without a positional embedding (RoPE), ``embed`` is
+    ``tok_embed`` alone (as in a hypothesis) and ``pos_embed`` itself is refused."""
     out: list[Component] = []
     for c in components:
         for comp in parse_component(c) if isinstance(c, str) else (c,):
@@ -124,6 +126,15 @@ def _components(components: Iterable[Component | str]) -> list[Component]:
                 raise HypothesisError(
                     "the logits are not a component output that can be mean-ablated",
                     hint="name heads ('a1.h0'), MLPs ('m0') or embeddings",
+                )
+            if comp.kind == "pos_embed" and not shape.pos_embed:
+                if c == "embed":
+                    continue
+                raise HypothesisError(
+                    f"{shape.name} has no pos_embed: {shape.architecture} models have rotary "
+                    "position embeddings (inside q and k), not a positional embedding in the "
+                    "residual stream",
+                    hint="name tok_embed (or embed, which on this model is tok_embed alone)",
                 )
             if comp not in out:
                 out.append(comp)
@@ -154,7 +165,7 @@ def component_means(
         HypothesisError: an unknown component, class or position name, or a class that no
             position falls in.
     """
-    comps = _components(components)
+    comps = _components(components, model.shape)
     for comp in comps:
         model.shape.check(comp)
     classes = tuple(classes)

@@ -36,8 +36,23 @@ from torch import Tensor
 from scrub._architectures import Architecture, boot, check_architecture
 from scrub._components import Channel, Component, ModelShape
 from scrub._errors import HypothesisError, ScrubWarning
+from scrub._model_variants import (
+    WEIGHTS_HINT,
+    LayerNormOption,
+    hf_config_for,
+    load_lnfree_hf_model,
+    make_norms_identity,
+    read_model_spec,
+)
 
-__all__ = ["SHIPPED_MODELS", "OutputPatch", "ScrubModel", "load_model", "split_qkv_inputs"]
+__all__ = [
+    "SHIPPED_MODELS",
+    "ConfigOnlyModel",
+    "OutputPatch",
+    "ScrubModel",
+    "load_model",
+    "split_qkv_inputs",
+]
 
 SHIPPED_MODELS = Path(__file__).parent / "models"
 """Directory of the models shipped with scrub (one HF-format directory each)."""
@@ -52,25 +67,44 @@ def load_model(
     *,
     device: str | torch.device = "cpu",
     relative_to: str | Path | None = None,
+    layernorm: LayerNormOption = "keep",
+    allow_config_only: bool = False,
 ) -> ScrubModel:
-    """Load a model by shipped name, local HF-format directory, or hub name.
+    """Load a model by shipped name, local HF-format directory, hub name or model spec file.
 
     Args:
-        source: a shipped model's name (``induction``), a local directory, or a hub name.
+        source: a shipped model's name (``induction``), a local directory, a hub name, or a
+            model spec file (``*.yaml``: ``path`` and ``layernorm``, see
+            :mod:`scrub._model_variants`).
         device: where the weights go.
         relative_to: the directory a relative local path is relative to (a hypothesis file's
             directory; default: the current directory). Shipped and hub names are unaffected.
+        layernorm: ``identity`` loads a GPT-2 checkpoint whose LayerNorms were disabled
+            (``gpt2_noLN``) with each LayerNorm an exact identity; ``keep`` (default) as is.
+        allow_config_only: for a hub name whose weights are not in the cache, return a
+            :class:`ConfigOnlyModel` (shape and names, no weights) when its config is known;
+            for ``scrub check``.
 
     Raises:
         HypothesisError: nothing loadable under that name (with the shipped names listed), no
             such directory, or an architecture scrub cannot hook.
     """
+    if source.endswith((".yaml", ".yml")):
+        return _load_spec_file(
+            source, device=device, relative_to=relative_to, allow_config_only=allow_config_only
+        )
     path, kind = _resolve(source, relative_to)
+    check = None
     try:
-        bridge, arch = boot(path, device=str(device))
+        hf_model = None
+        if layernorm == "identity":
+            hf_model, check = load_lnfree_hf_model(path, source=source)
+        bridge, arch = boot(path, device=str(device), hf_model=hf_model)
     except HypothesisError:  # the architecture's own error, already clear
         raise
     except (OSError, ValueError) as exc:
+        if kind == "hub" and allow_config_only and (known := hf_config_for(source)) is not None:
+            return ConfigOnlyModel(known[0], source=source, origin=known[1], reason=exc)
         raise _load_error(source, path, kind, exc, relative_to) from exc
     if bridge.cfg.d_mlp == bridge.cfg.d_model:
         warnings.warn(
@@ -85,6 +119,8 @@ def load_model(
     try:
         bridge.enable_compatibility_mode(disable_warnings=True)
         bridge.eval()
+        if check is not None:
+            make_norms_identity(bridge, source=source, check=check)
         check_architecture(bridge, arch, source=source)
     except NotImplementedError as exc:
         raise HypothesisError(
@@ -94,7 +130,42 @@ def load_model(
             f"the shipped models: {', '.join(_shipped_names())}",
         ) from None
     _torch_gelu(bridge)  # after eval(): the new modules take the old ones' mode
-    return ScrubModel(bridge, source=source, kind=kind, path=path, architecture=arch)
+    return ScrubModel(
+        bridge, source=source, kind=kind, path=path, architecture=arch, layernorm=layernorm
+    )
+
+
+def _load_spec_file(
+    source: str,
+    *,
+    device: str | torch.device,
+    relative_to: str | Path | None,
+    allow_config_only: bool,
+) -> ScrubModel:
+    """Load the checkpoint a model spec file names, with its options; errors name the file."""
+    file = Path(source).expanduser()
+    if not file.is_absolute() and relative_to is not None:
+        file = Path(relative_to) / file
+    if not file.is_file():
+        raise HypothesisError(
+            f"cannot load model {source!r}: no such model spec file {os.path.normpath(file)}",
+            hint=_path_hint(source, relative_to),
+        )
+    spec = read_model_spec(file)
+    try:
+        model = load_model(
+            spec.path,
+            device=device,
+            relative_to=file.parent,
+            layernorm=spec.layernorm,
+            allow_config_only=allow_config_only,
+        )
+    except HypothesisError as exc:
+        if exc.file is not None:
+            raise
+        raise exc.with_context(file=file, key_prefix=() if exc.key else ("path",)) from None
+    model.source = source
+    return model
 
 
 def _torch_gelu(bridge: Any) -> None:
@@ -174,7 +245,9 @@ def _load_error(
             hint=f"shipped models: {', '.join(_shipped_names())}; or a local Hugging Face "
             "directory (relative to the hypothesis file); hub names like 'gpt2' need the "
             "weights in your Hugging Face cache"
-            + (" (HF_HUB_OFFLINE=1 is set)" if offline else ""),
+            + (" (HF_HUB_OFFLINE=1 is set)" if offline else "")
+            + ": "
+            + WEIGHTS_HINT.format(name=source),
         )
     return HypothesisError(
         f"cannot load model {source!r} from {path}: {str(exc).splitlines()[0]}",
@@ -228,24 +301,24 @@ class ScrubModel:
         kind: str,
         path: str,
         architecture: Architecture | None = None,
+        layernorm: LayerNormOption = "keep",
     ) -> None:
         self.bridge = bridge
         self.architecture = architecture or Architecture("GPT-2")
         self.source = source
         self.kind = kind
         self.path = path
+        self.layernorm = layernorm
+        """``identity``: the checkpoint's (disabled) LayerNorms were replaced by identities."""
         cfg = bridge.cfg
-        self.shape = ModelShape(
-            name=f"model {source!r}",
+        self.shape = _shape(
+            source,
+            self.architecture,
             n_layers=cfg.n_layers,
             n_heads=cfg.n_heads,
             n_ctx=cfg.n_ctx,
             d_vocab=cfg.d_vocab,
-            n_kv_heads=getattr(cfg, "n_key_value_heads", None) or cfg.n_heads,
-            parallel=self.architecture.parallel,
-            pos_embed=not self.architecture.rotary,
-            head_outputs=self.architecture.head_outputs,
-            architecture=self.architecture.name,
+            n_kv_heads=getattr(cfg, "n_key_value_heads", None),
         )
         self.W_O: Float[Tensor, "layer head d_head d_model"] = bridge.W_O.detach()
         self.device = self.W_O.device
@@ -254,9 +327,10 @@ class ScrubModel:
 
     def __repr__(self) -> str:
         s = self.shape
+        extra = ", layernorm='identity'" if self.layernorm == "identity" else ""
         return (
-            f"ScrubModel({self.source!r}, layers={s.n_layers}, heads={s.n_heads}, "
-            f"n_ctx={s.n_ctx}, vocab={s.d_vocab})"
+            f"{type(self).__name__}({self.source!r}, layers={s.n_layers}, heads={s.n_heads}, "
+            f"n_ctx={s.n_ctx}, vocab={s.d_vocab}{extra})"
         )
 
     def checkpoint_sha256(self) -> str | None:
@@ -415,6 +489,98 @@ def split_qkv_inputs(bridge, on: bool) -> Iterator[None]:
         yield
     finally:
         bridge.set_use_split_qkv_input(was)
+
+
+def _shape(
+    source: str,
+    arch: Architecture,
+    *,
+    n_layers: int,
+    n_heads: int,
+    n_ctx: int,
+    d_vocab: int,
+    n_kv_heads: int | None,
+) -> ModelShape:
+    return ModelShape(
+        name=f"model {source!r}",
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_ctx=n_ctx,
+        d_vocab=d_vocab,
+        n_kv_heads=n_kv_heads or n_heads,
+        parallel=arch.parallel,
+        pos_embed=not arch.rotary,
+        head_outputs=arch.head_outputs,
+        architecture=arch.name,
+    )
+
+
+class ConfigOnlyModel(ScrubModel):
+    """A hub model known from its config alone: shape and names for ``scrub check``, no weights.
+
+    Binding a hypothesis to it checks everything the model's shape determines (component
+    names, context length, vocabulary); anything that would run it (``bridge``, ``run``)
+    raises an error that says how to get the weights, so no score is ever computed from it.
+
+    Attributes:
+        origin: where the config came from (the cache, or transformers' defaults).
+    """
+
+    def __init__(self, config: Any, *, source: str, origin: str, reason: Exception) -> None:
+        from scrub._architectures import ARCHITECTURES
+
+        names = list(getattr(config, "architectures", None) or [])
+        names.append({"gpt2": "GPT2LMHeadModel"}.get(config.model_type, ""))
+        arch = next((ARCHITECTURES[n] for n in names if n in ARCHITECTURES), None)
+        if arch is None:
+            raise HypothesisError(
+                f"model {source!r} is a {config.model_type!r} model, which scrub cannot treeify",
+                hint="supported architectures: "
+                + ", ".join(f"{a.name} ({k})" for k, a in ARCHITECTURES.items()),
+            )
+        self.architecture, self.source, self.kind, self.path = arch, source, "config", source
+        self.layernorm = "keep"
+        self.origin = origin
+        self._reason = str(reason).splitlines()[0] if str(reason) else type(reason).__name__
+        self.shape = _shape(
+            source,
+            arch,
+            n_layers=config.num_hidden_layers,
+            n_heads=config.num_attention_heads,
+            n_ctx=config.max_position_embeddings,
+            d_vocab=config.vocab_size,
+            n_kv_heads=getattr(config, "num_key_value_heads", None),
+        )
+        self.device = torch.device("cpu")
+        self.memo = {}
+
+    def no_weights(self) -> HypothesisError:
+        """The error for anything that needs the weights."""
+        return HypothesisError(
+            f"model {self.source!r} was loaded from {self.origin} only, for checking shapes and "
+            f"names: its weights are not in the Hugging Face cache ({self._reason}), so it "
+            "cannot be run",
+            hint=WEIGHTS_HINT.format(name=self.source),
+        )
+
+    @property  # type: ignore[override]
+    def bridge(self) -> Any:
+        raise self.no_weights()
+
+    @bridge.setter
+    def bridge(self, value: Any) -> None:
+        raise AttributeError("a ConfigOnlyModel has no bridge")
+
+    @property  # type: ignore[override]
+    def W_O(self) -> Tensor:
+        raise self.no_weights()
+
+    @W_O.setter
+    def W_O(self, value: Tensor) -> None:
+        raise AttributeError("a ConfigOnlyModel has no weights")
+
+    def checkpoint_sha256(self) -> str | None:
+        return None
 
 
 def _chain(fns: list[Callable]) -> Callable:

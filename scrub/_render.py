@@ -261,8 +261,9 @@ def to_svg(hyp: Hypothesis, *, id_prefix: str = "", overlay: Overlay | None = No
     return svg
 
 
-def render(hyp: Hypothesis, out: Path) -> Path:
-    """Write ``out``: DOT source for ``.dot``/``.gv``, else render with Graphviz's ``dot``.
+def render(hyp: Hypothesis, out: Path, *, overlay: Overlay | None = None) -> Path:
+    """Write ``out``: DOT source for ``.dot``/``.gv``, else render with Graphviz's ``dot``
+    (with ``overlay`` drawn on, if given).
 
     Raises:
         GraphvizMissing: an SVG or PNG was asked for and ``dot`` is not installed.
@@ -272,7 +273,7 @@ def render(hyp: Hypothesis, out: Path) -> Path:
         raise ValueError(
             f"cannot draw {out.name}: write one of {', '.join(FORMATS)} (DOT source, SVG or PNG)"
         )
-    dot = to_dot(hyp)
+    dot = to_dot(hyp, overlay=overlay)
     if out.suffix in (".dot", ".gv"):
         out.write_text(dot.source)
         return out

@@ -166,6 +166,11 @@ def _parser() -> argparse.ArgumentParser:
     graph = sub.add_parser("graph", help="draw the interpretation graph (Graphviz)")
     graph.add_argument("file", type=Path, help="hypothesis YAML file")
     graph.add_argument("--out", type=Path, help="a .dot, .svg or .png file (default: print DOT)")
+    graph.add_argument(
+        "--diagnosis",
+        type=Path,
+        help="colour nodes and edges by the losses in this 'scrub diagnose --out' JSON",
+    )
     imp = sub.add_parser(
         "import-circuit", help="write a hypothesis file from an EAP-IG / MIB circuit JSON"
     )
@@ -280,13 +285,16 @@ def _load(args: argparse.Namespace):
 def _check(args: argparse.Namespace) -> int:
     from scrub._bind import bind, load_model_for, make_dataset_for
     from scrub._hypothesis import load_hypothesis
+    from scrub._model import ConfigOnlyModel
+    from scrub._model_variants import WEIGHTS_HINT
     from scrub._tree import sample_tree
 
     hyp = load_hypothesis(args.file)
     n, seed = hyp.spec.defaults.n, hyp.spec.defaults.seed
     dataset = make_dataset_for(hyp, seed=seed)  # before the (slower) model
     with _quiet_hf():
-        model = load_model_for(hyp, args.model)  # the file's model is relative to the file
+        # the file's model is relative to the file; without weights, check against its config
+        model = load_model_for(hyp, args.model, allow_config_only=True)
     bound = bind(hyp, model, dataset)
     # A dry sampling on the defaults: what ``run`` would reject at sampling time is caught
     # here (n larger than the pool, ...), and what it would warn about is shown.
@@ -296,6 +304,12 @@ def _check(args: argparse.Namespace) -> int:
         f"({sum(1 for _ in tree.root.walk())} after treeifying), model {model.source!r}, "
         f"dataset {dataset.name!r} ({dataset.n_base} examples), sampled n={n} seed={seed}"
     )
+    if isinstance(model, ConfigOnlyModel):
+        print(
+            f"note: model {model.source!r} checked against {model.origin} (shapes and names "
+            "only): its weights are not in the Hugging Face cache, so 'scrub run' needs them "
+            f"first; {WEIGHTS_HINT.format(name=model.source)}"
+        )
     for message in tree.warnings:
         print(f"warning: {message}")
     return 0
@@ -306,16 +320,51 @@ def _graph(args: argparse.Namespace) -> int:
     from scrub._render import render, to_dot
 
     hyp = load_hypothesis(args.file)
+    overlay = None if args.diagnosis is None else _diagnosis_overlay(hyp, args.diagnosis)
     if args.out is None:
-        sys.stdout.write(to_dot(hyp).source + "\n")
+        sys.stdout.write(to_dot(hyp, overlay=overlay).source + "\n")
         sys.stdout.flush()
         return 0
     try:
-        print(f"wrote {render(hyp, args.out)}")
+        print(f"wrote {render(hyp, args.out, overlay=overlay)}")
     except (RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _diagnosis_overlay(hyp, path: Path):
+    """The losses of a diagnosis of ``hyp`` (its JSON at ``path``), to draw over it.
+
+    Raises:
+        OutputError: the file is not a diagnosis, or is of another version of the file.
+    """
+    from scrub.report import ReportError, load_document
+    from scrub.report._diagnosis_sections import loss_overlay
+
+    try:
+        doc = load_document(path)
+    except ReportError as exc:
+        raise OutputError(f"--diagnosis: {exc}") from None
+    if doc.kind != "diagnosis":
+        raise OutputError(
+            f"--diagnosis {path} is a {doc.kind!r} result, not a diagnosis (write one with "
+            f"'scrub diagnose {hyp.file or 'FILE'} --out {path}')"
+        )
+    recorded = doc.data.get("sha256")
+    if recorded != hyp.sha256:
+        what = (
+            f"records sha256 {recorded[:12]}…"
+            if isinstance(recorded, str)
+            else "records no sha256 (made by an older scrub)"
+        )
+        raise OutputError(
+            f"--diagnosis {path} {what}, but {hyp.file or hyp.name} has {hyp.sha256[:12]}…: it "
+            "may diagnose another file or version, whose rows need not name this file's nodes; "
+            "run 'scrub diagnose' on this file again"
+        )
+    rows = [r for r in doc.data.get("rows") or [] if isinstance(r, dict)]
+    return loss_overlay(hyp, rows)[0]
 
 
 def _import_circuit(args: argparse.Namespace) -> int:

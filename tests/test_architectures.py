@@ -185,6 +185,18 @@ def test_rope_models_have_no_pos_embed(family_models, dataset):
     assert info.value.key == ("nodes", "e", "components")
 
 
+def test_component_means_on_rope_models(family_models, dataset):
+    """``embed`` is ``tok_embed`` alone there (as in hypotheses); ``pos_embed`` is refused."""
+    model = family_models["llama"]
+    means = scrub.component_means(model, dataset, ["embed", "a0.h1"], classes=["END"])
+    assert [c.name for c in means.means] == ["tok_embed", "a0.h1"]
+    with pytest.raises(scrub.HypothesisError, match="has no pos_embed: Llama models") as info:
+        scrub.component_means(model, dataset, ["pos_embed"], classes=["END"])
+    assert "tok_embed" in info.value.hint
+    gpt2 = scrub.component_means(family_models["gpt2"], dataset, ["embed"], classes=["END"])
+    assert [c.name for c in gpt2.means] == ["tok_embed", "pos_embed"]
+
+
 def test_gemma2_heads_have_no_direct_paths(family_models, dataset):
     model = family_models["gemma2"]
     nodes = {"out": {"components": ["logits"], "inputs": [{"node": "h"}]}, "h": {"components": ["a1.h0", "m0"]}}  # fmt: skip

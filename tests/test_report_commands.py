@@ -257,3 +257,24 @@ def test_report_to_a_folder_fails_before_running(command, tmp_path, capsys):
     assert main([*argv, "--report", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert f"--report {tmp_path} is a directory" in err and "x.html" in err
+
+
+def test_graph_coloured_by_a_diagnosis(diagnosed, tiny_files, tmp_path, capsys):
+    json_path, _ = diagnosed
+    assert main(["graph", str(tiny_files[0]), "--diagnosis", str(json_path)]) == 0
+    dot = capsys.readouterr().out
+    assert "worst: " in dot and 'fillcolor="#' in dot and "penwidth=2.6" in dot
+    if HAS_DOT:
+        out = tmp_path / "g.svg"
+        assert (
+            main(["graph", str(tiny_files[0]), "--diagnosis", str(json_path), "--out", str(out)])
+            == 0
+        )
+        assert "worst: " in html_module.unescape(out.read_text())
+    # a diagnosis of another file, or not a diagnosis: refused
+    assert main(["graph", str(tiny_files[1]), "--diagnosis", str(json_path)]) == 1
+    assert "may diagnose another file or version" in capsys.readouterr().err
+    other = tmp_path / "run.json"
+    other.write_text(json.dumps({"kind": "activation", "axes": {}}))
+    assert main(["graph", str(tiny_files[0]), "--diagnosis", str(other)]) == 1
+    assert "is a 'patching' result, not a diagnosis" in capsys.readouterr().err

@@ -35,6 +35,7 @@ from scrub.data.ioi import ioi, ioi_abc
 from scrub.data.ioi_names import ioi_names
 from scrub.data.ioi_toy import ioi_toy
 from scrub.data.parens import parens
+from scrub.data.tracr import tracr
 
 __all__ = [
     "GENERATORS",
@@ -53,6 +54,7 @@ GENERATORS: Mapping[str, Callable[..., Dataset]] = {
     "ioi_abc": ioi_abc,
     "ioi_toy": ioi_toy,
     "ioi_names": ioi_names,
+    "tracr": tracr,
 }
 """The registered dataset generators."""
 

@@ -53,6 +53,7 @@ class Kernels:
         cfg = bridge.cfg
         self.eps = float(cfg.eps)
         self.rms = cfg.normalization_type in ("RMS", "RMSPre")
+        self.norm = cfg.normalization_type is not None  # None: identity (LayerNorm-free GPT-2)
         self.scale = 1 / math.sqrt(cfg.d_head)
         self.act = _ACTIVATIONS[cfg.act_fn]
         self.group = model.shape.kv_group
@@ -73,6 +74,8 @@ class Kernels:
         self._angles: dict[int, tuple[Tensor, Tensor]] = {}
 
     def _ln(self, x: Tensor) -> Tensor:
+        if not self.norm:
+            return x
         if not self.rms:
             x = x - x.mean(-1, keepdim=True)
         return x / (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()

@@ -23,7 +23,12 @@ several draws of the tree, averaged over draws per example first).
   draws' half-width in quadrature (law of total variance): ``est − sqrt((est − lo)² + h²)``,
   ``est + sqrt((hi − est)² + h²)``, with ``h = t_{K−1} · sd / sqrt(K)``. It always contains the
   examples' interval, and is conservative (the examples' bootstrap already sees some draw noise,
-  since each example's draws are resampled with it).
+  since each example's draws are resampled with it). It is deliberately not a literal two-level
+  ("pigeonhole", Owen 2007) bootstrap that resamples examples and, independently, the K draws:
+  that percentile interval need not contain the examples' BCa interval, its draw level has only
+  K values to resample (few distinct resamples for K = 2–10, variance biased low by
+  (K − 1)/K), and on a crossed design (every draw covers every example) its variance is itself
+  only approximate (mildly conservative, Owen 2007).
 
 Pitfall: p-values and intervals are only meaningful when the denominator is: with clean ≈
 baseline the fraction recovered is undefined, and these functions return NaN rather than a number.
