@@ -23,7 +23,8 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,14 @@ from scrub._model_variants import (
     read_model_spec,
 )
 
-__all__ = ["SHIPPED_MODELS", "ConfigOnlyModel", "OutputPatch", "ScrubModel", "load_model"]
+__all__ = [
+    "SHIPPED_MODELS",
+    "ConfigOnlyModel",
+    "OutputPatch",
+    "ScrubModel",
+    "load_model",
+    "split_qkv_inputs",
+]
 
 SHIPPED_MODELS = Path(__file__).parent / "models"
 """Directory of the models shipped with scrub (one HF-format directory each)."""
@@ -121,6 +129,7 @@ def load_model(
             hint="scrub supports GPT-2, GPT-NeoX/Pythia, Llama, Qwen2 and Gemma-2 models and "
             f"the shipped models: {', '.join(_shipped_names())}",
         ) from None
+    _torch_gelu(bridge)  # after eval(): the new modules take the old ones' mode
     return ScrubModel(
         bridge, source=source, kind=kind, path=path, architecture=arch, layernorm=layernorm
     )
@@ -157,6 +166,26 @@ def _load_spec_file(
         raise exc.with_context(file=file, key_prefix=() if exc.key else ("path",)) from None
     model.source = source
     return model
+
+
+def _torch_gelu(bridge: Any) -> None:
+    """Swap Hugging Face's Python ``gelu_new`` for torch's fused tanh GELU (same formula).
+
+    HF's ``NewGELUActivation`` spells the tanh approximation out in Python tensor ops; torch's
+    ``gelu(approximate="tanh")`` computes it in one kernel, about 3x faster. The swap is made
+    only if the two agree within 1e-6 on a probe spanning the activation's range.
+    """
+    from transformers.activations import NewGELUActivation
+
+    probe = torch.linspace(-12, 12, 4097)
+    fused = torch.nn.GELU(approximate="tanh")
+    with torch.no_grad():
+        if (fused(probe) - NewGELUActivation()(probe)).abs().max() > 1e-6:
+            return
+    for module in list(bridge.original_model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, NewGELUActivation):
+                setattr(module, name, torch.nn.GELU(approximate="tanh").train(child.training))
 
 
 def _looks_like_path(source: str) -> bool:
@@ -305,11 +334,23 @@ class ScrubModel:
         )
 
     def checkpoint_sha256(self) -> str | None:
-        """Hash of the weights file for shipped and local models (provenance)."""
+        """Hash of the weights file for shipped and local models (provenance).
+
+        Computed once per file version: remembered with the file's size and modification
+        time, and recomputed when either changes.
+        """
         weights = Path(self.path) / "model.safetensors"
         if self.kind == "hub" or not weights.exists():
             return None
-        return hashlib.sha256(weights.read_bytes()).hexdigest()
+        stat = weights.stat()
+        key = f"sha256 {stat.st_size} {stat.st_mtime_ns}"
+        if key not in self.memo:
+            digest = hashlib.sha256()
+            with weights.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            self.memo[key] = digest.hexdigest()
+        return self.memo[key]
 
     # -- hook points --------------------------------------------------------------------------
     @staticmethod
@@ -422,12 +463,32 @@ class ScrubModel:
             add(self.input_hook(comp, ch), _read_input_hook(comp, ch, inputs, self))
 
         fwd_hooks = [(name, _chain(fns)) for name, fns in hooks.items()]
-        with self.bridge.hooks(fwd_hooks=fwd_hooks):
+        per_head = any(c.kind == "head" for c, _ in [*set_inputs, *read_inputs])
+        with split_qkv_inputs(self.bridge, per_head), self.bridge.hooks(fwd_hooks=fwd_hooks):
             if stop_at_layer is None or stop_at_layer >= self.shape.n_layers:
                 logits = self.bridge(tokens.to(self.device))
             else:
                 logits = self.bridge(tokens.to(self.device), stop_at_layer=stop_at_layer)
         return logits, inputs, outputs
+
+
+@contextmanager
+def split_qkv_inputs(bridge, on: bool) -> Iterator[None]:
+    """Per-head q/k/v inputs only for passes that read or set them, restored on exit.
+
+    The split inputs run LayerNorm and the q/k/v projections per head (``n_heads`` times the
+    activations); a pass that only patches outputs or splices into MLPs and the logits reads
+    the same values through the model's ordinary joint projection, several times faster.
+    """
+    was = bool(bridge.cfg.use_split_qkv_input)
+    if was == on:
+        yield
+        return
+    bridge.set_use_split_qkv_input(on)
+    try:
+        yield
+    finally:
+        bridge.set_use_split_qkv_input(was)
 
 
 def _shape(

@@ -72,6 +72,7 @@ def run(
     max_tree_nodes: int = MAX_TREE_NODES,
     confidence: float = 0.95,
     progress: bool | None = False,
+    max_memory: int | None = None,
 ) -> ScrubResult:
     """Scrub a hypothesis and score it.
 
@@ -94,6 +95,9 @@ def run(
         max_tree_nodes: refuse hypotheses whose treeified graph has more nodes than this.
         confidence: confidence level of the bootstrap intervals.
         progress: show a progress bar on stderr (``None``: only if stderr is a terminal).
+        max_memory: activation budget of one forward pass in bytes (fast engine): each pass
+            takes the most rows that fit, at most ``max_batch_rows`` (``None``: 128 MiB; see
+            :func:`scrub.engine.cache.pass_rows`). Results do not depend on it.
 
     Returns:
         The :class:`ScrubResult`.
@@ -108,6 +112,8 @@ def run(
     seed = _count("seed", spec.defaults.seed if seed is None else seed, minimum=0)
     max_batch_rows = _count("max_batch_rows", max_batch_rows, minimum=1)
     max_tree_nodes = _count("max_tree_nodes", max_tree_nodes, minimum=1)
+    if max_memory is not None:
+        max_memory = _count("max_memory", max_memory, minimum=1)
     if not (isinstance(confidence, float | int) and 0 < confidence < 1):
         raise ValueError(f"confidence must be between 0 and 1 (exclusive), not {confidence!r}")
     if engine not in ENGINES:
@@ -118,7 +124,7 @@ def run(
     if kind == "mean" and spec.ablation.kind != "mean":
         raise ValueError("baseline 'mean' takes its means from the file's mean 'ablation:'")
     if cache is None:
-        cache = ActivationCache(max_batch_rows=max_batch_rows)
+        cache = ActivationCache(max_batch_rows=max_batch_rows, max_memory=max_memory)
     if not isinstance(model, ScrubModel):
         model = load_model_for(hyp, model)  # the file's model is relative to the file
     if dataset is None:
@@ -130,7 +136,7 @@ def run(
     messages = list(tree.warnings)
 
     ablation = ablation_for(hyp, model, dataset, cache)
-    evaluate = _engine(engine, cache, max_batch_rows, ablation)
+    evaluate = _engine(engine, cache, max_batch_rows, ablation, max_memory)
     base_ablation = {"mean": ablation, "zero": Ablation("zero")}.get(kind)
     base = baseline_for(kind, ablation=base_ablation)
     x = tree.reference
@@ -166,7 +172,7 @@ def run(
                 reference=x,
                 seed=seed,
                 metric_positions=spec.metric.positions,
-                evaluate=_engine(engine, cache, max_batch_rows, base_ablation),
+                evaluate=_engine(engine, cache, max_batch_rows, base_ablation, max_memory),
                 engine=engine,
                 cache=cache,
                 on_pass=tick,
@@ -364,11 +370,17 @@ def _gather(logits: Tensor, positions: np.ndarray) -> Tensor:
 
 
 def _engine(
-    engine: str, cache: ActivationCache, max_batch_rows: int, ablation: Ablation | None
+    engine: str,
+    cache: ActivationCache,
+    max_batch_rows: int,
+    ablation: Ablation | None,
+    max_memory: int | None = None,
 ) -> Evaluate:
     """The evaluator named ``engine``, ablating unmapped inputs as ``ablation`` says."""
     if engine == "fast":
-        return FastEngine(cache=cache, max_batch_rows=max_batch_rows, ablation=ablation)
+        return FastEngine(
+            cache=cache, max_batch_rows=max_batch_rows, ablation=ablation, max_memory=max_memory
+        )
     return _gathering(functools.partial(evaluate_reference, ablation=ablation))
 
 

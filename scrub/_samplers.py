@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 
 from scrub._errors import HypothesisError
 
@@ -65,6 +64,8 @@ def self_draw_fraction(dataset: Dataset, parent_rows: np.ndarray, rows: np.ndarr
     tokens = dataset.tokens
     rest = ~same_row
     if rest.any():
+        import torch  # here, so that loading a hypothesis file needs no torch
+
         a = tokens[torch.as_tensor(rows[rest])]
         b = tokens[torch.as_tensor(parent_rows[rest])]
         same_row[rest] = (a == b).all(dim=1).cpu().numpy()

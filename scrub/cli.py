@@ -88,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
         default=4096,
         help="most rows in one forward pass (caps memory; results do not change)",
     )
+    run.add_argument(
+        "--max-memory",
+        type=_POSITIVE,
+        metavar="MIB",
+        help="activation budget of one forward pass in MiB: each pass takes the most rows that "
+        "fit (default 128; results do not change)",
+    )
     run.add_argument("--out", type=Path, help="write the result as JSON here")
     bar = run.add_mutually_exclusive_group()
     bar.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -471,6 +478,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
             seed=args.seed,
             engine=args.engine,
             max_batch_rows=args.max_batch_rows,
+            max_memory=None if args.max_memory is None else args.max_memory * 2**20,
             progress=False if args.quiet else (True if args.progress else None),
         )
     print(format_result(result))

@@ -48,5 +48,5 @@ def test_engine_reprs():
     cache = scrub.ActivationCache()
     assert repr(cache) == "ActivationCache(components={}, memo=0)"
     assert repr(scrub.FastEngine(max_batch_rows=64)) == (
-        "FastEngine(cache=None, max_batch_rows=64, kernels=True, ablation=None)"
+        "FastEngine(cache=None, max_batch_rows=64, kernels=True, ablation=None, max_memory=None)"
     )

@@ -80,10 +80,10 @@ class Kernels:
             x = x - x.mean(-1, keepdim=True)
         return x / (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
 
-    def _proj(self, x: Tensor, w: str, b: str, layer: int, head: int) -> Tensor:
+    def _proj(self, normed: Tensor, w: str, b: str, layer: int, head: int) -> Tensor:
         weight, bias = self.w[w], self.w[b]
         assert weight is not None
-        out = self._ln(x) @ weight[layer, head]
+        out = normed @ weight[layer, head]
         return out if bias is None else out + bias[layer, head]
 
     def _rotate(self, x: Tensor) -> Tensor:
@@ -102,9 +102,16 @@ class Kernels:
     def head(self, comp: Component, q_in: Tensor, k_in: Tensor, v_in: Tensor) -> Tensor:
         """A head's ``z`` (``batch pos d_head``) from its three residual inputs."""
         layer, h, kv = comp.layer, comp.head, comp.head // self.group
-        q = self._proj(q_in, "W_Q", "b_Q", layer, h)
-        k = self._proj(k_in, "W_K", "b_K", layer, kv)
-        v = self._proj(v_in, "W_V", "b_V", layer, kv)
+        normed: dict[int, Tensor] = {}  # channels given the same tensor are normalised once
+
+        def norm(x: Tensor) -> Tensor:
+            if id(x) not in normed:
+                normed[id(x)] = self._ln(x)
+            return normed[id(x)]
+
+        q = self._proj(norm(q_in), "W_Q", "b_Q", layer, h)
+        k = self._proj(norm(k_in), "W_K", "b_K", layer, kv)
+        v = self._proj(norm(v_in), "W_V", "b_V", layer, kv)
         if self.rotary is not None:
             q, k = self._rotate(q), self._rotate(k)
         scores = (q @ k.transpose(-1, -2)) * self.scale

@@ -43,7 +43,7 @@ from scrub.data import Dataset
 from scrub.engine._ablation import Ablation
 from scrub.engine._kernels import Kernels, kernel_status, kernels_for
 from scrub.engine._plan import Group, Move, Plan, make_plan
-from scrub.engine.cache import ActivationCache, split_qkv_inputs
+from scrub.engine.cache import ActivationCache, pass_rows, split_qkv_inputs
 
 __all__ = ["Evaluated", "FastEngine"]
 
@@ -64,6 +64,8 @@ class FastEngine:
             assembled inputs (checked against the model once), instead of in an extra row group.
         joint_qkv: passes that need no per-head q/k/v input use the joint projection.
         ablation: mean or zero ablation of unmapped inputs (``None``: resample them).
+        max_memory: activation budget of one pass in bytes (:func:`pass_rows`); passes take as
+            many rows as fit, at most ``max_batch_rows``. ``None``: :data:`scrub.engine.cache.PASS_MEMORY`.
     """
 
     cache: ActivationCache | None = None
@@ -73,10 +75,19 @@ class FastEngine:
         default=False, repr=False
     )  # default: every pass split, so no result depends on its pass-mates
     ablation: Ablation | None = None
+    max_memory: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch_rows < 1:
             raise ValueError(f"max_batch_rows must be at least 1, not {self.max_batch_rows}")
+        if self.max_memory is not None and self.max_memory < 1:
+            raise ValueError(
+                f"max_memory must be a positive number of bytes, not {self.max_memory}"
+            )
+
+    def rows_per_pass(self, model: ScrubModel, seq_len: int) -> int:
+        """Rows of one pass: ``max_batch_rows``, or fewer if they would exceed the budget."""
+        return min(self.max_batch_rows, pass_rows(model, seq_len, max_memory=self.max_memory))
 
     def describe(self, model: ScrubModel) -> str:
         """How this engine evaluates on ``model``, as results record it: ``"fast"`` with
@@ -147,7 +158,9 @@ class FastEngine:
         if not trees:
             return Evaluated([], [])
         tick = on_pass or (lambda: None)
-        cache = self.cache or ActivationCache(max_batch_rows=self.max_batch_rows)
+        cache = self.cache or ActivationCache(
+            max_batch_rows=self.max_batch_rows, max_memory=self.max_memory
+        )
         dataset = trees[0].dataset
         kernels = kernels_for(model) if self.kernels and not patterns else None
         n = len(trees[0].reference)
@@ -162,7 +175,7 @@ class FastEngine:
             )
 
         first = plan_of(trees[:1])
-        per_batch = max(1, self.max_batch_rows // (_widest(first) * n))
+        per_batch = max(1, self.rows_per_pass(model, dataset.seq_len) // (_widest(first) * n))
         out = Evaluated([], [])
         for start in range(0, len(trees), per_batch):
             batch = trees[start : start + per_batch]
@@ -198,7 +211,7 @@ class FastEngine:
             if src.known is not None:
                 leaves[src.leaf_key(comp)] = cache.subtree(src.known, comp)
         reads = _pattern_groups(plan, trees, patterns)
-        chunk = max(1, self.max_batch_rows // _widest(plan))
+        chunk = max(1, self.rows_per_pass(model, dataset.seq_len) // _widest(plan))
         n = len(trees[0].reference)
         # A cache made for this call alone would never be read again.
         keep = self.cache is not None and self.cache.subtrees
@@ -313,6 +326,12 @@ class _ChunkRun:
         self._resolved: dict[tuple[PositionSpec, int], Tensor] = {}
         self.joint_qkv = False
         self.final_resid: dict[int, Tensor] = {}  # root gid -> its assembled final residual
+        # Heads whose q/k/v inputs a group assembles are recomputed by the kernels from the
+        # block's input, so no pass needs the bridge's split q/k/v inputs (n_heads LayerNorm'd
+        # copies of the residual stream). Grouped-query models share k/v slots between heads
+        # and keep the split inputs.
+        self.head_kernels = kernels is not None and model.shape.kv_group == 1
+        self.z_override: dict[tuple[int, Component], Tensor] = {}
 
     # -- helpers ----------------------------------------------------------------------------
     def resolve(self, spec: PositionSpec, rows: np.ndarray) -> Tensor:
@@ -360,7 +379,8 @@ class _ChunkRun:
             final = stop >= self.model.shape.n_layers
             hooks = self.hooks(groups, final=final)
             bridge = self.model.bridge
-            split = not self.joint_qkv or any(ch != "in" for g in groups for _, ch in g.targets)
+            needs_split = any(ch != "in" for g in groups for _, ch in g.targets)
+            split = not self.head_kernels and (not self.joint_qkv or needs_split)
             try:
                 with split_qkv_inputs(bridge, split), bridge.hooks(fwd_hooks=list(hooks.items())):
                     if final:
@@ -392,19 +412,26 @@ class _ChunkRun:
         model = self.model
         outputs: dict[str, set[Component]] = {}
         inputs: dict[str, set[tuple[Component, Channel]]] = {}
+        block_inputs: dict[int, set[tuple[Component, Channel]]] = {}  # layer -> head targets
         for group in groups:
             for move in group.patches:
                 outputs.setdefault(model.output_hook(move.component), set()).add(move.component)
             for comp in group.record | set(group.ablate) if not group.virtual else ():
                 outputs.setdefault(model.output_hook(comp), set()).add(comp)
             for comp, ch in group.targets:
-                if comp.kind != "logits":
+                if comp.kind == "head" and self.head_kernels:
+                    block_inputs.setdefault(comp.layer, set()).add((comp, ch))
+                    if not group.virtual:  # its z is overwritten by the kernels' value
+                        outputs.setdefault(model.output_hook(comp), set()).add(comp)
+                elif comp.kind != "logits":
                     inputs.setdefault(model.input_hook(comp, ch), set()).add((comp, ch))
         hooks: dict[str, Callable] = {}
         for name, comps in outputs.items():
             hooks[name] = self._output_hook(groups, comps)
         for name, targets in inputs.items():
             hooks[name] = self._input_hook(groups, targets)
+        for layer, targets in block_inputs.items():
+            hooks[f"blocks.{layer}.hook_resid_pre"] = self._block_input_hook(groups, targets)
         if final:
             hooks["ln_final.hook_in"] = self._final_hook()
         for layer in sorted({head.layer for gid, head in self.reads if gid in self.where}):
@@ -422,8 +449,15 @@ class _ChunkRun:
         return hook
 
     def _output_hook(self, groups: list[Group], comps: set[Component]) -> Callable:
+        heads = [c for c in comps if c.kind == "head"]
+
         def hook(t: Tensor, hook=None) -> Tensor:
             t = t.clone()
+            for group in groups:  # heads recomputed from their assembled inputs
+                for comp in heads:
+                    z = self.z_override.pop((group.gid, comp), None)
+                    if z is not None:
+                        write(t, comp, z, self.where[group.gid])
             for group in groups:  # ablation first: the patches apply on top
                 for comp in group.ablate if not group.virtual else ():
                     if comp in comps:
@@ -486,6 +520,46 @@ class _ChunkRun:
                     else:
                         continue
                     write(t, self.model.input_slot(comp, ch), value, self.where[group.gid])
+            return t
+
+        return hook
+
+    def _block_input_hook(
+        self, groups: list[Group], targets: set[tuple[Component, Channel]]
+    ) -> Callable:
+        """At a block's input: assemble the q/k/v inputs of its targeted heads and compute them.
+
+        The kernels' ``z`` goes to the group's store (virtual output groups) or overwrites the
+        head's ``z`` in the group's rows at ``hook_z`` (fused and output groups), exactly where
+        the bridge would have computed it from the same inputs in its split q/k/v mode.
+        """
+
+        def hook(t: Tensor, hook=None) -> Tensor:
+            assert self.kernels is not None
+            assembled: dict[tuple[int, Component, Channel], Tensor] = {}
+            for group in groups:
+                if group.sets:
+                    continue
+                resid = t[self.where[group.gid]]
+                for target in group.splices:
+                    if target in targets:
+                        assembled[group.gid, *target] = self.assemble(group, target, resid)
+            for group in groups:
+                heads: dict[Component, dict[Channel, Tensor]] = {}
+                for target in group.targets:
+                    if target not in targets:
+                        continue
+                    comp, ch = target
+                    if group.sets:
+                        heads.setdefault(comp, {})[ch] = assembled[group.sets[target], comp, ch]
+                    elif group.fused:
+                        heads.setdefault(comp, {})[ch] = assembled[group.gid, comp, ch]
+                for comp, inputs in heads.items():
+                    z = self.kernels.head(comp, inputs["q"], inputs["k"], inputs["v"])
+                    if group.virtual:
+                        self.store[group.gid, comp] = z
+                    else:
+                        self.z_override[group.gid, comp] = z
             return t
 
         return hook
