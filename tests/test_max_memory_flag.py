@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KCOMP = str(ROOT / "hypotheses" / "induction" / "kcomp.yaml")
 NAIVE = str(ROOT / "hypotheses" / "induction" / "naive.yaml")
 PATH_EXP = str(ROOT / "experiments" / "induction" / "path_prev_token.yaml")
+ATTENTION_EXP = str(ROOT / "experiments" / "induction" / "attention_prev_token.yaml")
 MIB = 2**20
 
 
@@ -88,8 +89,9 @@ def test_diagnose_max_memory_reaches_the_engine(tmp_path, budgets, capsys) -> No
     _capped_and_plain(["diagnose", NAIVE, "--n", "6"], "--out", tmp_path, budgets)
 
 
-def test_patch_max_memory_reaches_the_engine(tmp_path, budgets, capsys) -> None:
-    argv = ["patch", PATH_EXP, "--n", "4", "--no-figures"]
+@pytest.mark.parametrize("experiment", [PATH_EXP, ATTENTION_EXP], ids=["path", "attention"])
+def test_patch_max_memory_reaches_the_engine(experiment, tmp_path, budgets, capsys) -> None:
+    argv = ["patch", experiment, "--n", "4", "--no-figures"]
     _capped_and_plain(argv, "--out", tmp_path, budgets)
 
 
