@@ -12,6 +12,8 @@ cache), and configures it the way scrub needs it:
 
 :class:`ScrubModel` runs forward passes with hooks that patch component outputs, set or read
 component input channels, and read component outputs. Hooks exist only inside the pass.
+Where a source points (shipped, local, hub) is :mod:`scrub._model_source`; the hook functions
+themselves are :mod:`scrub._hooks` (both re-exported here).
 
 Pitfall: head outputs are handled through ``hook_z`` (``batch pos head d_head``), and a head's
 residual contribution is ``z @ W_O[layer, head]``. We never turn on per-head results for the whole
@@ -23,9 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,26 @@ from torch import Tensor
 from scrub._architectures import Architecture, boot, check_architecture
 from scrub._components import Channel, Component, ModelShape
 from scrub._errors import HypothesisError, ScrubWarning
+from scrub._hooks import (
+    OutputPatch,
+    _chain,
+    _patch_hook,
+    _read_input_hook,
+    _read_output_hook,
+    _set_input_hook,
+    select,
+    split_qkv_inputs,
+    write,
+    write_at,
+)
+from scrub._model_source import (
+    SHIPPED_MODELS,
+    architecture_name,
+    load_error,
+    path_hint,
+    resolve,
+    shipped_names,
+)
 from scrub._model_variants import (
     WEIGHTS_HINT,
     LayerNormOption,
@@ -51,15 +71,11 @@ __all__ = [
     "OutputPatch",
     "ScrubModel",
     "load_model",
+    "select",
     "split_qkv_inputs",
+    "write",
+    "write_at",
 ]
-
-SHIPPED_MODELS = Path(__file__).parent / "models"
-"""Directory of the models shipped with scrub (one HF-format directory each)."""
-
-
-def _shipped_names() -> list[str]:
-    return sorted(p.name for p in SHIPPED_MODELS.iterdir() if (p / "config.json").exists())
 
 
 def load_model(
@@ -93,7 +109,7 @@ def load_model(
         return _load_spec_file(
             source, device=device, relative_to=relative_to, allow_config_only=allow_config_only
         )
-    path, kind = _resolve(source, relative_to)
+    path, kind = resolve(source, relative_to)
     check = None
     try:
         hf_model = None
@@ -105,7 +121,7 @@ def load_model(
     except (OSError, ValueError) as exc:
         if kind == "hub" and allow_config_only and (known := hf_config_for(source)) is not None:
             return ConfigOnlyModel(known[0], source=source, origin=known[1], reason=exc)
-        raise _load_error(source, path, kind, exc, relative_to) from exc
+        raise load_error(source, path, kind, exc, relative_to) from exc
     if bridge.cfg.d_mlp == bridge.cfg.d_model:
         warnings.warn(
             f"model {source!r} has an MLP as wide as its residual stream (d_mlp = d_model = "
@@ -124,10 +140,10 @@ def load_model(
         check_architecture(bridge, arch, source=source)
     except NotImplementedError as exc:
         raise HypothesisError(
-            f"cannot scrub model {source!r}: its architecture ({_architecture(bridge, path)}) "
+            f"cannot scrub model {source!r}: its architecture ({architecture_name(bridge, path)}) "
             f"does not give scrub the hooks it needs ({exc})",
             hint="scrub supports GPT-2, GPT-NeoX/Pythia, Llama, Qwen2 and Gemma-2 models and "
-            f"the shipped models: {', '.join(_shipped_names())}",
+            f"the shipped models: {', '.join(shipped_names())}",
         ) from None
     _torch_gelu(bridge)  # after eval(): the new modules take the old ones' mode
     return ScrubModel(
@@ -149,7 +165,7 @@ def _load_spec_file(
     if not file.is_file():
         raise HypothesisError(
             f"cannot load model {source!r}: no such model spec file {os.path.normpath(file)}",
-            hint=_path_hint(source, relative_to),
+            hint=path_hint(source, relative_to),
         )
     spec = read_model_spec(file)
     try:
@@ -186,101 +202,6 @@ def _torch_gelu(bridge: Any) -> None:
         for name, child in module.named_children():
             if isinstance(child, NewGELUActivation):
                 setattr(module, name, torch.nn.GELU(approximate="tanh").train(child.training))
-
-
-def _looks_like_path(source: str) -> bool:
-    """A path rather than a hub name (``org/name``): ``./x``, ``../x``, ``/x``, ``~/x``, ``a/b/c``."""
-    return (
-        source.startswith((".", "/", "~"))
-        or "\\" in source
-        or source.count("/") > 1
-        or source.endswith("/")
-    )
-
-
-def _resolve(source: str, relative_to: str | Path | None) -> tuple[str, str]:
-    """Where to load ``source`` from, and its kind: shipped, local or hub."""
-    shipped = SHIPPED_MODELS / source
-    if "/" not in source and (shipped / "config.json").exists():
-        return str(shipped), "shipped"
-    local = Path(source).expanduser()
-    if not local.is_absolute() and relative_to is not None:
-        local = Path(relative_to) / local
-    if local.is_dir():
-        if not (local / "config.json").exists():
-            raise HypothesisError(
-                f"model directory {source!r} ({local}) has no config.json",
-                hint="save a Hugging Face model there with model.save_pretrained(dir)",
-            )
-        return str(local), "local"
-    if _looks_like_path(source) or local.exists():
-        raise HypothesisError(
-            f"cannot load model {source!r}: no such directory {os.path.normpath(local)}",
-            hint=_path_hint(source, relative_to),
-        )
-    return source, "hub"
-
-
-def _path_hint(source: str, relative_to: str | Path | None) -> str:
-    hint = (
-        "a relative 'model:' path is relative to the hypothesis file"
-        if relative_to is not None
-        else "a relative model path is relative to the current directory"
-    )
-    if relative_to is not None and Path(source).expanduser().is_dir():
-        hint += f"; there is a {source!r} relative to the current directory: use --model {source}"
-    return hint + f"; shipped models: {', '.join(_shipped_names())}"
-
-
-def _load_error(
-    source: str, path: str, kind: str, exc: Exception, relative_to: str | Path | None
-) -> HypothesisError:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    if kind == "hub":
-        local = os.path.normpath(Path(relative_to or ".") / source)
-        return HypothesisError(
-            f"cannot load model {source!r}: "
-            + (f"no such directory ({local}), and " if "/" in source else "")
-            + f"not a model in the Hugging Face cache ({str(exc).splitlines()[0]})",
-            hint=f"shipped models: {', '.join(_shipped_names())}; or a local Hugging Face "
-            "directory (relative to the hypothesis file); hub names like 'gpt2' need the "
-            "weights in your Hugging Face cache"
-            + (" (HF_HUB_OFFLINE=1 is set)" if offline else "")
-            + ": "
-            + WEIGHTS_HINT.format(name=source),
-        )
-    return HypothesisError(
-        f"cannot load model {source!r} from {path}: {str(exc).splitlines()[0]}",
-        hint="the directory must hold a Hugging Face model (config.json and weights) of a "
-        "supported architecture (GPT-2 style)",
-    )
-
-
-def _architecture(bridge: Any, path: str) -> str:
-    """The model's architecture name, from its config (for messages)."""
-    try:
-        import json
-
-        config = json.loads((Path(path) / "config.json").read_text())
-        names = config.get("architectures") or [config.get("model_type", "unknown")]
-        return ", ".join(str(n) for n in names)
-    except (OSError, ValueError):
-        return str(getattr(bridge.cfg, "architecture", None) or "unknown")
-
-
-@dataclass(frozen=True)
-class OutputPatch:
-    """Overwrite a component's output at given positions (an activation patch).
-
-    Attributes:
-        component: the component whose output is replaced.
-        positions: ``(batch, K)`` positions in the patched rows.
-        values: ``(batch, K, d)`` new outputs (``d_head`` wide ``z`` for heads, else ``d_model``).
-    """
-
-    component: Component
-    positions: Int[Tensor, "batch k"]
-    values: Float[Tensor, "batch k d"]
 
 
 class ScrubModel:
@@ -460,7 +381,10 @@ class ScrubModel:
         for (comp, ch), value in set_inputs.items():
             add(self.input_hook(comp, ch), _set_input_hook(self.input_slot(comp, ch), value))
         for comp, ch in read_inputs:
-            add(self.input_hook(comp, ch), _read_input_hook(comp, ch, inputs, self))
+            add(
+                self.input_hook(comp, ch),
+                _read_input_hook(comp, ch, inputs, self.input_slot(comp, ch)),
+            )
 
         fwd_hooks = [(name, _chain(fns)) for name, fns in hooks.items()]
         per_head = any(c.kind == "head" for c, _ in [*set_inputs, *read_inputs])
@@ -470,25 +394,6 @@ class ScrubModel:
             else:
                 logits = self.bridge(tokens.to(self.device), stop_at_layer=stop_at_layer)
         return logits, inputs, outputs
-
-
-@contextmanager
-def split_qkv_inputs(bridge, on: bool) -> Iterator[None]:
-    """Per-head q/k/v inputs only for passes that read or set them, restored on exit.
-
-    The split inputs run LayerNorm and the q/k/v projections per head (``n_heads`` times the
-    activations); a pass that only patches outputs or splices into MLPs and the logits reads
-    the same values through the model's ordinary joint projection, several times faster.
-    """
-    was = bool(bridge.cfg.use_split_qkv_input)
-    if was == on:
-        yield
-        return
-    bridge.set_use_split_qkv_input(on)
-    try:
-        yield
-    finally:
-        bridge.set_use_split_qkv_input(was)
 
 
 def _shape(
@@ -581,77 +486,3 @@ class ConfigOnlyModel(ScrubModel):
 
     def checkpoint_sha256(self) -> str | None:
         return None
-
-
-def _chain(fns: list[Callable]) -> Callable:
-    def hook(tensor: Tensor, hook) -> Tensor:
-        for fn in fns:
-            tensor = fn(tensor)
-        return tensor
-
-    return hook
-
-
-def select(t: Tensor, comp: Component, rows: slice = slice(None)) -> Tensor:
-    """``comp``'s part of a hooked tensor (a head's slice of ``batch pos head d``), for ``rows``."""
-    return t[rows, :, comp.head] if comp.kind == "head" else t[rows]
-
-
-def write(t: Tensor, comp: Component, value: Tensor, rows: slice = slice(None)) -> None:
-    """Overwrite ``comp``'s part of a hooked tensor, for ``rows``, in place."""
-    if comp.kind == "head":
-        t[rows, :, comp.head] = value.to(t.dtype)
-    else:
-        t[rows] = value.to(t.dtype)
-
-
-def write_at(
-    t: Tensor,
-    comp: Component,
-    positions: Tensor,
-    value: Tensor,
-    rows: slice = slice(None),
-) -> None:
-    """Overwrite ``comp``'s part of a hooked tensor at per-row ``positions`` (``rows x K``)."""
-    view = t[rows]
-    batch = torch.arange(view.shape[0], device=t.device)[:, None]
-    if comp.kind == "head":
-        view[batch, positions, comp.head] = value.to(t.dtype)
-    else:
-        view[batch, positions] = value.to(t.dtype)
-
-
-def _patch_hook(patch: OutputPatch) -> Callable:
-    def fn(t: Tensor) -> Tensor:
-        t = t.clone()
-        write_at(t, patch.component, patch.positions, patch.values)
-        return t
-
-    return fn
-
-
-def _read_output_hook(comp: Component, store: dict) -> Callable:
-    def fn(t: Tensor) -> Tensor:
-        store[comp] = select(t, comp).clone()
-        return t
-
-    return fn
-
-
-def _set_input_hook(comp: Component, value: Tensor) -> Callable:
-    def fn(t: Tensor) -> Tensor:
-        t = t.clone()
-        write(t, comp, value)
-        return t
-
-    return fn
-
-
-def _read_input_hook(comp: Component, ch: Channel, store: dict, model: ScrubModel) -> Callable:
-    slot = model.input_slot(comp, ch)
-
-    def fn(t: Tensor) -> Tensor:
-        store[comp, ch] = select(t, slot).clone()
-        return t
-
-    return fn

@@ -60,6 +60,22 @@ _POSITIVE = _int_at_least(1, "must be a positive integer")
 _NON_NEGATIVE = _int_at_least(0, "must be a non-negative integer")
 
 
+def _add_max_memory(parser: argparse.ArgumentParser) -> None:
+    """``--max-memory MIB``, the fast engine's activation budget of one forward pass."""
+    parser.add_argument(
+        "--max-memory",
+        type=_POSITIVE,
+        metavar="MIB",
+        help="activation budget of one forward pass in MiB: each pass takes the most rows that "
+        "fit (default 128; results do not change)",
+    )
+
+
+def _max_memory(args: argparse.Namespace) -> int | None:
+    """``--max-memory`` in bytes (``None``: the engine's default)."""
+    return None if args.max_memory is None else args.max_memory * 2**20
+
+
 def _parser() -> argparse.ArgumentParser:
     description = (__doc__ or "").split("\n\n")[0].replace("\n", " ")
     parser = argparse.ArgumentParser(
@@ -88,13 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         default=4096,
         help="most rows in one forward pass (caps memory; results do not change)",
     )
-    run.add_argument(
-        "--max-memory",
-        type=_POSITIVE,
-        metavar="MIB",
-        help="activation budget of one forward pass in MiB: each pass takes the most rows that "
-        "fit (default 128; results do not change)",
-    )
+    _add_max_memory(run)
     run.add_argument("--out", type=Path, help="write the result as JSON here")
     bar = run.add_mutually_exclusive_group()
     bar.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -123,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
         default=4096,
         help="most rows in one forward pass (caps memory; results do not change)",
     )
+    _add_max_memory(patch)
     patch.add_argument(
         "--out", type=Path, help="write NAME.json, NAME.npz and figures into this directory"
     )
@@ -150,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("--margin", type=float, default=0.05, help="TOST equivalence margin ε")
     cmp.add_argument("--engine", default="fast", choices=["fast", "reference"])
+    _add_max_memory(cmp)
     cmp.add_argument("--out", type=Path, help="write the comparison as JSON here")
     cmp.add_argument("--report", type=Path, help="write an HTML report of the comparison here")
 
@@ -160,6 +172,7 @@ def _parser() -> argparse.ArgumentParser:
     diag.add_argument("--seed", type=_NON_NEGATIVE, help="seed of every random draw (0 or more)")
     diag.add_argument("--by", help="dataset field to break examples down by ('' for none)")
     diag.add_argument("--engine", default="fast", choices=["fast", "reference"])
+    _add_max_memory(diag)
     diag.add_argument("--out", type=Path, help="write the diagnosis as JSON here")
     diag.add_argument("--report", type=Path, help="write an HTML report of the diagnosis here")
 
@@ -478,7 +491,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
             seed=args.seed,
             engine=args.engine,
             max_batch_rows=args.max_batch_rows,
-            max_memory=None if args.max_memory is None else args.max_memory * 2**20,
+            max_memory=_max_memory(args),
             progress=False if args.quiet else (True if args.progress else None),
         )
     print(format_result(result))
@@ -509,6 +522,7 @@ def _patch(args: argparse.Namespace) -> int:
             n=args.n,
             seed=args.seed,
             max_batch_rows=args.max_batch_rows,
+            max_memory=_max_memory(args),
         )
     print(format_patch(result))
     if args.out:
@@ -545,6 +559,7 @@ def _compare(args: argparse.Namespace) -> int:
             random_controls=args.random_controls,
             margin=args.margin,
             engine=args.engine,
+            max_memory=_max_memory(args),
         )
     print(result.table())
     if args.out is not None:
@@ -564,7 +579,13 @@ def _diagnose(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(), _quiet_hf():
         warnings.simplefilter("ignore", ScrubWarning)
         result = diagnose(
-            args.file, model=args.model, n=args.n, seed=args.seed, by=args.by, engine=args.engine
+            args.file,
+            model=args.model,
+            n=args.n,
+            seed=args.seed,
+            by=args.by,
+            engine=args.engine,
+            max_memory=_max_memory(args),
         )
     print(result.table())
     if args.out is not None:

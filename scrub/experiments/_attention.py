@@ -127,8 +127,11 @@ class AttentionResult:
         return written
 
 
-def attention(su, *, max_batch_rows: int) -> AttentionResult:
-    """Run a ``kind: attention`` experiment on a :class:`~scrub.experiments.patching.Setup`."""
+def attention(su, *, max_batch_rows: int, max_memory: int | None = None) -> AttentionResult:
+    """Run a ``kind: attention`` experiment on a :class:`~scrub.experiments.patching.Setup`.
+
+    ``max_memory`` is the engine's activation budget of one pass in bytes (``None``: default).
+    """
     spec = su.experiment.spec
     assert isinstance(spec, AttentionSpec)
     model, ds, file = su.model, su.dataset, su.experiment.file
@@ -152,8 +155,8 @@ def attention(su, *, max_batch_rows: int) -> AttentionResult:
         label = f"hypothesis {Path(spec.under).stem}"
     owners = {head: _owner(tree, head) for head in heads}
     computed = [h for h in heads if owners[h] is None or not owners[h].is_leaf]
-    engine = FastEngine(cache=ActivationCache(max_batch_rows=max_batch_rows),
-                        max_batch_rows=max_batch_rows)  # fmt: skip
+    cache = ActivationCache(max_batch_rows=max_batch_rows, max_memory=max_memory)
+    engine = FastEngine(cache=cache, max_batch_rows=max_batch_rows, max_memory=max_memory)
     found = engine.evaluate_many(model, [tree], patterns=computed).patterns[0]
     under: dict[str, np.ndarray] = {}
     clean: dict[str, np.ndarray] = {}

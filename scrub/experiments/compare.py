@@ -39,7 +39,7 @@ from scrub._errors import HypothesisError, ScrubWarning
 from scrub._hypothesis import Hypothesis, load_hypothesis
 from scrub._model import ScrubModel
 from scrub._result import ScrubResult, _clean_nan, bootstrap_ci, recovered_of
-from scrub._run import run
+from scrub._run import _count, run
 from scrub._tree import stream
 from scrub.data import Dataset
 from scrub.engine import ActivationCache
@@ -209,10 +209,12 @@ class Scorer:
         engine: str,
         max_batch_rows: int,
         confidence: float,
+        max_memory: int | None = None,
     ) -> None:
         self.model, self.dataset, self.cache = model, dataset, cache
         self.n, self.seed, self.draw_seeds = n, seed, draw_seeds
         self.engine, self.max_batch_rows, self.confidence = engine, max_batch_rows, confidence
+        self.max_memory = max_memory
         self._done: dict[str, list[ScrubResult]] = {}
         self.shared: list[tuple[np.ndarray, np.ndarray]] | None = None  # (clean, baseline)/draw
 
@@ -234,6 +236,7 @@ class Scorer:
                         engine=self.engine,
                         max_batch_rows=self.max_batch_rows,
                         confidence=self.confidence,
+                        max_memory=self.max_memory,
                     )
                     for s in self.draw_seeds
                 ]
@@ -412,6 +415,7 @@ def compare(
     confidence: float = 0.95,
     alpha: float = 0.05,
     margin: float = 0.05,
+    max_memory: int | None = None,
 ) -> Comparison:
     """Score rival hypotheses on one experiment and compare them pairwise.
 
@@ -431,10 +435,13 @@ def compare(
         confidence: confidence level of the intervals.
         alpha: level of the tests (verdicts, completeness).
         margin: the equivalence margin ε of the TOST (recovered within 1 ± ε).
+        max_memory: activation budget of one forward pass in bytes (fast engine), as in
+            :func:`scrub.run` (``None``: its default). Results do not depend on it.
 
     Raises:
         HypothesisError: a hypothesis is invalid, or two differ in their experiment.
-        ValueError: no hypothesis, or ``seeds`` / ``random_controls`` out of range.
+        ValueError: no hypothesis, or ``seeds`` / ``random_controls`` / ``max_memory`` out of
+            range.
     """
     if not hypotheses:
         raise ValueError("compare needs at least one hypothesis")
@@ -444,6 +451,8 @@ def compare(
         raise ValueError(f"random_controls must be at least 0, not {random_controls}")
     if not 0 < margin < 1:
         raise ValueError(f"margin must be in (0, 1), not {margin}")
+    if max_memory is not None:
+        max_memory = _count("max_memory", max_memory, minimum=1)
     hyps = [h if isinstance(h, Hypothesis) else load_hypothesis(h) for h in hypotheses]
     if experiment is not None:
         hyps = impose(hyps, experiment)
@@ -456,7 +465,7 @@ def compare(
     if dataset is None:
         dataset = make_dataset_for(first, seed=seed)
     if cache is None:
-        cache = ActivationCache(max_batch_rows=max_batch_rows)
+        cache = ActivationCache(max_batch_rows=max_batch_rows, max_memory=max_memory)
     scorer = Scorer(
         model,
         dataset,
@@ -467,6 +476,7 @@ def compare(
         engine=engine,
         max_batch_rows=max_batch_rows,
         confidence=confidence,
+        max_memory=max_memory,
     )
     names = _unique_names(hyps)
     scores = []

@@ -44,6 +44,7 @@ from scrub._hypothesis import Hypothesis, hypothesis_from_dict, load_hypothesis
 from scrub._model import ScrubModel
 from scrub._positions import format_positions
 from scrub._result import _clean_nan, recovered_of
+from scrub._run import _count
 from scrub._tree import stream
 from scrub.data import Dataset
 from scrub.engine import ActivationCache
@@ -243,6 +244,7 @@ def diagnose(
     cache: ActivationCache | None = None,
     max_batch_rows: int = 4096,
     confidence: float = 0.95,
+    max_memory: int | None = None,
 ) -> Diagnosis:
     """Score every variant of a hypothesis against the hypothesis itself.
 
@@ -258,10 +260,15 @@ def diagnose(
         cache: an activation cache to share further.
         max_batch_rows: most rows in one forward pass.
         confidence: confidence level of the intervals.
+        max_memory: activation budget of one forward pass in bytes (fast engine), as in
+            :func:`scrub.run` (``None``: its default). Results do not depend on it.
 
     Raises:
         HypothesisError: the hypothesis is invalid, or ``by`` names no dataset field.
+        ValueError: ``max_memory`` is not a positive integer.
     """
+    if max_memory is not None:
+        max_memory = _count("max_memory", max_memory, minimum=1)
     hyp = hypothesis if isinstance(hypothesis, Hypothesis) else load_hypothesis(hypothesis)
     n = hyp.spec.defaults.n if n is None else n
     seed = hyp.spec.defaults.seed if seed is None else seed
@@ -270,7 +277,7 @@ def diagnose(
     if dataset is None:
         dataset = make_dataset_for(hyp, seed=seed)
     if cache is None:
-        cache = ActivationCache(max_batch_rows=max_batch_rows)
+        cache = ActivationCache(max_batch_rows=max_batch_rows, max_memory=max_memory)
     if by is None:
         by = next((f for f in BY_FIELDS if f in dataset.fields), "")
     if by and by not in dataset.fields:
@@ -288,6 +295,7 @@ def diagnose(
         engine=engine,
         max_batch_rows=max_batch_rows,
         confidence=confidence,
+        max_memory=max_memory,
     )
     base = scorer.results(hyp)[0]
     C, B, S0 = scorer.arrays(hyp)

@@ -40,7 +40,7 @@ from scrub._hypothesis import _sampler
 from scrub._metrics import per_example_metric
 from scrub._model import ScrubModel, load_model
 from scrub._positions import resolve_positions
-from scrub._run import _clean, _versions
+from scrub._run import _clean, _count, _versions
 from scrub._samplers import CondSampler, SampleContext, Sampler
 from scrub._schema import CondSpec, GenerateSpec
 from scrub._tree import reference_rows, stream
@@ -268,6 +268,7 @@ def patch(
     seed: int | None = None,
     max_batch_rows: int = 4096,
     cache: ActivationCache | None = None,
+    max_memory: int | None = None,
 ) -> PatchResult | AttentionResult:
     """Run a patching experiment and return its grid with per-cell statistics.
 
@@ -280,22 +281,29 @@ def patch(
         max_batch_rows: most rows in one forward pass (results do not depend on it beyond
             float rounding).
         cache: activations to reuse across runs on the same model and dataset.
+        max_memory: activation budget of one forward pass in bytes (fast engine), as in
+            :func:`scrub.run` (``None``: its default). Results do not depend on it.
 
     Returns:
         The :class:`PatchResult` (``.to_frame()``, ``.to_json()``, ``.save(dir)``).
 
     Raises:
         HypothesisError: the experiment is invalid for this model or dataset.
+        ValueError: ``max_memory`` is not a positive integer.
     """
+    if max_memory is not None:
+        max_memory = _count("max_memory", max_memory, minimum=1)
     exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
     su = setup(exp, model=model, dataset=dataset, n=n, seed=seed)
     if isinstance(exp.spec, AttentionSpec):
-        return attention(su, max_batch_rows=max_batch_rows)
+        return attention(su, max_batch_rows=max_batch_rows, max_memory=max_memory)
     try:
         axes, cells = _grid(su)
     except HypothesisError as exc:
         raise exc.with_context(file=exp.file) from None
-    return run_cells(su, axes, cells, max_batch_rows=max_batch_rows, cache=cache)
+    return run_cells(
+        su, axes, cells, max_batch_rows=max_batch_rows, cache=cache, max_memory=max_memory
+    )
 
 
 def _positions_axis(spec: Any, su: Setup, *, each: bool) -> list[tuple | None]:
@@ -365,11 +373,12 @@ def run_cells(
     *,
     max_batch_rows: int,
     cache: ActivationCache | None,
+    max_memory: int | None = None,
 ) -> PatchResult:
     """Evaluate every cell as one batched call of the fast engine and score the grid."""
     spec = su.experiment.spec
     model, ds = su.model, su.dataset
-    cache = cache or ActivationCache(max_batch_rows=max_batch_rows)
+    cache = cache or ActivationCache(max_batch_rows=max_batch_rows, max_memory=max_memory)
     present = [c for c in cells if c is not None]
     trees = trees_of(
         present,
@@ -402,7 +411,9 @@ def run_cells(
         plain, su.hypothesis_base(), model, ds, {"base": su.base, "source": su.source},
         n=su.n, seed=su.seed, file=su.experiment.file,
     ) + trees  # fmt: skip
-    engine = FastEngine(cache=cache, max_batch_rows=max_batch_rows, joint_qkv=True)
+    engine = FastEngine(
+        cache=cache, max_batch_rows=max_batch_rows, joint_qkv=True, max_memory=max_memory
+    )
     done = engine.evaluate_many(model, trees, positions=root_pos, reduce=metric)
     base, scale, *patched = (np.asarray(v) for v in done.logits)
     values = np.full((len(cells), su.n), np.nan)
