@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -87,9 +88,8 @@ def _short(value: object, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
 
 
-def top_cells(ctx: Context) -> Markup:
-    """The cells with the largest |normalized| (or |effect|) effect, with CIs and p-values."""
-    data = ctx.doc.data
+def _grid_axes(data: Mapping[str, Any]) -> tuple[dict[str, list], list[str], tuple[int, ...]]:
+    """The grid's labelled axes, their names and its shape (skips the section without them)."""
     axes = data.get("axes")
     if (
         not isinstance(axes, dict)
@@ -98,7 +98,13 @@ def top_cells(ctx: Context) -> Markup:
     ):
         raise Skip("the result records no grid axes")
     names = list(axes)
-    shape = tuple(len(axes[n]) for n in names)
+    return axes, names, tuple(len(axes[n]) for n in names)
+
+
+def top_cells(ctx: Context) -> Markup:
+    """The cells with the largest |normalized| (or |effect|) effect, with CIs and p-values."""
+    data = ctx.doc.data
+    axes, names, shape = _grid_axes(data)
     key = "normalized" if _finite_any(data.get("normalized")) else "effect"
     arrays = {}
     for stat in (key, f"{key}_low", f"{key}_high", "p_adjusted"):
@@ -133,15 +139,7 @@ def top_cells(ctx: Context) -> Markup:
 
 def patching_grid(ctx: Context) -> Markup:
     data = ctx.doc.data
-    axes = data.get("axes")
-    if (
-        not isinstance(axes, dict)
-        or not axes
-        or not all(isinstance(v, list) for v in axes.values())
-    ):
-        raise Skip("the result records no grid axes")
-    names = list(axes)
-    shape = tuple(len(axes[n]) for n in names)
+    axes, names, shape = _grid_axes(data)
     stat = next((s for s in ("normalized", "effect", "mean") if _finite_any(data.get(s))), None)
     if stat is None:
         raise Skip("the result records no statistic with a finite value")
