@@ -22,6 +22,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from scrub._errors import HypothesisError, ScrubWarning
 
@@ -246,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "patch":
             return _patch(args)
         if args.command == "report":
-            return _report(args, argv)
-        return _run(args, argv)
+            return _report(args)
+        return _run(args)
     except HypothesisError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -454,13 +455,11 @@ def _command_line(argv: list[str] | None) -> list[str]:
     return ["scrub", *(sys.argv[1:] if argv is None else argv)]
 
 
-def _report(args: argparse.Namespace, argv: list[str] | None) -> int:
+def _report(args: argparse.Namespace) -> int:
     from scrub.report import ReportError, write_report
 
     try:
-        out = write_report(
-            args.results, args.out, title=args.title, command_line=_command_line(argv)
-        )
+        out = write_report(args.results, args.out, title=args.title, command_line=args.command_line)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -468,15 +467,13 @@ def _report(args: argparse.Namespace, argv: list[str] | None) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
+def _run(args: argparse.Namespace) -> int:
     from scrub._bind import make_dataset_for
     from scrub._model import ScrubModel
     from scrub._report import format_result
     from scrub._run import run
 
-    for out, flag in ((args.out, "--out"), (args.report, "--report")):
-        if out is not None:
-            _check_writable(out, flag=flag)  # before the run, which may take long
+    _check_outputs(args)
     hyp, model = _load(args)
     assert isinstance(model, ScrubModel)
     # Made here (as run would make it) so that the report can break the result down by its fields.
@@ -495,16 +492,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
             progress=False if args.quiet else (True if args.progress else None),
         )
     print(format_result(result))
-    if args.out is not None:
-        _write_atomically(args.out, result.to_json() + "\n")
-        print(f"wrote {args.out}")
-    if args.report:
-        from scrub.report import document_from_result, write_report
-
-        doc = document_from_result(
-            result, hypothesis=hyp, dataset=dataset, command_line=_command_line(argv)
-        )
-        print(f"wrote {write_report([doc], args.report, command_line=_command_line(argv))}")
+    _write_json(result, args)
+    _write_html_report(result, args, hypothesis=hyp, dataset=dataset)
     return 0
 
 
@@ -512,8 +501,7 @@ def _patch(args: argparse.Namespace) -> int:
     from scrub.experiments import patch
     from scrub.experiments._report import format_patch
 
-    if args.report is not None:
-        _check_writable(args.report, flag="--report")
+    _check_outputs(args, out=False)  # --out is a folder, written by result.save
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ScrubWarning)
         result = patch(
@@ -543,10 +531,7 @@ def _compare(args: argparse.Namespace) -> int:
     if not 0 < args.margin < 1:
         print(f"error: --margin must be between 0 and 1, not {args.margin}", file=sys.stderr)
         return 2
-    if args.out is not None:
-        _check_writable(args.out)
-    if args.report is not None:
-        _check_writable(args.report, flag="--report")
+    _check_outputs(args)
     with warnings.catch_warnings(), _quiet_hf():  # the table lists the warnings
         warnings.simplefilter("ignore", ScrubWarning)
         result = compare(
@@ -562,9 +547,7 @@ def _compare(args: argparse.Namespace) -> int:
             max_memory=_max_memory(args),
         )
     print(result.table())
-    if args.out is not None:
-        _write_atomically(args.out, result.to_json() + "\n")
-        print(f"wrote {args.out}")
+    _write_json(result, args)
     _write_html_report(result, args)
     return 0
 
@@ -572,10 +555,7 @@ def _compare(args: argparse.Namespace) -> int:
 def _diagnose(args: argparse.Namespace) -> int:
     from scrub.experiments import diagnose
 
-    if args.out is not None:
-        _check_writable(args.out)
-    if args.report is not None:
-        _check_writable(args.report, flag="--report")
+    _check_outputs(args)
     with warnings.catch_warnings(), _quiet_hf():
         warnings.simplefilter("ignore", ScrubWarning)
         result = diagnose(
@@ -588,9 +568,7 @@ def _diagnose(args: argparse.Namespace) -> int:
             max_memory=_max_memory(args),
         )
     print(result.table())
-    if args.out is not None:
-        _write_atomically(args.out, result.to_json() + "\n")
-        print(f"wrote {args.out}")
+    _write_json(result, args)
     _write_html_report(result, args)
     return 0
 
@@ -613,13 +591,35 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_html_report(result: object, args: argparse.Namespace) -> None:
-    """Write ``--report`` (if given): the HTML page of one result of this command."""
+def _check_outputs(args: argparse.Namespace, *, out: bool = True) -> None:
+    """Check ``--out`` (a file, unless ``out`` is False) and ``--report`` before the run.
+
+    Raises:
+        OutputError: one of them cannot be written.
+    """
+    if out and args.out is not None:
+        _check_writable(args.out)
+    if args.report is not None:
+        _check_writable(args.report, flag="--report")
+
+
+def _write_json(result: Any, args: argparse.Namespace) -> None:
+    """Write ``--out`` (if given): the result's JSON, atomically."""
+    if args.out is not None:
+        _write_atomically(args.out, result.to_json() + "\n")
+        print(f"wrote {args.out}")
+
+
+def _write_html_report(result: object, args: argparse.Namespace, **context: Any) -> None:
+    """Write ``--report`` (if given): the HTML page of one result of this command.
+
+    ``context``: what the page can use beyond the result (``hypothesis``, ``dataset``).
+    """
     if args.report is None:
         return
     from scrub.report import document_from_result, write_report
 
-    doc = document_from_result(result, command_line=args.command_line)
+    doc = document_from_result(result, command_line=args.command_line, **context)
     try:
         out = write_report([doc], args.report, command_line=args.command_line)
     except OSError as exc:
