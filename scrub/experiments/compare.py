@@ -218,6 +218,49 @@ class Scorer:
         self._done: dict[str, list[ScrubResult]] = {}
         self.shared: list[tuple[np.ndarray, np.ndarray]] | None = None  # (clean, baseline)/draw
 
+    @classmethod
+    def on(
+        cls,
+        hyp: Hypothesis,
+        *,
+        model: ScrubModel | str | None,
+        dataset: Dataset | None,
+        cache: ActivationCache | None,
+        n: int | None,
+        seed: int | None,
+        draws: int,
+        engine: str,
+        max_batch_rows: int,
+        confidence: float,
+        max_memory: int | None,
+    ) -> Scorer:
+        """A scorer on ``hyp``'s experiment: what is not given comes from ``hyp``'s file.
+
+        ``n`` and ``seed`` default to the file's ``defaults``, the model and dataset are the
+        file's (a relative ``model:`` is relative to the file), and ``draws`` draws of the tree
+        use seeds ``seed``, ``seed + 1``, ... The callers have checked ``max_memory``.
+        """
+        n = hyp.spec.defaults.n if n is None else n
+        seed = hyp.spec.defaults.seed if seed is None else seed
+        if not isinstance(model, ScrubModel):
+            model = load_model_for(hyp, model)
+        if dataset is None:
+            dataset = make_dataset_for(hyp, seed=seed)
+        if cache is None:
+            cache = ActivationCache(max_batch_rows=max_batch_rows, max_memory=max_memory)
+        return cls(
+            model,
+            dataset,
+            cache,
+            n=n,
+            seed=seed,
+            draw_seeds=[seed + k for k in range(draws)],
+            engine=engine,
+            max_batch_rows=max_batch_rows,
+            confidence=confidence,
+            max_memory=max_memory,
+        )
+
     def results(self, hyp: Hypothesis) -> list[ScrubResult]:
         """One :func:`scrub.run` per draw seed, on the shared reference batch."""
         key = _content_key(hyp)
@@ -457,27 +500,20 @@ def compare(
     if experiment is not None:
         hyps = impose(hyps, experiment)
     exp = same_experiment(hyps, n=n, seed=seed)
-    first = hyps[0]
-    n = first.spec.defaults.n if n is None else n
-    seed = first.spec.defaults.seed if seed is None else seed
-    if not isinstance(model, ScrubModel):
-        model = load_model_for(first, model)
-    if dataset is None:
-        dataset = make_dataset_for(first, seed=seed)
-    if cache is None:
-        cache = ActivationCache(max_batch_rows=max_batch_rows, max_memory=max_memory)
-    scorer = Scorer(
-        model,
-        dataset,
-        cache,
+    scorer = Scorer.on(
+        hyps[0],
+        model=model,
+        dataset=dataset,
+        cache=cache,
         n=n,
         seed=seed,
-        draw_seeds=[seed + k for k in range(seeds)],
+        draws=seeds,
         engine=engine,
         max_batch_rows=max_batch_rows,
         confidence=confidence,
         max_memory=max_memory,
     )
+    n, seed = scorer.n, scorer.seed
     names = _unique_names(hyps)
     scores = []
     for hyp, name in zip(hyps, names, strict=True):
@@ -501,7 +537,7 @@ def compare(
             warnings.warn(f"{score.name}: {message}", ScrubWarning, stacklevel=2)
     assert scorer.shared is not None
     clean, base = (np.stack(a).mean(axis=0) for a in zip(*scorer.shared, strict=True))
-    reference = scorer.results(first)[0].reference
+    reference = scorer.results(hyps[0])[0].reference
     exp.update(
         n=n,
         seed=seed,

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from scrub._bind import bind, load_model_for, make_dataset_for
+from scrub._bind import bind
 from scrub._errors import HypothesisError
 from scrub._hypothesis import Hypothesis, hypothesis_from_dict, load_hypothesis
 from scrub._model import ScrubModel
@@ -270,14 +270,20 @@ def diagnose(
     if max_memory is not None:
         max_memory = _count("max_memory", max_memory, minimum=1)
     hyp = hypothesis if isinstance(hypothesis, Hypothesis) else load_hypothesis(hypothesis)
-    n = hyp.spec.defaults.n if n is None else n
-    seed = hyp.spec.defaults.seed if seed is None else seed
-    if not isinstance(model, ScrubModel):
-        model = load_model_for(hyp, model)
-    if dataset is None:
-        dataset = make_dataset_for(hyp, seed=seed)
-    if cache is None:
-        cache = ActivationCache(max_batch_rows=max_batch_rows, max_memory=max_memory)
+    scorer = Scorer.on(
+        hyp,
+        model=model,
+        dataset=dataset,
+        cache=cache,
+        n=n,
+        seed=seed,
+        draws=1,
+        engine=engine,
+        max_batch_rows=max_batch_rows,
+        confidence=confidence,
+        max_memory=max_memory,
+    )
+    model, dataset, n, seed = scorer.model, scorer.dataset, scorer.n, scorer.seed
     if by is None:
         by = next((f for f in BY_FIELDS if f in dataset.fields), "")
     if by and by not in dataset.fields:
@@ -285,18 +291,6 @@ def diagnose(
             f"dataset {dataset.name!r} has no field {by!r} to break examples down by",
             hint=f"fields: {', '.join(sorted(dataset.fields))}",
         )
-    scorer = Scorer(
-        model,
-        dataset,
-        cache,
-        n=n,
-        seed=seed,
-        draw_seeds=[seed],
-        engine=engine,
-        max_batch_rows=max_batch_rows,
-        confidence=confidence,
-        max_memory=max_memory,
-    )
     base = scorer.results(hyp)[0]
     C, B, S0 = scorer.arrays(hyp)
     c, b, s0 = C[0], B[0], S0[0]
