@@ -37,6 +37,17 @@ keeps its own root group; identical subtrees are still planned once, across tree
 Every group stops after the last layer it is read at (``stop``). Groups are evaluated in passes
 by increasing ``stop``: a child's groups never stop later than its parent's, so everything a
 pass reads from another group was computed by then.
+
+**Late start** (the mirror of the early stop): up to the first layer at which a group patches,
+ablates, sets or reads anything (``start``), its residual stream is that of a plain pass on its
+rows, so the engine starts it there from the residual stream the activation cache holds for
+those rows, skipping blocks ``0 .. start - 1`` (an activation patch of a layer-L head on the
+base run starts at L). Outputs it records from before ``start`` (the "this pass" values a
+direct path subtracts) are plain outputs on its rows, also served by the cache (``served``).
+``start == n_layers``: no block at all (the final residual stream comes from the cache). Groups
+that read each other in one pass share a start, the lowest of theirs; passes are keyed by
+(``stop``, ``start``). A start can always be lowered to 0 (a pass from the tokens) without
+changing any value, which is what the engine does where the bridge cannot skip blocks.
 """
 
 from __future__ import annotations
@@ -114,6 +125,9 @@ class Group:
         ablate: components whose outputs are replaced by their ablation values (mean or zero
             ablation; :mod:`scrub.engine._ablation`), before the patches.
         stop: ``stop_at_layer`` after which nothing more is read from this group.
+        start: the first block the group must compute (0: from the tokens; see the module
+            docstring, "late start").
+        served: recorded components computed before ``start``: plain outputs on ``rows``.
     """
 
     gid: int
@@ -127,6 +141,8 @@ class Group:
     stop: int = 0
     virtual: bool = False
     ablate: list[Component] = field(default_factory=list)
+    start: int = 0
+    served: list[Component] = field(default_factory=list)
 
     @property
     def targets(self) -> list[Target]:
@@ -136,7 +152,8 @@ class Group:
     def __repr__(self) -> str:
         role = "fused" if self.fused else ("output" if self.sets else "reading")
         role = "virtual " + role if self.virtual else role
-        return f"Group({self.gid}, {self.node.name!r}, {role}, stop={self.stop})"
+        start = f"start={self.start}, " if self.start else ""
+        return f"Group({self.gid}, {self.node.name!r}, {role}, {start}stop={self.stop})"
 
 
 @dataclass
@@ -148,7 +165,8 @@ class Plan:
         roots: each tree's root group (fused: it assembles the final residual stream).
         leaves: (source, component) pairs served from the activation cache: leaves and known
             subtrees.
-        passes: groups by ``stop``, in increasing order.
+        passes: groups by (``stop``, ``start``), in increasing order; every group of a pass
+            has the pass's ``stop`` and ``start``.
         signatures: output group → signature of its node's subtree, for non-root nodes.
         outputs: (tree index, node name) → where that node's treeified outputs are.
     """
@@ -194,6 +212,7 @@ def make_plan(
     known: Callable[[str], bool] = lambda sig: False,
     kernels: bool = False,
     ablation: str | None = None,
+    late_start: bool = False,
 ) -> Plan:
     """Plan the row groups of one tree, or of several trees on one dataset, together.
 
@@ -203,6 +222,8 @@ def make_plan(
         known: whether the cache holds the outputs of a subtree with this signature.
         kernels: compute non-fused nodes' components by kernels (virtual output groups).
         ablation: the key of the mean / zero ablation of unmapped inputs (``None``: resample).
+        late_start: start each group at its first modified layer (module docstring); else
+            every group starts from the tokens.
     """
     if isinstance(trees, SampledTree):
         trees = [trees]
@@ -301,8 +322,13 @@ def make_plan(
         assert root is not None
         roots.append(root)
     _check_stops(groups, n_layers)
-    stops = sorted({g.stop for g in groups})
-    passes = [(stop, [g.gid for g in groups if g.stop == stop]) for stop in stops]
+    if late_start:
+        _set_starts(model, groups)
+    keys = sorted({(g.stop, g.start) for g in groups})
+    passes = [
+        (stop, [g.gid for g in groups if (g.stop, g.start) == (stop, start)])
+        for stop, start in keys
+    ]
     return Plan(
         groups=groups,
         roots=roots,
@@ -323,3 +349,43 @@ def _check_stops(groups: list[Group], n_layers: int) -> None:
         for gid in group.sets.values():
             assert groups[gid].stop == group.stop, (group, gid)
         assert 0 <= group.stop <= n_layers
+
+
+def first_layer(model: ScrubModel, comp: Component) -> int:
+    """The first block that computes ``comp`` (embeddings: 0; the logits: ``n_layers``)."""
+    if comp.kind in ("tok_embed", "pos_embed"):
+        return 0
+    return model.stop_layer(comp) - 1 if comp.kind != "logits" else model.shape.n_layers
+
+
+def _set_starts(model: ScrubModel, groups: list[Group]) -> None:
+    """Each group's ``start`` and ``served`` (module docstring, "late start")."""
+    n_layers = model.shape.n_layers
+    for group in groups:
+        touched = [m.component for m in group.patches] + group.ablate
+        touched += [c for c, _ in group.targets]
+        group.start = min((first_layer(model, c) for c in touched), default=n_layers)
+    # Groups of one stop that read each other run in one pass: they share the lowest start.
+    parent = list(range(len(groups)))
+
+    def find(g: int) -> int:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    for group in groups:
+        moves = group.patches + [m for ms in group.splices.values() for m in ms]
+        linked = [m.source.group for m in moves] + list(group.sets.values())
+        for other in linked:
+            if other is not None and groups[other].stop == group.stop:
+                parent[find(other)] = find(group.gid)
+    lowest: dict[int, int] = {}
+    for group in groups:
+        root = find(group.gid)
+        lowest[root] = min(lowest.get(root, n_layers), group.start)
+    for group in groups:
+        group.start = lowest[find(group.gid)]
+        group.served = sorted(
+            (c for c in group.record if first_layer(model, c) < group.start), key=repr
+        )

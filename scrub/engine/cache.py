@@ -6,6 +6,9 @@ can be computed once per (model, dataset, row, component) and served to every tr
 them: the leaves of one tree that share rows, the trees of competing hypotheses scored on one
 dataset, and the same hypothesis under several seeds.
 
+It also holds plain residual streams (:class:`Residual`: the input of a block, or the final
+one) by row, which the fast engine starts late groups from (:mod:`scrub.engine._plan`).
+
 The cache also keeps the treeified outputs of whole subtrees, by signature (their structure and
 every row drawn in them): hypotheses that share a node share its draws, so a comparison computes
 a shared subtree once. And it memoises whole results by key (the clean logits and the baseline
@@ -18,7 +21,9 @@ a row's tokens never change under the cache.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,10 +31,31 @@ import torch
 from torch import Tensor
 
 from scrub._components import Component
-from scrub._model import ScrubModel, split_qkv_inputs
+from scrub._model import ScrubModel, select, split_qkv_inputs
 from scrub.data import Dataset
 
-__all__ = ["PASS_MEMORY", "ActivationCache", "pass_rows", "split_qkv_inputs"]
+__all__ = ["PASS_MEMORY", "ActivationCache", "Residual", "pass_rows", "split_qkv_inputs"]
+
+
+@dataclass(frozen=True)
+class Residual:
+    """The residual stream entering block ``layer`` of a plain pass (``hook_resid_pre``);
+    ``layer == n_layers``: the final residual stream, before the final norm."""
+
+    layer: int
+
+    def hook(self, n_layers: int) -> str:
+        return (
+            "ln_final.hook_in" if self.layer >= n_layers else f"blocks.{self.layer}.hook_resid_pre"
+        )
+
+
+Key = Component | Residual
+
+
+class _Done(Exception):
+    """Raised at the final residual stream of a filling pass (no logits needed)."""
+
 
 PASS_MEMORY = 128 * 2**20
 """Default activation budget of one pass, in bytes. Past a few hundred MiB of activations a
@@ -52,7 +78,8 @@ def pass_rows(model: ScrubModel, seq_len: int, *, max_memory: int | None = None)
 
 
 class ActivationCache:
-    """Outputs (``z`` for heads) of components on dataset rows, computed on demand.
+    """Outputs (``z`` for heads) of components, and residual streams, on dataset rows,
+    computed on demand.
 
     Args:
         max_batch_rows: most rows in one forward pass when filling the cache.
@@ -70,15 +97,15 @@ class ActivationCache:
         self.max_memory = max_memory
         self.subtrees = subtrees
         self._owner: tuple[ScrubModel, Dataset] | None = None  # held, so ids cannot be reused
-        self._values: dict[Component, Tensor] = {}
-        self._slots: dict[Component, np.ndarray] = {}  # row -> slot in _values (-1: none)
+        self._values: dict[Key, Tensor] = {}
+        self._slots: dict[Key, np.ndarray] = {}  # row -> slot in _values (-1: none)
         self._memo: dict[Any, Any] = {}
         self._subtrees: dict[str, dict[Component, Tensor]] = {}  # signature -> outputs
         self.rows_computed = 0
         """How many (row, forward pass) computations filled the cache so far (for benchmarks)."""
 
     def __repr__(self) -> str:
-        rows = {c.name: int((h >= 0).sum()) for c, h in self._slots.items()}
+        rows = {getattr(c, "name", repr(c)): int((h >= 0).sum()) for c, h in self._slots.items()}
         return f"ActivationCache(components={rows}, memo={len(self._memo)})"
 
     def _bind(self, model: ScrubModel, dataset: Dataset) -> None:
@@ -114,14 +141,15 @@ class ActivationCache:
         self,
         model: ScrubModel,
         dataset: Dataset,
-        needs: Iterable[tuple[Component, np.ndarray]],
+        needs: Iterable[tuple[Key, np.ndarray]],
         *,
         on_pass: Callable[[], None] | None = None,
     ) -> list[Tensor]:
-        """The outputs of each ``(component, rows)``: ``(len(rows), pos, d)`` tensors.
+        """The outputs of each ``(component, rows)``: ``(len(rows), pos, d)`` tensors; the
+        residual stream of each ``(Residual(layer), rows)``: ``(len(rows), pos, d_model)``.
 
         Rows not yet cached are computed in plain forward passes that stop after the last layer
-        any requested component is in.
+        anything requested is in.
         """
         self._bind(model, dataset)
         needs = list(needs)
@@ -130,14 +158,15 @@ class ActivationCache:
             slots = self._grow(comp, model, dataset)
             missing.update(np.unique(rows[slots[rows] < 0]).tolist())
         if missing:
-            self._fill(model, dataset, sorted({c for c, _ in needs}), np.array(sorted(missing)))
+            keys = sorted({c for c, _ in needs}, key=repr)
+            self._fill(model, dataset, keys, np.array(sorted(missing)))
             if on_pass:
                 on_pass()
         return [
             self._values[comp][torch.as_tensor(self._slots[comp][rows])] for comp, rows in needs
         ]
 
-    def _grow(self, comp: Component, model: ScrubModel, dataset: Dataset) -> np.ndarray:
+    def _grow(self, comp: Key, model: ScrubModel, dataset: Dataset) -> np.ndarray:
         """The row -> slot index of ``comp`` (``-1``: not cached), covering every row."""
         n = len(dataset)
         slots = self._slots.get(comp)
@@ -147,23 +176,47 @@ class ActivationCache:
                 grown[: len(slots)] = slots
             self._slots[comp] = grown
             if comp not in self._values:
-                width = model.output_width(comp)
+                width = (
+                    model.bridge.cfg.d_model
+                    if isinstance(comp, Residual)
+                    else model.output_width(comp)
+                )
                 self._values[comp] = torch.empty(0, dataset.seq_len, width, device=model.device)
         return self._slots[comp]
 
-    def _fill(
-        self, model: ScrubModel, dataset: Dataset, comps: list[Component], rows: np.ndarray
-    ) -> None:
-        stop = max(model.stop_layer(c) for c in comps)
+    def _fill(self, model: ScrubModel, dataset: Dataset, keys: list[Key], rows: np.ndarray) -> None:
+        n_layers = model.shape.n_layers
+        # A block's input is read at its hook_in, which fires before a stop there.
+        stop = max(k.layer if isinstance(k, Residual) else model.stop_layer(k) for k in keys)
         step = min(
             self.max_batch_rows, pass_rows(model, dataset.seq_len, max_memory=self.max_memory)
         )
+        outs: dict[Key, Tensor] = {}
+
+        def reader(read: list[Key]) -> Callable:
+            def hook(t: Tensor, hook=None) -> Tensor:
+                for key in read:
+                    outs[key] = t.clone() if isinstance(key, Residual) else select(t, key).clone()
+                if any(isinstance(k, Residual) and k.layer >= n_layers for k in read):
+                    raise _Done
+                return t
+
+            return hook
+
+        by_hook: dict[str, list[Key]] = {}
+        for key in keys:
+            name = key.hook(n_layers) if isinstance(key, Residual) else model.output_hook(key)
+            by_hook.setdefault(name, []).append(key)
+        hooks = [(name, reader(read)) for name, read in by_hook.items()]
         for start in range(0, len(rows), step):
             chunk = rows[start : start + step]
             tokens = dataset.tokens[torch.as_tensor(chunk)]
-            _, _, outs = model.run(tokens, read_outputs=comps, stop_at_layer=stop)
+            outs.clear()
+            # At the final residual stream every output is read: the hook stops the pass.
+            with model.bridge.hooks(fwd_hooks=hooks), contextlib.suppress(_Done):
+                model.run(tokens, stop_at_layer=stop)
             self.rows_computed += len(chunk)
-            for comp in comps:
+            for comp in keys:
                 slots = self._slots[comp]
                 new = slots[chunk] < 0
                 start_slot = len(self._values[comp])

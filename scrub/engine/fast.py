@@ -17,7 +17,8 @@ groups that stopped sooner):
 What makes it fast, beyond batching: leaves come from an :class:`ActivationCache` (computed once
 per dataset row and shared across hypotheses and seeds), and so do subtrees that an earlier call
 with the same cache already evaluated on the same draws; each group stops after the last layer
-it is read at; per-head outputs are computed only for the heads a hypothesis maps (from ``z`` and
+it is read at, and starts at the first layer it changes, from the plain residual stream the
+cache holds for its rows (:mod:`scrub.engine._start`); per-head outputs are computed only for the heads a hypothesis maps (from ``z`` and
 ``W_O``), never for the whole model. ``max_batch_rows`` chunks the reference batch (every group
 is row-aligned with it), so memory is capped without changing any result.
 
@@ -43,7 +44,8 @@ from scrub.data import Dataset
 from scrub.engine._ablation import Ablation
 from scrub.engine._kernels import Kernels, kernel_status, kernels_for
 from scrub.engine._plan import Group, Move, Plan, make_plan
-from scrub.engine.cache import ActivationCache, pass_rows, split_qkv_inputs
+from scrub.engine._start import late_pass, late_start_works
+from scrub.engine.cache import ActivationCache, Key, Residual, pass_rows, split_qkv_inputs
 
 __all__ = ["Evaluated", "FastEngine"]
 
@@ -66,6 +68,9 @@ class FastEngine:
         ablation: mean or zero ablation of unmapped inputs (``None``: resample them).
         max_memory: activation budget of one pass in bytes (:func:`pass_rows`); passes take as
             many rows as fit, at most ``max_batch_rows``. ``None``: :data:`scrub.engine.cache.PASS_MEMORY`.
+        late_start: start each group at the first layer it changes, from the cached residual
+            stream of its rows (where the bridge allows it; :mod:`scrub.engine._start`), instead
+            of from the tokens. Off while attention patterns are read.
     """
 
     cache: ActivationCache | None = None
@@ -76,6 +81,7 @@ class FastEngine:
     )  # default: every pass split, so no result depends on its pass-mates
     ablation: Ablation | None = None
     max_memory: int | None = None
+    late_start: bool = True
 
     def __post_init__(self) -> None:
         if self.max_batch_rows < 1:
@@ -163,6 +169,7 @@ class FastEngine:
         )
         dataset = trees[0].dataset
         kernels = kernels_for(model) if self.kernels and not patterns else None
+        late = self.late_start and not patterns and late_start_works(model)
         n = len(trees[0].reference)
 
         def plan_of(batch: Sequence[SampledTree]) -> Plan:
@@ -172,6 +179,7 @@ class FastEngine:
                 known=lambda sig: cache.knows(model, dataset, sig),
                 kernels=kernels is not None,
                 ablation=None if self.ablation is None else self.ablation.key,
+                late_start=late,
             )
 
         first = plan_of(trees[:1])
@@ -199,14 +207,19 @@ class FastEngine:
     ) -> Evaluated:
         dataset = trees[0].dataset
         by_row = [(src, comp) for src, comp in plan.leaves if src.known is None]
-        leaves = {
-            src.leaf_key(comp): values
-            for (src, comp), values in zip(
-                by_row,
-                cache.outputs(model, dataset, [(c, s.rows) for s, c in by_row], on_pass=tick),
-                strict=True,
-            )
-        }
+        # Late groups' starting residual streams and served outputs, each fetched once per rows.
+        unique: dict[tuple[Key, bytes], tuple[Key, np.ndarray]] = {}
+        wanted: dict[tuple[int, Key], tuple[Key, bytes]] = {}
+        for group in plan.groups:
+            for key in ([Residual(group.start)] if group.start else []) + list(group.served):
+                if not group.virtual:
+                    wanted[group.gid, key] = (key, group.rows.tobytes())
+                    unique.setdefault(wanted[group.gid, key], (key, group.rows))
+        needs = [(c, s.rows) for s, c in by_row] + list(unique.values())
+        values = cache.outputs(model, dataset, needs, on_pass=tick)
+        leaves = {src.leaf_key(comp): v for (src, comp), v in zip(by_row, values, strict=False)}
+        fetched = dict(zip(unique, values[len(by_row) :], strict=True))
+        early = {gk: fetched[u] for gk, u in wanted.items()}
         for src, comp in plan.leaves:
             if src.known is not None:
                 leaves[src.leaf_key(comp)] = cache.subtree(src.known, comp)
@@ -224,6 +237,7 @@ class FastEngine:
             run = _ChunkRun(
                 model, dataset, plan, rows, chunk_leaves, positions, kernels, reads, self.ablation
             )
+            run.start_from({key: v[rows] for key, v in early.items()})
             run.joint_qkv = self.joint_qkv
             pieces.append(run.evaluate(tick))
             read.append(run.patterns)
@@ -332,6 +346,15 @@ class _ChunkRun:
         # and keep the split inputs.
         self.head_kernels = kernels is not None and model.shape.kv_group == 1
         self.z_override: dict[tuple[int, Component], Tensor] = {}
+        self.start_resid: dict[int, Tensor] = {}  # late group -> its residual at its start
+
+    def start_from(self, early: dict[tuple[int, Key], Tensor]) -> None:
+        """Late groups' starting residual streams and served outputs, from the cache."""
+        for (gid, key), value in early.items():
+            if isinstance(key, Residual):
+                self.start_resid[gid] = value
+            else:
+                self.store[gid, key] = value
 
     # -- helpers ----------------------------------------------------------------------------
     def resolve(self, spec: PositionSpec, rows: np.ndarray) -> Tensor:
@@ -366,37 +389,50 @@ class _ChunkRun:
     # -- passes -----------------------------------------------------------------------------
     def evaluate(self, tick: Callable[[], None]) -> list[Tensor]:
         """Every pass of this chunk; each tree's logits, in the order of ``plan.roots``."""
-        logits: list[Tensor] | None = None
+        n_layers = self.model.shape.n_layers
         for stop, gids in self.plan.passes:
             groups = [self.plan.groups[g] for g in gids]
             stacked = [g for g in groups if not g.virtual]
             self.where = {
                 g.gid: slice(i * self.size, (i + 1) * self.size) for i, g in enumerate(stacked)
             }
-            tokens = torch.cat(
-                [self.dataset.tokens[torch.as_tensor(g.rows[self.rows])] for g in stacked]
-            )
-            final = stop >= self.model.shape.n_layers
+            start = groups[0].start
+            if start >= n_layers:  # no block to run: the final residual streams are cached
+                for group in groups:
+                    self.finish(group, self.start_resid[group.gid])
+                continue
+            final = stop >= n_layers
             hooks = self.hooks(groups, final=final)
             bridge = self.model.bridge
             needs_split = any(ch != "in" for g in groups for _, ch in g.targets)
             split = not self.head_kernels and (not self.joint_qkv or needs_split)
             try:
                 with split_qkv_inputs(bridge, split), bridge.hooks(fwd_hooks=list(hooks.items())):
+                    if start:
+                        resid = torch.cat([self.start_resid[g.gid] for g in stacked])
+                        late_pass(self.model, resid, start, None if final else stop)
+                    else:
+                        tokens = torch.cat(
+                            [
+                                self.dataset.tokens[torch.as_tensor(g.rows[self.rows])]
+                                for g in stacked
+                            ]
+                        ).to(self.model.device)
+                        bridge(tokens) if final else bridge(tokens, stop_at_layer=stop)
                     if final:
-                        bridge(tokens.to(self.model.device))
                         raise AssertionError("the final pass did not reach ln_final")
-                    bridge(tokens.to(self.model.device), stop_at_layer=stop)
             except _Stop:
                 pass
             tick()
-            if final:
-                roots = self.plan.roots
-                assert set(self.final_resid) == set(roots)
-                resid = torch.cat([self.final_resid[g] for g in roots])
-                logits = list(self.unembed(resid).split(self.size))
-        assert logits is not None
-        return logits
+        roots = self.plan.roots
+        assert set(self.final_resid) == set(roots)
+        resid = torch.cat([self.final_resid[g] for g in roots])
+        return list(self.unembed(resid).split(self.size))
+
+    def finish(self, root: Group, resid: Tensor) -> None:
+        """A root's final residual stream: its own (``resid``) plus its direct-path deltas."""
+        key = next(t for t in root.splices if t[0].kind == "logits")
+        self.final_resid[root.gid] = self.assemble(root, key, resid)
 
     def unembed(self, resid: Tensor) -> Tensor:
         """Logits of stacked ``(roots × rows, pos, d)`` residuals at the metric's positions."""
@@ -416,7 +452,9 @@ class _ChunkRun:
         for group in groups:
             for move in group.patches:
                 outputs.setdefault(model.output_hook(move.component), set()).add(move.component)
-            for comp in group.record | set(group.ablate) if not group.virtual else ():
+            for comp in (
+                group.record - set(group.served) | set(group.ablate) if not group.virtual else ()
+            ):
                 outputs.setdefault(model.output_hook(comp), set()).add(comp)
             for comp, ch in group.targets:
                 if comp.kind == "head" and self.head_kernels:
@@ -433,7 +471,7 @@ class _ChunkRun:
         for layer, targets in block_inputs.items():
             hooks[f"blocks.{layer}.hook_resid_pre"] = self._block_input_hook(groups, targets)
         if final:
-            hooks["ln_final.hook_in"] = self._final_hook()
+            hooks["ln_final.hook_in"] = self._final_hook(groups)
         for layer in sorted({head.layer for gid, head in self.reads if gid in self.where}):
             hooks[f"blocks.{layer}.attn.hook_pattern"] = self._pattern_hook(layer)
         return hooks
@@ -576,14 +614,12 @@ class _ChunkRun:
             q, k = (self.pending.pop((group.gid, comp, c)) for c in ("q", "k"))
             self.store[group.gid, comp] = self.kernels.head(comp, q, k, value)
 
-    def _final_hook(self) -> Callable:
-        roots = [self.plan.groups[g] for g in self.plan.roots]
-        keys = [next(t for t in root.splices if t[0].kind == "logits") for root in roots]
+    def _final_hook(self, groups: list[Group]) -> Callable:
+        roots = [g for g in groups if g.gid in set(self.plan.roots)]
 
         def hook(t: Tensor, hook=None) -> Tensor:
-            for root, key in zip(roots, keys, strict=True):
-                resid = t[self.where[root.gid]]
-                self.final_resid[root.gid] = self.assemble(root, key, resid)
+            for root in roots:
+                self.finish(root, t[self.where[root.gid]])
             raise _Stop
 
         return hook

@@ -1,0 +1,171 @@
+"""Late start: row groups begin at the first layer they change, from the cached residual stream.
+
+- A late pass (blocks L.. on a residual stream) reproduces a full pass on GPT-2-, Pythia- and
+  Llama-shaped models, and really skips the blocks before L (their modules never run).
+- Plans: an activation patch of a layer-L head starts at L; a path patch's receiver and root
+  start at the receiver's layer (the sender's "this pass" output served by the cache); an
+  unpatched root needs no block at all.
+- The fast engine with late starts equals the fast engine without them and the reference, on
+  random hypotheses on every family.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import scrub
+from scrub._bind import make_dataset_for
+from scrub._components import Component
+from scrub.engine import ActivationCache, FastEngine, evaluate_reference
+from scrub.engine._plan import make_plan
+from scrub.engine._start import late_pass, late_start_works
+from scrub.testing import save_random_model
+from tests.conftest import base_spec
+from tests.random_hypotheses import random_nodes
+
+FAMILIES = ("gpt2", "pythia", "llama")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    out = {}
+    for i, family in enumerate(FAMILIES):
+        path = save_random_model(tmp_path_factory.mktemp(family), family, n_layers=3, seed=10 + i)
+        out[family] = scrub.load_model(str(path))
+    return out
+
+
+def sampled(model, nodes, *, n=8, seed=0):
+    hyp = scrub.hypothesis_from_dict(base_spec(model.path, nodes=nodes))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scrub.ScrubWarning)
+        bound = scrub.bind(hyp, model, make_dataset_for(hyp, seed=seed))
+    return scrub.sample_tree(bound, n=n, seed=seed)
+
+
+def _block_rows(model, layer: int, run) -> list[int]:
+    """Batch sizes that block ``layer``'s attention module computed during ``run()``."""
+    rows: list[int] = []
+    attn = model.bridge.blocks[layer].attn
+    hook = attn.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append(
+            (args[0] if args else kwargs["hidden_states"]).shape[0]
+        ),
+        with_kwargs=True,
+    )
+    try:
+        run()
+    finally:
+        hook.remove()
+    return rows
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_late_pass_reproduces_a_full_pass_and_skips_the_early_blocks(models, family):
+    model = models[family]
+    assert late_start_works(model)
+    tokens = torch.randint(
+        0, model.shape.d_vocab, (3, 12), generator=torch.Generator().manual_seed(1)
+    )
+    seen = {}
+
+    def keep(name):
+        def hook(t, hook=None):
+            seen[name] = t.clone()
+            return t
+
+        return hook
+
+    with torch.inference_mode():
+        names = ["blocks.2.hook_resid_pre", "ln_final.hook_in"]
+        with model.bridge.hooks(fwd_hooks=[(n, keep(n)) for n in names]):
+            full = model.bridge(tokens)
+        for start in (1, 2):
+            resid = seen["blocks.2.hook_resid_pre"] if start == 2 else None
+            if resid is None:
+                with model.bridge.hooks(fwd_hooks=[("blocks.1.hook_resid_pre", keep("r1"))]):
+                    model.bridge(tokens)
+                resid = seen["r1"]
+            skipped = _block_rows(model, 0, lambda r=resid, s=start: seen.update(
+                late=late_pass(model, r, s, None)))  # fmt: skip
+            assert skipped == []  # block 0 never ran
+            torch.testing.assert_close(seen["late"], full, atol=1e-5, rtol=0)
+        stopped = late_pass(model, seen["r1"], 1, 2)  # blocks 1 .. 1: the input of block 2
+        torch.testing.assert_close(stopped, seen["blocks.2.hook_resid_pre"], atol=1e-5, rtol=0)
+
+
+def test_patches_and_splices_start_their_groups_late(models):
+    model = models["gpt2"]
+    patched = {  # an activation patch of a2.h1 at one position: the root starts at layer 2
+        "out": {"components": ["logits"], "inputs": [{"node": "p", "paths": "all", "positions": [3]}]},
+        "p": {"components": ["a2.h1"], "sampler": "uncond"},
+    }  # fmt: skip
+    path = {  # a0.h0 -> a1.h2's q, then a1.h2 -> logits through all paths
+        "out": {"components": ["logits"], "inputs": [{"node": "r", "channels": "in", "paths": "all"}]},
+        "r": {"components": ["a1.h2"], "inputs": [{"node": "s", "channels": ["q"]}]},
+        "s": {"components": ["a0.h0"], "sampler": "uncond"},
+    }  # fmt: skip
+    plain = {"out": {"components": ["logits"]}}
+    a0h0 = Component("head", 0, 0)
+    for nodes, want in ((patched, {"out": (2, [])}), (path, {"r": (1, [a0h0]), "out": (1, [])}),
+                        (plain, {"out": (3, [])})):  # fmt: skip
+        tree = sampled(model, nodes)
+        plan = make_plan(model, tree, kernels=True, late_start=True)
+        got = {g.node.name: (g.start, g.served) for g in plan.groups}
+        assert got == want
+        assert make_plan(model, tree).groups[0].start == 0  # off by default
+        late = FastEngine(cache=ActivationCache())(model, tree)
+        full = FastEngine(late_start=False)(model, tree)
+        torch.testing.assert_close(late, full, atol=1e-5, rtol=0)
+        ref = evaluate_reference(model, tree)
+        torch.testing.assert_close(late.double().log_softmax(-1), ref.double().log_softmax(-1),
+                                   atol=1e-4, rtol=0)  # fmt: skip
+
+
+def test_the_engine_runs_no_early_block_for_a_late_group(models):
+    model = models["llama"]
+    nodes = {
+        "out": {"components": ["logits"], "inputs": [{"node": "p", "paths": "all"}]},
+        "p": {"components": ["a2.h0", "a2.h3"], "sampler": "uncond"},
+    }
+    tree = sampled(model, nodes, n=6)
+    FastEngine()(model, tree)  # the one-off checks of the kernels and of late passes
+    # Block 0 runs only in the cache's plain pass over the distinct base and source rows.
+    rows = _block_rows(model, 0, lambda: FastEngine()(model, tree))
+    distinct = len(np.unique(np.concatenate([tree.rows(n) for n in tree.root.walk()])))
+    assert rows == [distinct]
+    full = _block_rows(model, 0, lambda: FastEngine(late_start=False)(model, tree))
+    assert full == [6, 6]  # the source rows' leaf pass, then the root's pass from the tokens
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_late_starts_equal_full_passes_and_the_reference(models, family, seed):
+    model = models[family]
+    rng = np.random.default_rng([seed, 7])
+    tree = sampled(
+        model, random_nodes(rng, model.shape, max_depth=int(rng.integers(1, 4))), seed=seed
+    )
+    kernels = bool(seed % 2)
+    late = FastEngine(kernels=kernels, max_batch_rows=[5, 4096][seed % 2])(model, tree)
+    full = FastEngine(kernels=kernels, late_start=False)(model, tree)
+    torch.testing.assert_close(late, full, atol=1e-4, rtol=1e-4)
+    ref = evaluate_reference(model, tree).double().log_softmax(-1)
+    torch.testing.assert_close(late.double().log_softmax(-1), ref, atol=1e-4, rtol=0)
+
+
+def test_random_hypotheses_do_start_late(models):
+    """The property test above is not vacuous: most of its plans start some group late."""
+    late = 0
+    for family in FAMILIES:
+        model = models[family]
+        for seed in range(8):
+            rng = np.random.default_rng([seed, 7])
+            nodes = random_nodes(rng, model.shape, max_depth=int(rng.integers(1, 4)))
+            plan = make_plan(model, sampled(model, nodes, seed=seed), late_start=True)
+            late += any(g.start > 0 for g in plan.groups)
+    assert late >= len(FAMILIES) * 8 // 2
