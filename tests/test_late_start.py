@@ -169,3 +169,37 @@ def test_random_hypotheses_do_start_late(models):
             plan = make_plan(model, sampled(model, nodes, seed=seed), late_start=True)
             late += any(g.start > 0 for g in plan.groups)
     assert late >= len(FAMILIES) * 8 // 2
+
+
+@pytest.mark.parametrize("family", ["gpt2", "pythia", "llama", "qwen2", "gemma2"])
+def test_the_engine_passes_softmax_equals_the_compatibility_mode_one(family, tmp_path):
+    """The engine's passes drop the fully-masked-row guards (:func:`unmasked_rows_softmax`):
+    on unpadded causal rows the logits and patterns are those of the guarded softmax."""
+    from scrub._hooks import unmasked_rows_softmax
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = scrub.load_model(str(save_random_model(tmp_path, family, seed=3)))
+    bridge = model.bridge
+    tokens = torch.randint(0, 128, (3, 10), generator=torch.Generator().manual_seed(2))
+    patterns = {}
+
+    def keep(name):
+        def hook(t, hook=None):
+            patterns[name] = t.clone()
+            return t
+
+        return hook
+
+    with torch.inference_mode():
+        with bridge.hooks(fwd_hooks=[("blocks.1.attn.hook_pattern", keep("guarded"))]):
+            guarded = bridge(tokens)
+        with (
+            bridge.hooks(fwd_hooks=[("blocks.1.attn.hook_pattern", keep("plain"))]),
+            unmasked_rows_softmax(bridge),
+        ):
+            assert not any(b.attn.compatibility_mode for b in bridge.blocks)
+            plain = bridge(tokens)
+    assert all(b.attn.compatibility_mode for b in bridge.blocks)  # restored
+    torch.testing.assert_close(plain, guarded, atol=1e-6, rtol=0)
+    torch.testing.assert_close(patterns["plain"], patterns["guarded"], atol=1e-7, rtol=0)

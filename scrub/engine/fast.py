@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from scrub._components import Channel, Component
+from scrub._hooks import unmasked_rows_softmax
 from scrub._model import ScrubModel, select, write, write_at
 from scrub._positions import PositionSpec, resolve_positions
 from scrub._tree import SampledTree
@@ -407,7 +408,11 @@ class _ChunkRun:
             needs_split = any(ch != "in" for g in groups for _, ch in g.targets)
             split = not self.head_kernels and (not self.joint_qkv or needs_split)
             try:
-                with split_qkv_inputs(bridge, split), bridge.hooks(fwd_hooks=list(hooks.items())):
+                with (
+                    split_qkv_inputs(bridge, split),
+                    bridge.hooks(fwd_hooks=list(hooks.items())),
+                    unmasked_rows_softmax(bridge),
+                ):
                     if start:
                         resid = torch.cat([self.start_resid[g.gid] for g in stacked])
                         late_pass(self.model, resid, start, None if final else stop)
