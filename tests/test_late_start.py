@@ -152,7 +152,7 @@ def test_late_starts_equal_full_passes_and_the_reference(models, family, seed):
     )
     kernels = bool(seed % 2)
     late = FastEngine(kernels=kernels, max_batch_rows=[5, 4096][seed % 2])(model, tree)
-    full = FastEngine(kernels=kernels, late_start=False)(model, tree)
+    full = FastEngine(kernels=kernels, late_start=False, fuse=False)(model, tree)
     torch.testing.assert_close(late, full, atol=1e-4, rtol=1e-4)
     ref = evaluate_reference(model, tree).double().log_softmax(-1)
     torch.testing.assert_close(late.double().log_softmax(-1), ref, atol=1e-4, rtol=0)
@@ -203,3 +203,63 @@ def test_the_engine_passes_softmax_equals_the_compatibility_mode_one(family, tmp
     assert all(b.attn.compatibility_mode for b in bridge.blocks)  # restored
     torch.testing.assert_close(plain, guarded, atol=1e-6, rtol=0)
     torch.testing.assert_close(patterns["plain"], patterns["guarded"], atol=1e-7, rtol=0)
+
+
+def _path_trees(model, receivers, n=6, *, at=None):
+    """Path-patching cells a0.h0 -> each receiver's inputs, as the patching grid builds them
+    (``at``: the receiver's output reaches the logits at these positions only)."""
+    from scrub.experiments._cells import path_cells, trees_of
+
+    spec = base_spec(model.path, nodes={"out": {"components": ["logits"]}})
+    hyp = scrub.hypothesis_from_dict(spec)
+    dataset = make_dataset_for(hyp, seed=0)
+    rng = np.random.default_rng(0)
+    rows = {"base": rng.choice(len(dataset), n), "source": rng.choice(len(dataset), n)}
+    base = {k: spec[k] for k in ("model", "dataset", "metric")} | {"name": "path"}
+    cells = path_cells(
+        model.shape, [Component("head", 0, 0)], [[r] for r in receivers], ["q", "k", "v", "in"],
+        [None], by_channel=True,
+    )  # fmt: skip
+    cells = [c for c in cells if c is not None]  # heads read q, k, v; MLPs read in
+    for cell in cells if at is not None else ():
+        cell.nodes["out"]["inputs"][0]["positions"] = at
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scrub.ScrubWarning)
+        return trees_of(cells, base, model, dataset, rows, n=n, seed=0, file=None)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_path_cell_is_one_group_and_equals_the_unfused_plan(models, family):
+    model = models[family]
+    receivers = [Component("head", 1, 2), Component("head", 2, 0), Component("mlp", 1)]
+    trees = _path_trees(model, receivers)
+    plan = make_plan(model, trees, kernels=True, late_start=True, fuse=True)
+    fused = [g for g in plan.groups if g.into is not None]
+    if model.shape.kv_group > 1:  # a head's k/v slot is shared: never fused
+        assert not fused
+    else:
+        assert {g.node.name for g in fused} == {"receiver"} and len(fused) == len(trees)
+        running = [g for _, gids in plan.passes for g in map(plan.groups.__getitem__, gids)]
+        assert all(g.node.name == "out" for g in running)  # one group per cell
+        for root in (plan.groups[r] for r in plan.roots):
+            inner = next(g for g in fused if g.into == root.gid)
+            assert root.start == inner.node.interp.components[0].component.layer
+            assert root.served == [Component("head", 0, 0)] and not root.patches
+    engine = FastEngine(cache=ActivationCache())
+    got = engine.evaluate_many(model, trees).logits
+    plain = FastEngine(late_start=False, fuse=False).evaluate_many(model, trees).logits
+    for tree, late, full in zip(trees, got, plain, strict=True):
+        torch.testing.assert_close(late, full, atol=1e-4, rtol=1e-4)
+        ref = evaluate_reference(model, tree).double().log_softmax(-1)
+        torch.testing.assert_close(late.double().log_softmax(-1), ref, atol=1e-4, rtol=0)
+
+
+def test_a_child_patched_at_some_positions_only_is_not_fused(models):
+    model = models["gpt2"]
+    trees = _path_trees(model, [Component("head", 2, 1)], at=[3, 4])
+    plan = make_plan(model, trees, kernels=True, late_start=True, fuse=True)
+    assert all(g.into is None for g in plan.groups)
+    got = FastEngine().evaluate_many(model, trees).logits
+    for tree, late in zip(trees, got, strict=True):
+        ref = evaluate_reference(model, tree).double().log_softmax(-1)
+        torch.testing.assert_close(late.double().log_softmax(-1), ref, atol=1e-4, rtol=0)

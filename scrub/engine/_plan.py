@@ -48,6 +48,16 @@ direct path subtracts) are plain outputs on its rows, also served by the cache (
 that read each other in one pass share a start, the lowest of theirs; passes are keyed by
 (``stop``, ``start``). A start can always be lowered to 0 (a pass from the tokens) without
 changing any value, which is what the engine does where the bridge cannot skip blocks.
+
+**Fused children** (``fuse``): a child whose only reader is its parent's group, on the same
+rows, and which only assembles its own components' inputs (direct splices, no all-paths patch
+of its own), computes in its group exactly what the parent's group would compute if it
+assembled those inputs itself: up to the child's layer both are plain passes on the same rows.
+So the parent's group takes the child's targets over (``into``: the child's group runs no pass
+of its own) and drops its patches of the child's outputs, as long as nothing else in the
+parent's group changes the residual stream at or before the child's components. A path patch
+(sender → receiver → logits, all on the base run) becomes one group, as in TransformerLens.
+Refused under grouped-query attention, where a head's k/v input slot is shared by other heads.
 """
 
 from __future__ import annotations
@@ -128,6 +138,7 @@ class Group:
         start: the first block the group must compute (0: from the tokens; see the module
             docstring, "late start").
         served: recorded components computed before ``start``: plain outputs on ``rows``.
+        into: a fused child's group: the group that took its targets over (it runs no pass).
     """
 
     gid: int
@@ -143,6 +154,7 @@ class Group:
     ablate: list[Component] = field(default_factory=list)
     start: int = 0
     served: list[Component] = field(default_factory=list)
+    into: int | None = None
 
     @property
     def targets(self) -> list[Target]:
@@ -213,6 +225,7 @@ def make_plan(
     kernels: bool = False,
     ablation: str | None = None,
     late_start: bool = False,
+    fuse: bool = False,
 ) -> Plan:
     """Plan the row groups of one tree, or of several trees on one dataset, together.
 
@@ -224,6 +237,8 @@ def make_plan(
         ablation: the key of the mean / zero ablation of unmapped inputs (``None``: resample).
         late_start: start each group at its first modified layer (module docstring); else
             every group starts from the tokens.
+        fuse: let parents' groups take their children's targets over where they coincide
+            (module docstring, "fused children").
     """
     if isinstance(trees, SampledTree):
         trees = [trees]
@@ -321,13 +336,15 @@ def make_plan(
         root = outputs[t, tree.root.name].group
         assert root is not None
         roots.append(root)
+    if fuse and ablation is None and model.shape.kv_group == 1:
+        _fuse_children(model, groups)
     _check_stops(groups, n_layers)
     if late_start:
         _set_starts(model, groups)
-    keys = sorted({(g.stop, g.start) for g in groups})
+    run = [g for g in groups if g.into is None]
+    keys = sorted({(g.stop, g.start) for g in run})
     passes = [
-        (stop, [g.gid for g in groups if (g.stop, g.start) == (stop, start)])
-        for stop, start in keys
+        (stop, [g.gid for g in run if (g.stop, g.start) == (stop, start)]) for stop, start in keys
     ]
     return Plan(
         groups=groups,
@@ -362,6 +379,8 @@ def _set_starts(model: ScrubModel, groups: list[Group]) -> None:
     """Each group's ``start`` and ``served`` (module docstring, "late start")."""
     n_layers = model.shape.n_layers
     for group in groups:
+        if group.into is not None:
+            continue
         touched = [m.component for m in group.patches] + group.ablate
         touched += [c for c, _ in group.targets]
         group.start = min((first_layer(model, c) for c in touched), default=n_layers)
@@ -374,18 +393,60 @@ def _set_starts(model: ScrubModel, groups: list[Group]) -> None:
             g = parent[g]
         return g
 
-    for group in groups:
+    run = [g for g in groups if g.into is None]
+    for group in run:
         moves = group.patches + [m for ms in group.splices.values() for m in ms]
         linked = [m.source.group for m in moves] + list(group.sets.values())
         for other in linked:
             if other is not None and groups[other].stop == group.stop:
                 parent[find(other)] = find(group.gid)
     lowest: dict[int, int] = {}
-    for group in groups:
+    for group in run:
         root = find(group.gid)
         lowest[root] = min(lowest.get(root, n_layers), group.start)
-    for group in groups:
+    for group in run:
         group.start = lowest[find(group.gid)]
         group.served = sorted(
             (c for c in group.record if first_layer(model, c) < group.start), key=repr
         )
+
+
+def _fuse_children(model: ScrubModel, groups: list[Group]) -> None:
+    """Parents' groups take over the targets of children that coincide with them (module
+    docstring, "fused children")."""
+    shape = model.shape
+    readers: dict[int, set[int]] = {}
+    for group in groups:
+        moves = group.patches + [m for ms in group.splices.values() for m in ms]
+        for gid in [m.source.group for m in moves] + list(group.sets.values()):
+            if gid is not None:
+                readers.setdefault(gid, set()).add(group.gid)
+    for parent in groups:
+        if parent.virtual or parent.sets or not parent.fused or parent.into is not None:
+            continue
+        for gid in sorted({m.source.group for m in parent.patches if m.source.group is not None}):
+            child = groups[gid]
+            comps = {mc.component for mc in child.node.interp.components}
+            if not (
+                child.fused
+                and not child.virtual
+                and not child.patches
+                and readers.get(child.gid) == {parent.gid}
+                and all(c.kind in ("head", "mlp") for c in comps)
+                and {c for c, _ in child.targets} == comps  # its own targets only
+                and np.array_equal(child.rows, parent.rows)
+            ):
+                continue
+            mine = [m for m in parent.patches if m.source.group == child.gid]
+            if {m.component for m in mine} != comps or any(m.spec is not None for m in mine):
+                continue  # patched at some positions only: not the child's whole output
+            last = max(shape.order(c) for c in comps)
+            others = [m.component for m in parent.patches if m.source.group != child.gid]
+            others += [c for c, _ in parent.targets]
+            if any(shape.order(c) <= last for c in others):
+                continue  # the parent changes the stream before the child reads it
+            parent.patches = [m for m in parent.patches if m.source.group != child.gid]
+            parent.splices = {**child.splices, **parent.splices}
+            parent.record |= child.record
+            parent.stop = max(parent.stop, child.stop)
+            child.into = parent.gid

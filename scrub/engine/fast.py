@@ -72,6 +72,9 @@ class FastEngine:
         late_start: start each group at the first layer it changes, from the cached residual
             stream of its rows (where the bridge allows it; :mod:`scrub.engine._start`), instead
             of from the tokens. Off while attention patterns are read.
+        fuse: a parent's group takes over a child's group that coincides with it (same rows,
+            nothing changed before the child; :mod:`scrub.engine._plan`, "fused children").
+            Off while attention patterns are read.
     """
 
     cache: ActivationCache | None = None
@@ -83,6 +86,7 @@ class FastEngine:
     ablation: Ablation | None = None
     max_memory: int | None = None
     late_start: bool = True
+    fuse: bool = True
 
     def __post_init__(self) -> None:
         if self.max_batch_rows < 1:
@@ -181,6 +185,7 @@ class FastEngine:
                 kernels=kernels is not None,
                 ablation=None if self.ablation is None else self.ablation.key,
                 late_start=late,
+                fuse=self.fuse and not patterns,
             )
 
         first = plan_of(trees[:1])
@@ -213,7 +218,7 @@ class FastEngine:
         wanted: dict[tuple[int, Key], tuple[Key, bytes]] = {}
         for group in plan.groups:
             for key in ([Residual(group.start)] if group.start else []) + list(group.served):
-                if not group.virtual:
+                if not group.virtual and group.into is None:
                     wanted[group.gid, key] = (key, group.rows.tobytes())
                     unique.setdefault(wanted[group.gid, key], (key, group.rows))
         needs = [(c, s.rows) for s, c in by_row] + list(unique.values())
@@ -243,8 +248,10 @@ class FastEngine:
             pieces.append(run.evaluate(tick))
             read.append(run.patterns)
             for gid in plan.signatures if keep else ():
+                owner = plan.groups[gid].into  # a fused child's outputs are its parent's
+                owner = gid if owner is None else owner
                 for mc in plan.groups[gid].node.interp.components:
-                    kept.setdefault((gid, mc.component), []).append(run.store[gid, mc.component])
+                    kept.setdefault((gid, mc.component), []).append(run.store[owner, mc.component])
         for gid, sig in plan.signatures.items() if keep else ():
             node = plan.groups[gid].node
             cache.keep_subtree(
