@@ -4,7 +4,8 @@
   Llama-shaped models, and really skips the blocks before L (their modules never run).
 - Plans: an activation patch of a layer-L head starts at L; a path patch's receiver and root
   start at the receiver's layer (the sender's "this pass" output served by the cache); an
-  unpatched root needs no block at all.
+  unpatched root needs no block at all; a group alone on uncached rows starts from the tokens.
+- Fused children: a path-patching cell is one group, equal to the unfused plan.
 - The fast engine with late starts equals the fast engine without them and the reference, on
   random hypotheses on every family.
 """
@@ -23,6 +24,7 @@ from scrub._components import Component
 from scrub.engine import ActivationCache, FastEngine, evaluate_reference
 from scrub.engine._plan import make_plan
 from scrub.engine._start import late_pass, late_start_works
+from scrub.engine.cache import Residual
 from scrub.testing import save_random_model
 from tests.conftest import base_spec
 from tests.random_hypotheses import random_nodes
@@ -114,9 +116,13 @@ def test_patches_and_splices_start_their_groups_late(models):
     for nodes, want in ((patched, {"out": (2, [])}), (path, {"r": (1, [a0h0]), "out": (1, [])}),
                         (plain, {"out": (3, [])})):  # fmt: skip
         tree = sampled(model, nodes)
-        plan = make_plan(model, tree, kernels=True, late_start=True)
-        got = {g.node.name: (g.start, g.served) for g in plan.groups}
-        assert got == want
+        cached = make_plan(model, tree, kernels=True, late_start=True, cached=lambda *_: True)
+        assert {g.node.name: (g.start, g.served) for g in cached.groups} == want
+        # Alone on rows whose residual stream is not cached, a group starts from the tokens.
+        alone = make_plan(model, tree, kernels=True, late_start=True)
+        assert all(g.start == 0 for g in alone.groups)
+        shared = make_plan(model, [tree, tree], kernels=True, late_start=True)  # two roots
+        assert {shared.groups[r].start for r in shared.roots} == {want["out"][0]}
         assert make_plan(model, tree).groups[0].start == 0  # off by default
         late = FastEngine(cache=ActivationCache())(model, tree)
         full = FastEngine(late_start=False)(model, tree)
@@ -127,48 +133,70 @@ def test_patches_and_splices_start_their_groups_late(models):
 
 
 def test_the_engine_runs_no_early_block_for_a_late_group(models):
+    from scrub.experiments._cells import activation_cells
+
     model = models["llama"]
-    nodes = {
-        "out": {"components": ["logits"], "inputs": [{"node": "p", "paths": "all"}]},
-        "p": {"components": ["a2.h0", "a2.h3"], "sampler": "uncond"},
-    }
-    tree = sampled(model, nodes, n=6)
-    FastEngine()(model, tree)  # the one-off checks of the kernels and of late passes
+    heads = [Component("head", 2, 0), Component("head", 2, 3)]
+    trees = _grid_trees(model, activation_cells(heads, [None, (3,)]))
+    engine = FastEngine()
+    engine.evaluate_many(model, trees)  # the one-off checks of the kernels and of late passes
     # Block 0 runs only in the cache's plain pass over the distinct base and source rows.
-    rows = _block_rows(model, 0, lambda: FastEngine()(model, tree))
-    distinct = len(np.unique(np.concatenate([tree.rows(n) for n in tree.root.walk()])))
+    rows = _block_rows(model, 0, lambda: FastEngine().evaluate_many(model, trees))
+    distinct = len(np.unique(np.concatenate([trees[0].rows(n) for n in trees[0].root.walk()])))
     assert rows == [distinct]
-    full = _block_rows(model, 0, lambda: FastEngine(late_start=False)(model, tree))
-    assert full == [6, 6]  # the source rows' leaf pass, then the root's pass from the tokens
+    full = _block_rows(model, 0, lambda: FastEngine(late_start=False).evaluate_many(model, trees))
+    assert full == [6, 4 * 6]  # the source rows' leaf pass, then the cells' pass from the tokens
+
+
+def _warm_cache(model, tree) -> ActivationCache:
+    """A cache holding every residual stream of every row of ``tree``: every group may start
+    late (the engine's plans then start each group at its first changed layer)."""
+    cache = ActivationCache()
+    rows = np.unique(np.concatenate([tree.rows(n) for n in tree.root.walk()]))
+    layers = range(1, model.shape.n_layers + 1)
+    cache.outputs(model, tree.dataset, [(Residual(layer), rows) for layer in layers])
+    return cache
+
+
+def _random_tree(model, seed):
+    rng = np.random.default_rng([seed, 7])
+    nodes = random_nodes(rng, model.shape, max_depth=int(rng.integers(1, 4)))
+    return sampled(model, nodes, seed=seed)
 
 
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("family", FAMILIES)
 def test_late_starts_equal_full_passes_and_the_reference(models, family, seed):
     model = models[family]
-    rng = np.random.default_rng([seed, 7])
-    tree = sampled(
-        model, random_nodes(rng, model.shape, max_depth=int(rng.integers(1, 4))), seed=seed
-    )
+    tree = _random_tree(model, seed)
     kernels = bool(seed % 2)
-    late = FastEngine(kernels=kernels, max_batch_rows=[5, 4096][seed % 2])(model, tree)
     full = FastEngine(kernels=kernels, late_start=False, fuse=False)(model, tree)
-    torch.testing.assert_close(late, full, atol=1e-4, rtol=1e-4)
     ref = evaluate_reference(model, tree).double().log_softmax(-1)
-    torch.testing.assert_close(late.double().log_softmax(-1), ref, atol=1e-4, rtol=0)
+    rows = [5, 4096][seed % 2]
+    warm = FastEngine(cache=_warm_cache(model, tree), kernels=kernels, max_batch_rows=rows)
+    twice = FastEngine(kernels=kernels, max_batch_rows=rows).evaluate_many(model, [tree, tree])
+    for late in [warm(model, tree), *twice.logits]:  # late from the cache; shared roots' rows
+        torch.testing.assert_close(late, full, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(late.double().log_softmax(-1), ref, atol=1e-4, rtol=0)
 
 
 def test_random_hypotheses_do_start_late(models):
     """The property test above is not vacuous: most of its plans start some group late."""
-    late = 0
+    late = shared = 0
     for family in FAMILIES:
         model = models[family]
         for seed in range(8):
-            rng = np.random.default_rng([seed, 7])
-            nodes = random_nodes(rng, model.shape, max_depth=int(rng.integers(1, 4)))
-            plan = make_plan(model, sampled(model, nodes, seed=seed), late_start=True)
+            tree = _random_tree(model, seed)
+            cache = _warm_cache(model, tree)
+
+            def cached(layer, rows, cache=cache, model=model, ds=tree.dataset):
+                return cache.holds(model, ds, Residual(layer), rows)
+
+            plan = make_plan(model, tree, late_start=True, cached=cached)
             late += any(g.start > 0 for g in plan.groups)
-    assert late >= len(FAMILIES) * 8 // 2
+            plan = make_plan(model, [tree, tree], late_start=True)
+            shared += any(g.start > 0 for g in plan.groups)
+    assert late >= len(FAMILIES) * 8 // 2 and shared >= len(FAMILIES) * 8 // 2
 
 
 @pytest.mark.parametrize("family", ["gpt2", "pythia", "llama", "qwen2", "gemma2"])
@@ -205,17 +233,26 @@ def test_the_engine_passes_softmax_equals_the_compatibility_mode_one(family, tmp
     torch.testing.assert_close(patterns["plain"], patterns["guarded"], atol=1e-7, rtol=0)
 
 
-def _path_trees(model, receivers, n=6, *, at=None):
-    """Path-patching cells a0.h0 -> each receiver's inputs, as the patching grid builds them
-    (``at``: the receiver's output reaches the logits at these positions only)."""
-    from scrub.experiments._cells import path_cells, trees_of
+def _grid_trees(model, cells, n=6):
+    """Trees of grid cells (:mod:`scrub.experiments._cells`) on one base and one source draw."""
+    from scrub.experiments._cells import trees_of
 
     spec = base_spec(model.path, nodes={"out": {"components": ["logits"]}})
     hyp = scrub.hypothesis_from_dict(spec)
     dataset = make_dataset_for(hyp, seed=0)
     rng = np.random.default_rng(0)
     rows = {"base": rng.choice(len(dataset), n), "source": rng.choice(len(dataset), n)}
-    base = {k: spec[k] for k in ("model", "dataset", "metric")} | {"name": "path"}
+    base = {k: spec[k] for k in ("model", "dataset", "metric")} | {"name": "grid"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scrub.ScrubWarning)
+        return trees_of(cells, base, model, dataset, rows, n=n, seed=0, file=None)
+
+
+def _path_trees(model, receivers, *, at=None):
+    """Path-patching cells a0.h0 -> each receiver's inputs, as the patching grid builds them
+    (``at``: the receiver's output reaches the logits at these positions only)."""
+    from scrub.experiments._cells import path_cells
+
     cells = path_cells(
         model.shape, [Component("head", 0, 0)], [[r] for r in receivers], ["q", "k", "v", "in"],
         [None], by_channel=True,
@@ -223,9 +260,7 @@ def _path_trees(model, receivers, n=6, *, at=None):
     cells = [c for c in cells if c is not None]  # heads read q, k, v; MLPs read in
     for cell in cells if at is not None else ():
         cell.nodes["out"]["inputs"][0]["positions"] = at
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", scrub.ScrubWarning)
-        return trees_of(cells, base, model, dataset, rows, n=n, seed=0, file=None)
+    return _grid_trees(model, cells)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -48,6 +48,9 @@ direct path subtracts) are plain outputs on its rows, also served by the cache (
 that read each other in one pass share a start, the lowest of theirs; passes are keyed by
 (``stop``, ``start``). A start can always be lowered to 0 (a pass from the tokens) without
 changing any value, which is what the engine does where the bridge cannot skip blocks.
+Starting late pays where the starting residual stream is shared (a grid's cells all start
+from the base run's) or already cached; a group alone on rows whose residual stream is not
+cached (nor filled for a leaf) starts from the tokens: the cache would compute the same blocks.
 
 **Fused children** (``fuse``): a child whose only reader is its parent's group, on the same
 rows, and which only assembles its own components' inputs (direct splices, no all-paths patch
@@ -226,6 +229,7 @@ def make_plan(
     ablation: str | None = None,
     late_start: bool = False,
     fuse: bool = False,
+    cached: Callable[[int, np.ndarray], bool] = lambda layer, rows: False,
 ) -> Plan:
     """Plan the row groups of one tree, or of several trees on one dataset, together.
 
@@ -239,6 +243,8 @@ def make_plan(
             every group starts from the tokens.
         fuse: let parents' groups take their children's targets over where they coincide
             (module docstring, "fused children").
+        cached: whether the cache holds the residual stream entering this layer on these
+            rows (late start: a group alone on its rows starts late only then).
     """
     if isinstance(trees, SampledTree):
         trees = [trees]
@@ -340,7 +346,10 @@ def make_plan(
         _fuse_children(model, groups)
     _check_stops(groups, n_layers)
     if late_start:
-        _set_starts(model, groups)
+        filled = {src.rows.tobytes() for src, _ in leaves if src.known is None}
+        _set_starts(
+            model, groups, lambda layer, rows: rows.tobytes() in filled or cached(layer, rows)
+        )
     run = [g for g in groups if g.into is None]
     keys = sorted({(g.stop, g.start) for g in run})
     passes = [
@@ -375,15 +384,25 @@ def first_layer(model: ScrubModel, comp: Component) -> int:
     return model.stop_layer(comp) - 1 if comp.kind != "logits" else model.shape.n_layers
 
 
-def _set_starts(model: ScrubModel, groups: list[Group]) -> None:
+def _set_starts(
+    model: ScrubModel, groups: list[Group], cached: Callable[[int, np.ndarray], bool]
+) -> None:
     """Each group's ``start`` and ``served`` (module docstring, "late start")."""
     n_layers = model.shape.n_layers
+    on_rows: dict[bytes, list[Group]] = {}
     for group in groups:
         if group.into is not None:
             continue
         touched = [m.component for m in group.patches] + group.ablate
         touched += [c for c, _ in group.targets]
         group.start = min((first_layer(model, c) for c in touched), default=n_layers)
+        if group.start and not group.virtual:
+            on_rows.setdefault(group.rows.tobytes(), []).append(group)
+    # A residual stream the cache must compute for one group alone (on rows it holds or fills
+    # for nothing else) costs what the group would have computed: it starts from the tokens.
+    for late in on_rows.values():
+        if len(late) == 1 and not cached(late[0].start, late[0].rows):
+            late[0].start = 0
     # Groups of one stop that read each other run in one pass: they share the lowest start.
     parent = list(range(len(groups)))
 

@@ -123,6 +123,12 @@ class ActivationCache:
             self._memo[key] = compute()
         return self._memo[key]
 
+    def holds(self, model: ScrubModel, dataset: Dataset, key: Key, rows: np.ndarray) -> bool:
+        """Whether ``key`` (a component's output or a residual stream) is cached on ``rows``."""
+        self._bind(model, dataset)
+        slots = self._slots.get(key)
+        return slots is not None and len(slots) >= len(dataset) and bool((slots[rows] >= 0).all())
+
     def knows(self, model: ScrubModel, dataset: Dataset, signature: str) -> bool:
         """Whether the outputs of the subtree with this signature are cached."""
         self._bind(model, dataset)

@@ -186,6 +186,7 @@ class FastEngine:
                 ablation=None if self.ablation is None else self.ablation.key,
                 late_start=late,
                 fuse=self.fuse and not patterns,
+                cached=lambda layer, rows: cache.holds(model, dataset, Residual(layer), rows),
             )
 
         first = plan_of(trees[:1])
