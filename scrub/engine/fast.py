@@ -18,8 +18,9 @@ What makes it fast, beyond batching: leaves come from an :class:`ActivationCache
 per dataset row and shared across hypotheses and seeds), and so do subtrees that an earlier call
 with the same cache already evaluated on the same draws; each group stops after the last layer
 it is read at, and starts at the first layer it changes, from the plain residual stream the
-cache holds for its rows (:mod:`scrub.engine._start`); per-head outputs are computed only for the heads a hypothesis maps (from ``z`` and
-``W_O``), never for the whole model. ``max_batch_rows`` chunks the reference batch (every group
+cache holds for its rows, where that stream is shared (:mod:`scrub.engine._start`); a parent's
+group takes over a child's that coincides with it; per-head outputs are computed only for the
+heads a hypothesis maps (from ``z`` and ``W_O``), never for the whole model. ``max_batch_rows`` chunks the reference batch (every group
 is row-aligned with it), so memory is capped without changing any result.
 
 It must agree with :func:`scrub.engine.evaluate_reference` to 1e-4 on every hypothesis; the
@@ -85,8 +86,9 @@ class FastEngine:
     )  # default: every pass split, so no result depends on its pass-mates
     ablation: Ablation | None = None
     max_memory: int | None = None
-    late_start: bool = True
-    fuse: bool = True
+    # Levers that change no result (beyond float rounding): left out of the public repr.
+    late_start: bool = field(default=True, repr=False)
+    fuse: bool = field(default=True, repr=False)
 
     def __post_init__(self) -> None:
         if self.max_batch_rows < 1:
@@ -408,6 +410,7 @@ class _ChunkRun:
             start = groups[0].start
             if start >= n_layers:  # no block to run: the final residual streams are cached
                 for group in groups:
+                    assert group.gid in self.plan.roots, f"{group} starts after every block"
                     self.finish(group, self.start_resid[group.gid])
                 continue
             final = stop >= n_layers
