@@ -298,3 +298,30 @@ def test_a_child_patched_at_some_positions_only_is_not_fused(models):
     for tree, late in zip(trees, got, strict=True):
         ref = evaluate_reference(model, tree).double().log_softmax(-1)
         torch.testing.assert_close(late.double().log_softmax(-1), ref, atol=1e-4, rtol=0)
+
+
+def test_patches_the_read_positions_cannot_see_are_dropped(models):
+    """A last-layer output reaches the logits only at its own position, an earlier one only at
+    later positions: a root's patch that reaches no read position is dropped, and the
+    logits at the read positions are unchanged."""
+    from scrub.experiments._cells import activation_cells
+
+    model = models["gpt2"]
+    last, earlier = Component("head", 2, 1), Component("head", 1, 0)
+    cells = activation_cells([last], [(3,), (5,)]) + activation_cells([earlier], [(7,), (2,)])
+    trees = _grid_trees(model, cells)
+    read_at = np.full((len(trees[0].reference), 1), 5)
+    plan = make_plan(model, trees, kernels=True, read_at=read_at)
+    patched = [bool(plan.groups[r].patches) for r in plan.roots]
+    assert patched == [False, True, False, True]
+    assert (
+        make_plan(model, trees, kernels=True, read_at=np.full_like(read_at, 7))
+        .groups[plan.roots[2]]
+        .patches
+    )  # a1.h0@7 is seen at position 7
+    got = FastEngine(cache=ActivationCache()).evaluate_many(model, trees, positions=read_at)
+    batch = np.arange(len(read_at))[:, None]
+    for tree, logits in zip(trees, got.logits, strict=True):
+        ref = evaluate_reference(model, tree)[batch, read_at]
+        torch.testing.assert_close(logits.double().log_softmax(-1), ref.double().log_softmax(-1),
+                                   atol=1e-4, rtol=0)  # fmt: skip

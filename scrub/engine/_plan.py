@@ -61,6 +61,13 @@ of its own) and drops its patches of the child's outputs, as long as nothing els
 parent's group changes the residual stream at or before the child's components. A path patch
 (sender → receiver → logits, all on the base run) becomes one group, as in TransformerLens.
 Refused under grouped-query attention, where a head's k/v input slot is shared by other heads.
+
+**Dead patches** (``read_at``): the logits are often read at a few positions only (the
+metric's). A component's output at position p reaches the residual stream at positions >= p
+only (causal attention), and a last-layer component's only at p. A root's activation patch
+that reaches none of the read positions on any row changes nothing and is dropped (an
+activation grid's last-layer cells off the metric's positions then cost nothing). Not under
+mean / zero ablation, where a patched component would otherwise count as unmapped.
 """
 
 from __future__ import annotations
@@ -73,7 +80,7 @@ import numpy as np
 
 from scrub._components import Channel, Component
 from scrub._model import ScrubModel
-from scrub._positions import PositionSpec
+from scrub._positions import PositionSpec, resolve_positions
 from scrub._tree import SampledTree, TreeNode
 from scrub.engine._ablation import ablated_in_reading
 
@@ -230,6 +237,7 @@ def make_plan(
     late_start: bool = False,
     fuse: bool = False,
     cached: Callable[[int, np.ndarray], bool] = lambda layer, rows: False,
+    read_at: np.ndarray | None = None,
 ) -> Plan:
     """Plan the row groups of one tree, or of several trees on one dataset, together.
 
@@ -245,6 +253,9 @@ def make_plan(
             (module docstring, "fused children").
         cached: whether the cache holds the residual stream entering this layer on these
             rows (late start: a group alone on its rows starts late only then).
+        read_at: ``(batch, K)`` positions (in the roots' rows) the logits are read at; a
+            root's activation patch that cannot reach any of them is dropped (module docstring,
+            "dead patches"). ``None``: every position is read.
     """
     if isinstance(trees, SampledTree):
         trees = [trees]
@@ -290,11 +301,14 @@ def make_plan(
         for target in [(c, ch) for c in comps for ch in c.channels]:
             by_patches.setdefault(node.patch_key(target[1]), []).append(target)
 
-        def moves(child: TreeNode) -> list[Move]:
+        def moves(child: TreeNode, *, patch: bool = False) -> list[Move]:
             source = outputs[t, child.name]
             out = []
             for mc in child.interp.components:
-                out.append(Move(mc.component, source, child.corr.splice_positions(mc)))
+                move = Move(mc.component, source, child.corr.splice_positions(mc))
+                if patch and node is tree.root and not _reaches(model, tree, move, read_at):
+                    continue  # the logits cannot see it: the patch changes nothing
+                out.append(move)
                 need(source, mc.component)
             return out
 
@@ -302,7 +316,7 @@ def make_plan(
         for targets in by_patches.values():
             group = new_group(node, tree.rows(node))
             for child in node.inputs(targets[0][1], "all"):
-                group.patches += moves(child)
+                group.patches += moves(child, patch=ablation is None)
             for target in targets:
                 group.splices[target] = [
                     move for child in node.inputs(target[1], "direct") for move in moves(child)
@@ -469,3 +483,13 @@ def _fuse_children(model: ScrubModel, groups: list[Group]) -> None:
             parent.record |= child.record
             parent.stop = max(parent.stop, child.stop)
             child.into = parent.gid
+
+
+def _reaches(model: ScrubModel, tree: SampledTree, move: Move, read_at: np.ndarray | None) -> bool:
+    """Whether a patch of ``move`` in the root's group can change the logits at ``read_at``."""
+    if read_at is None or move.spec is None or move.component.kind not in ("head", "mlp"):
+        return True
+    written = resolve_positions(move.spec, tree.dataset, tree.rows(tree.root))  # (batch, P)
+    if move.component.layer == model.shape.n_layers - 1:  # straight into the final stream
+        return bool((written[:, :, None] == read_at[:, None, :]).any())
+    return bool((written.min(1) <= read_at.max(1)).any())

@@ -189,6 +189,7 @@ class FastEngine:
                 late_start=late,
                 fuse=self.fuse and not patterns,
                 cached=lambda layer, rows: cache.holds(model, dataset, Residual(layer), rows),
+                read_at=positions,
             )
 
         first = plan_of(trees[:1])
