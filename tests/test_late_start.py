@@ -25,6 +25,7 @@ from scrub.engine import ActivationCache, FastEngine, evaluate_reference
 from scrub.engine._plan import make_plan
 from scrub.engine._start import late_pass, late_start_works
 from scrub.engine.cache import Residual
+from scrub.experiments._cells import Cell
 from scrub.testing import save_random_model
 from tests.conftest import base_spec
 from tests.random_hypotheses import random_nodes
@@ -325,3 +326,20 @@ def test_patches_the_read_positions_cannot_see_are_dropped(models):
         ref = evaluate_reference(model, tree)[batch, read_at]
         torch.testing.assert_close(logits.double().log_softmax(-1), ref.double().log_softmax(-1),
                                    atol=1e-4, rtol=0)  # fmt: skip
+
+
+def test_a_one_layer_model_needs_no_pass_for_unpatched_roots(one_layer_model):
+    """One layer: nothing to skip before it, but a plain root sharing its rows needs no pass."""
+    from scrub.experiments._cells import activation_cells
+
+    model = one_layer_model
+    assert late_start_works(model)
+    plain = Cell(("base",), {"out": {"components": ["logits"]}}, (("out", "other", "base"),))
+    cells = [plain, plain, *activation_cells([Component("head", 0, 1)], [None, (2,)])]
+    trees = _grid_trees(model, cells)
+    plan = make_plan(model, trees, kernels=True, late_start=True)
+    assert [plan.groups[r].start for r in plan.roots] == [1, 1, 0, 0]  # two share the base rows
+    got = FastEngine().evaluate_many(model, trees).logits
+    for tree, logits in zip(trees, got, strict=True):
+        ref = evaluate_reference(model, tree).double().log_softmax(-1)
+        torch.testing.assert_close(logits.double().log_softmax(-1), ref, atol=1e-4, rtol=0)

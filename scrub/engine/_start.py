@@ -67,14 +67,14 @@ def late_start_works(model: ScrubModel) -> bool:
 @torch.inference_mode()
 def _check(model: ScrubModel) -> bool:
     n_layers = model.shape.n_layers
-    if n_layers < 2:
-        return False  # nothing to skip but the whole stack (served from the cache instead)
+    if n_layers < 2:  # the only late start is after the whole stack: no pass at all
+        return True
     cfg = model.bridge.cfg
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, cfg.d_vocab, (2, min(8, cfg.n_ctx)), generator=generator)
     tokens = tokens.to(model.device)
     seen: dict[str, Tensor] = {}
-    fired: list[str] = []
+    fired: list[Tensor] = []
 
     def keep(name: str):
         def hook(t: Tensor, hook=None) -> Tensor:
