@@ -150,7 +150,9 @@ def patched(patches: dict, comp: tuple, value: rc.Circuit) -> rc.Circuit:
     if comp not in patches:
         return value
     for child_value, src, dst in patches[comp]:
-        value = rc.Add(rc.Add.minus(value, masked(value, dst, assign=True)), moved(child_value, src, dst))
+        value = rc.Add(
+            rc.Add.minus(value, masked(value, dst, assign=True)), moved(child_value, src, dst)
+        )
     return value
 
 
@@ -237,10 +239,13 @@ def treeified_outputs(model: GPT2, case: dict, name: str) -> dict[tuple, rc.Circ
         resid = run.input(comp, ch)
         for s in t["direct"]:
             d = tuple(s["component"])
-            new, old = moved(child_outs[s["child"]][d], s["src"], s["dst"]), masked(run.out[d], s["dst"])
+            new, old = (
+                moved(child_outs[s["child"]][d], s["src"], s["dst"]),
+                masked(run.out[d], s["dst"]),
+            )
             resid = rc.Add(resid, rc.Add.minus(new, old))
         assembled[comp, ch] = resid
-    final = passes.get((), None) or Pass(model, tokens, {})
+    final = passes.get(()) or Pass(model, tokens, {})
     for comp in comps:
         if comp[0] == "head":
             ins = [assembled[comp, ch] for ch in ("q", "k", "v")]

@@ -94,7 +94,10 @@ def export_weights(model, seq_len: int) -> dict:
         out[L + "W_O"] = w[p + "attn.c_proj.weight"].reshape(H, dh, d)
         out[L + "b_O"] = w[p + "attn.c_proj.bias"]
         for ln in ("1", "2"):
-            out[f"{L}ln{ln}_w"], out[f"{L}ln{ln}_b"] = w[p + f"ln_{ln}.weight"], w[p + f"ln_{ln}.bias"]
+            out[f"{L}ln{ln}_w"], out[f"{L}ln{ln}_b"] = (
+                w[p + f"ln_{ln}.weight"],
+                w[p + f"ln_{ln}.bias"],
+            )
         out[L + "W_in"], out[L + "b_in"] = w[p + "mlp.c_fc.weight"], w[p + "mlp.c_fc.bias"]
         out[L + "W_out"], out[L + "b_out"] = w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"]
     config = dict(
@@ -177,7 +180,9 @@ class Case:
     def __init__(self, path: Path, model, n: int, folder: Path) -> None:
         self.hyp = scrub.load_hypothesis(path)
         if self.hyp.spec.metric.kind != "loss" or self.hyp.spec.metric.labels != "next":
-            raise SystemExit(f"bench_rust_circuit: the worker computes next-token loss only ({path})")
+            raise SystemExit(
+                f"bench_rust_circuit: the worker computes next-token loss only ({path})"
+            )
         self.model, self.n, self.seed = model, n, tree_seed(self.hyp)
         self.name = f"{path.stem}-{n}"
         self.dataset = make_dataset_for(self.hyp, seed=self.seed)
