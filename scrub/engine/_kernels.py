@@ -119,6 +119,49 @@ class Kernels:
         causal = torch.ones(n, n, dtype=torch.bool, device=scores.device).tril()
         return scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v
 
+    def heads(self, inputs: dict[Component, dict[Channel, Tensor]]) -> dict[Component, Tensor]:
+        """Several heads' ``z`` from their ``q``/``k``/``v`` inputs, as :meth:`head` computes
+        them one by one: the heads of one layer given the same three tensors (a node's heads
+        spliced from the same children) are computed together, each input normalised once."""
+        batches: dict[tuple[int, int, int, int], list[Component]] = {}
+        for comp, ins in inputs.items():
+            key = (comp.layer, id(ins["q"]), id(ins["k"]), id(ins["v"]))
+            batches.setdefault(key, []).append(comp)
+        out: dict[Component, Tensor] = {}
+        for comps in batches.values():
+            ins = inputs[comps[0]]
+            if len(comps) == 1:
+                out[comps[0]] = self.head(comps[0], ins["q"], ins["k"], ins["v"])
+                continue
+            z = self._heads(comps, ins["q"], ins["k"], ins["v"])
+            out.update((comp, z[:, i]) for i, comp in enumerate(comps))
+        return out
+
+    def _heads(self, comps: list[Component], q_in: Tensor, k_in: Tensor, v_in: Tensor) -> Tensor:
+        """``z`` of several heads of one layer on shared inputs: ``batch head pos d_head``."""
+        layer = comps[0].layer
+        q_heads = [c.head for c in comps]
+        kv_heads = [c.head // self.group for c in comps]
+        normed: dict[int, Tensor] = {}
+
+        def proj(x: Tensor, w: str, b: str, heads: list[int]) -> Tensor:
+            if id(x) not in normed:
+                normed[id(x)] = self._ln(x)
+            weight, bias = self.w[w], self.w[b]
+            assert weight is not None
+            out = normed[id(x)][:, None] @ weight[layer, heads]  # batch head pos d_head
+            return out if bias is None else out + bias[layer, heads][:, None]
+
+        q = proj(q_in, "W_Q", "b_Q", q_heads)
+        k = proj(k_in, "W_K", "b_K", kv_heads)
+        v = proj(v_in, "W_V", "b_V", kv_heads)
+        if self.rotary is not None:
+            q, k = self._rotate(q), self._rotate(k)
+        scores = (q @ k.transpose(-1, -2)) * self.scale
+        n = scores.shape[-1]
+        causal = torch.ones(n, n, dtype=torch.bool, device=scores.device).tril()
+        return scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v
+
     def mlp(self, comp: Component, x: Tensor) -> Tensor:
         """An MLP's output (``batch pos d_model``) from its input."""
         w, layer = self.w, comp.layer

@@ -257,6 +257,12 @@ class Evaluated:
     patterns: list[dict[Component, Tensor]]
 
 
+def _move_key(move: Move) -> tuple:
+    """What a splice's value depends on in one group: the child's output and the positions."""
+    src = move.source
+    return (move.component, src.group, src.tree, src.node.name, move.spec)
+
+
 def _widest(plan: Plan) -> int:
     """The most stacked groups in one pass of ``plan``."""
     return max(sum(not plan.groups[g].virtual for g in gids) for _, gids in plan.passes)
@@ -482,15 +488,33 @@ class _ChunkRun:
 
     def assemble(self, group: Group, target: tuple[Component, Channel], resid: Tensor) -> Tensor:
         """A target's input in a reading group: its residual plus the direct-path deltas."""
-        value = resid
-        for move in group.splices[target]:
+        moves = group.splices[target]
+        if not moves:
+            return resid
+        value = resid.clone()  # one copy per target; the deltas are added in place
+        for move in moves:
             src = self.resolve(move.spec, move.source.rows)
             dst = self.resolve(move.spec, group.rows)
             comp = move.component
             new = self.model.contribution(comp, self.source_output(move, None)[self.batch, src])
             old = self.model.contribution(comp, self.store[group.gid, comp][self.batch, dst])
-            value = value.index_put((self.batch.expand_as(dst), dst), new - old, accumulate=True)
+            value.index_put_((self.batch.expand_as(dst), dst), new - old, accumulate=True)
         return value
+
+    def assemble_shared(
+        self,
+        memo: dict[tuple, Tensor],
+        group: Group,
+        target: tuple[Component, Channel],
+        resid: Tensor,
+    ) -> Tensor:
+        """:meth:`assemble`, once per group, residual and set of splices: the targets of one
+        block input that the same children reach (a node's heads, each read through the same
+        channel) share one tensor, which the kernels then normalise once."""
+        key = (group.gid, id(resid), *(_move_key(m) for m in group.splices[target]))
+        if key not in memo:
+            memo[key] = self.assemble(group, target, resid)
+        return memo[key]
 
     def _input_hook(self, groups: list[Group], targets: set[tuple[Component, Channel]]) -> Callable:
         def hook(t: Tensor, hook=None) -> Tensor:
@@ -537,13 +561,15 @@ class _ChunkRun:
         def hook(t: Tensor, hook=None) -> Tensor:
             assert self.kernels is not None
             assembled: dict[tuple[int, Component, Channel], Tensor] = {}
+            memo: dict[tuple, Tensor] = {}
             for group in groups:
                 if group.sets:
                     continue
                 resid = t[self.where[group.gid]]
                 for target in group.splices:
                     if target in targets:
-                        assembled[group.gid, *target] = self.assemble(group, target, resid)
+                        value = self.assemble_shared(memo, group, target, resid)
+                        assembled[group.gid, *target] = value
             for group in groups:
                 heads: dict[Component, dict[Channel, Tensor]] = {}
                 for target in group.targets:
@@ -554,8 +580,7 @@ class _ChunkRun:
                         heads.setdefault(comp, {})[ch] = assembled[group.sets[target], comp, ch]
                     elif group.fused:
                         heads.setdefault(comp, {})[ch] = assembled[group.gid, comp, ch]
-                for comp, inputs in heads.items():
-                    z = self.kernels.head(comp, inputs["q"], inputs["k"], inputs["v"])
+                for comp, z in self.kernels.heads(heads).items():
                     if group.virtual:
                         self.store[group.gid, comp] = z
                     else:
