@@ -342,14 +342,24 @@ def _generated_examples(tree: SampledTree) -> dict[str, dict[str, Any]]:
     re-scored from its JSON alone.
     """
     ds = tree.dataset
-    out: dict[str, dict[str, Any]] = {}
-    for row in tree.generated_rows():
-        out[str(row)] = {
-            "tokens": ds.tokens[row].tolist(),
-            "positions": {name: pos[row].tolist() for name, pos in sorted(ds.positions.items())},
-            "fields": {name: np.asarray(v[row]).tolist() for name, v in sorted(ds.fields.items())},
+    rows = tree.generated_rows()
+    if not rows:
+        return {}
+    index = np.asarray(rows)
+    tokens = ds.tokens[torch.as_tensor(index)].tolist()  # one conversion per array, not per row
+    positions = {name: pos[index].tolist() for name, pos in sorted(ds.positions.items())}
+    fields = {
+        name: v[index].tolist() if v.dtype != object else [np.asarray(v[r]).tolist() for r in rows]
+        for name, v in sorted(ds.fields.items())
+    }
+    return {
+        str(row): {
+            "tokens": tokens[i],
+            "positions": {name: values[i] for name, values in positions.items()},
+            "fields": {name: values[i] for name, values in fields.items()},
         }
-    return out
+        for i, row in enumerate(rows)
+    }
 
 
 def _clean(

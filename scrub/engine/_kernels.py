@@ -149,8 +149,11 @@ class Kernels:
                 normed[id(x)] = self._ln(x)
             weight, bias = self.w[w], self.w[b]
             assert weight is not None
-            out = normed[id(x)][:, None] @ weight[layer, heads]  # batch head pos d_head
-            return out if bias is None else out + bias[layer, heads][:, None]
+            joint = weight[layer, heads].transpose(0, 1).flatten(1)  # d_model, (head d_head)
+            out = normed[id(x)] @ joint
+            if bias is not None:
+                out = out + bias[layer, heads].flatten()
+            return out.unflatten(-1, (len(heads), -1)).transpose(1, 2)  # batch head pos d_head
 
         q = proj(q_in, "W_Q", "b_Q", q_heads)
         k = proj(k_in, "W_K", "b_K", kv_heads)

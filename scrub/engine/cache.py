@@ -133,9 +133,7 @@ class ActivationCache:
             self._fill(model, dataset, sorted({c for c, _ in needs}), np.array(sorted(missing)))
             if on_pass:
                 on_pass()
-        return [
-            self._values[comp][torch.as_tensor(self._slots[comp][rows])] for comp, rows in needs
-        ]
+        return [_take(self._values[comp], self._slots[comp][rows]) for comp, rows in needs]
 
     def _grow(self, comp: Component, model: ScrubModel, dataset: Dataset) -> np.ndarray:
         """The row -> slot index of ``comp`` (``-1``: not cached), covering every row."""
@@ -168,6 +166,14 @@ class ActivationCache:
                 new = slots[chunk] < 0
                 start_slot = len(self._values[comp])
                 slots[chunk[new]] = start_slot + np.arange(int(new.sum()))
-                self._values[comp] = torch.cat(
-                    [self._values[comp], outs[comp][torch.as_tensor(new)]]
-                )
+                fresh = outs[comp] if new.all() else outs[comp][torch.as_tensor(new)]
+                if start_slot:
+                    fresh = torch.cat([self._values[comp], fresh])
+                self._values[comp] = fresh
+
+
+def _take(values: Tensor, slots: np.ndarray) -> Tensor:
+    """``values[slots]``; a view, not a copy, when the slots are consecutive."""
+    if len(slots) and slots[-1] - slots[0] == len(slots) - 1 and bool(np.all(np.diff(slots) == 1)):
+        return values[int(slots[0]) : int(slots[-1]) + 1]
+    return values[torch.as_tensor(slots)]
