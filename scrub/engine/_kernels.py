@@ -74,11 +74,12 @@ class Kernels:
         self._angles: dict[int, tuple[Tensor, Tensor]] = {}
 
     def _ln(self, x: Tensor) -> Tensor:
+        """The block's norm without its (folded) weights: torch's fused LayerNorm / RMSNorm."""
         if not self.norm:
             return x
         if not self.rms:
-            x = x - x.mean(-1, keepdim=True)
-        return x / (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+            return torch.nn.functional.layer_norm(x, x.shape[-1:], eps=self.eps)
+        return torch.nn.functional.rms_norm(x, x.shape[-1:], eps=self.eps)
 
     def _proj(self, normed: Tensor, w: str, b: str, layer: int, head: int) -> Tensor:
         weight, bias = self.w[w], self.w[b]
@@ -114,10 +115,13 @@ class Kernels:
         v = self._proj(norm(v_in), "W_V", "b_V", layer, kv)
         if self.rotary is not None:
             q, k = self._rotate(q), self._rotate(k)
-        scores = (q @ k.transpose(-1, -2)) * self.scale
-        n = scores.shape[-1]
-        causal = torch.ones(n, n, dtype=torch.bool, device=scores.device).tril()
-        return scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v
+        return self._attend(q, k, v)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Causal softmax attention, ``softmax(q k^T / sqrt(d_head)) v`` (torch's fused kernel)."""
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=self.scale
+        )
 
     def heads(self, inputs: dict[Component, dict[Channel, Tensor]]) -> dict[Component, Tensor]:
         """Several heads' ``z`` from their ``q``/``k``/``v`` inputs, as :meth:`head` computes
@@ -160,10 +164,7 @@ class Kernels:
         v = proj(v_in, "W_V", "b_V", kv_heads)
         if self.rotary is not None:
             q, k = self._rotate(q), self._rotate(k)
-        scores = (q @ k.transpose(-1, -2)) * self.scale
-        n = scores.shape[-1]
-        causal = torch.ones(n, n, dtype=torch.bool, device=scores.device).tril()
-        return scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v
+        return self._attend(q, k, v)
 
     def mlp(self, comp: Component, x: Tensor) -> Tensor:
         """An MLP's output (``batch pos d_model``) from its input."""
