@@ -352,13 +352,16 @@ def _generated_examples(tree: SampledTree) -> dict[str, dict[str, Any]]:
         name: v[index].tolist() if v.dtype != object else [np.asarray(v[r]).tolist() for r in rows]
         for name, v in sorted(ds.fields.items())
     }
+    n = len(rows)  # per row: one value per name (zip of no names: n empty rows)
+    pos_rows = list(zip(*positions.values(), strict=True)) if positions else [()] * n
+    field_rows = list(zip(*fields.values(), strict=True)) if fields else [()] * n
     return {
         str(row): {
-            "tokens": tokens[i],
-            "positions": {name: values[i] for name, values in positions.items()},
-            "fields": {name: values[i] for name, values in fields.items()},
+            "tokens": t,
+            "positions": dict(zip(positions, p, strict=True)),
+            "fields": dict(zip(fields, f, strict=True)),
         }
-        for i, row in enumerate(rows)
+        for row, t, p, f in zip(rows, tokens, pos_rows, field_rows, strict=True)
     }
 
 
