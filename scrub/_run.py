@@ -307,9 +307,11 @@ def _undefined_reason(
         return "clean and baseline metrics are equal"
     if len(clean) < 2:
         return f"n = {len(clean)}: too few examples to tell clean from baseline"
+    # the paired CI of mean(clean - baseline): one sample of differences resamples the same
+    # rows and gives the same numbers, bit for bit, for less work
     lo, hi = bootstrap_ci(
-        (clean, baseline),
-        _mean_difference,
+        (clean - baseline,),
+        np.mean,
         rng=stream(seed, "bootstrap", "clean-baseline"),
         confidence=confidence,
     )
@@ -321,10 +323,6 @@ def _undefined_reason(
             f"clean − baseline, [{lo:.4g}, {hi:.4g}], contains 0"
         )
     return None
-
-
-def _mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean(a - b, axis=axis)
 
 
 def _relative_to_file(path: str | None, file: str | None) -> str | None:
