@@ -331,17 +331,22 @@ class AblationSpec(_Frozen):
         dataset: the reference distribution of the means (a generator and params, or a dataset
             spec file relative to the hypothesis file); default: the hypothesis's own dataset.
         classes: named positions that get their own mean (e.g. ``[IO, S1, S2, END]``); every
-            other real position shares one ``other`` mean.
+            other real position shares one ``other`` mean. Or ``each``: one mean per position
+            index (with ``by``, as the IOI paper's per-template means).
+        by: dataset fields whose every value gets its own means (e.g. ``[template]``).
     """
 
     kind: Literal["resample", "mean", "zero"] = "resample"
     dataset: DatasetSpec | None = None
-    classes: tuple[str, ...] = ()
+    classes: tuple[str, ...] | Literal["each"] = ()
+    by: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _mean_only(self) -> AblationSpec:
-        if self.kind != "mean" and (self.dataset is not None or self.classes):
-            raise ValueError(f"'dataset' and 'classes' are for 'mean' ablation, not {self.kind!r}")
+        if self.kind != "mean" and (self.dataset is not None or self.classes or self.by):
+            raise ValueError(
+                f"'dataset', 'classes' and 'by' are for 'mean' ablation, not {self.kind!r}"
+            )
         return self
 
 

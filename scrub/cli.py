@@ -122,7 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path, help="hypothesis YAML file")
     check.add_argument("--model", help="model: shipped name, local HF directory or hub name")
     patch = sub.add_parser(
-        "patch", help="run a patching experiment (activation, path, iterative path, attention)"
+        "patch",
+        help="run a patching experiment (activation, path, iterative path, attention, knockout)",
     )
     patch.add_argument("file", type=Path, help="experiment YAML file")
     patch.add_argument("--model", help="model: shipped name, local HF directory or hub name")

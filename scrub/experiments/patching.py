@@ -10,7 +10,9 @@ passes of the fast engine (:meth:`scrub.FastEngine.evaluate_many`), chunked unde
 - ``kind: path``: each sender's direct path into each receiver's ``q`` / ``k`` / ``v`` / ``in``;
 - ``kind: iterative_path``: every upstream head and MLP (× position) into one receiver set;
 - ``kind: attention`` (:mod:`scrub.experiments._attention`): heads' patterns under a patch or a
-  hypothesis, minus clean.
+  hypothesis, minus clean;
+- ``kind: knockout`` (:mod:`scrub.experiments._knockout`): the IOI paper's node-level
+  faithfulness, every component outside a circuit mean- or zero-ablated (no base or source).
 
 Vocabulary: the **reference** batch supplies the labels the metric reads; the **base** run is
 what gets patched (the root's other inputs, drawn by ``base:`` from the reference); the
@@ -51,6 +53,7 @@ from scrub.engine import ActivationCache, FastEngine
 from scrub.experiments._attention import AttentionResult, attention
 from scrub.experiments._cells import Cell, activation_cells, components_of, path_cells, trees_of
 from scrub.experiments._flips import FlipSampler
+from scrub.experiments._knockout import KnockoutResult, knockout
 from scrub.experiments._patch_result import PatchResult
 from scrub.experiments._patch_schema import (
     EXPERIMENT_KINDS,
@@ -60,6 +63,7 @@ from scrub.experiments._patch_schema import (
     ExperimentSpec,
     FlipSpec,
     IterativePathSpec,
+    KnockoutSpec,
     PathSpec,
 )
 from scrub.experiments._patch_stats import grid_stats
@@ -74,7 +78,7 @@ class Experiment:
     """A validated patching experiment file."""
 
     name: str
-    spec: ActivationSpec | PathSpec | IterativePathSpec | AttentionSpec
+    spec: ActivationSpec | PathSpec | IterativePathSpec | AttentionSpec | KnockoutSpec
     file: str | None
     sha256: str
     dataset_file: str | None = None
@@ -124,6 +128,10 @@ def experiment_from_dict(
         source = load_dataset_spec(data["dataset"], file)
         dataset_file = str(source.file)
         data = {**data, "dataset": source.data}
+    ablation = data.get("ablation")
+    if isinstance(ablation, dict) and isinstance(ablation.get("dataset"), str):
+        reference = load_dataset_spec(ablation["dataset"], file)
+        data = {**data, "ablation": {**ablation, "dataset": reference.data}}
     try:
         spec = _ADAPTER.validate_python(data)
     except pydantic.ValidationError as exc:
@@ -148,6 +156,7 @@ def _located(exc: pydantic.ValidationError, file: str | None, kind: str) -> Hypo
             "path": PathSpec,
             "iterative_path": IterativePathSpec,
             "attention": AttentionSpec,
+            "knockout": KnockoutSpec,
         }[kind]
         allowed = sorted(model.model_fields) if len(key) == 1 else []
         close = difflib.get_close_matches(str(key[-1]), allowed, n=1)
@@ -235,8 +244,11 @@ def setup(
             except HypothesisError as exc:
                 raise exc.with_context(key_prefix=(key,)) from None
 
-        base = draw("base", "other", "out")  # the stream a hypothesis root's other uses
-        source = draw("source", "data", "out/source")
+        if isinstance(spec, KnockoutSpec):  # runs on the reference itself
+            base = source = x.copy()
+        else:
+            base = draw("base", "other", "out")  # the stream a hypothesis root's other uses
+            source = draw("source", "data", "out/source")
         resolve_positions(spec.metric.positions, dataset, base)
     except HypothesisError as exc:
         raise exc.with_context(file=experiment.file) from None
@@ -269,7 +281,7 @@ def patch(
     max_batch_rows: int = 4096,
     cache: ActivationCache | None = None,
     max_memory: int | None = None,
-) -> PatchResult | AttentionResult:
+) -> PatchResult | AttentionResult | KnockoutResult:
     """Run a patching experiment and return its grid with per-cell statistics.
 
     Args:
@@ -285,7 +297,9 @@ def patch(
             :func:`scrub.run` (``None``: its default). Results do not depend on it.
 
     Returns:
-        The :class:`PatchResult` (``.to_frame()``, ``.to_json()``, ``.save(dir)``).
+        The :class:`PatchResult` (``.to_frame()``, ``.to_json()``, ``.save(dir)``); for
+        ``kind: attention`` an :class:`AttentionResult`, for ``kind: knockout`` a
+        :class:`~scrub.experiments._knockout.KnockoutResult`.
 
     Raises:
         HypothesisError: the experiment is invalid for this model or dataset.
@@ -297,6 +311,8 @@ def patch(
     su = setup(exp, model=model, dataset=dataset, n=n, seed=seed)
     if isinstance(exp.spec, AttentionSpec):
         return attention(su, max_batch_rows=max_batch_rows, max_memory=max_memory)
+    if isinstance(exp.spec, KnockoutSpec):
+        return knockout(su, max_batch_rows=max_batch_rows, cache=cache)
     try:
         axes, cells = _grid(su)
     except HypothesisError as exc:
@@ -377,6 +393,7 @@ def run_cells(
 ) -> PatchResult:
     """Evaluate every cell as one batched call of the fast engine and score the grid."""
     spec = su.experiment.spec
+    assert not isinstance(spec, KnockoutSpec), "a knockout has no grid"
     model, ds = su.model, su.dataset
     cache = cache or ActivationCache(max_batch_rows=max_batch_rows, max_memory=max_memory)
     present = [c for c in cells if c is not None]

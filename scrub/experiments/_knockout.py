@@ -1,0 +1,392 @@
+"""Node-level knockout: the IOI paper's faithfulness check, F(C) / F(M).
+
+Wang et al. (2022, section 4) define a circuit C as a set of nodes, each an attention head at a
+class of token positions (the name movers at END, the induction heads at S2, ...). The circuit's
+performance F(C) is the metric of the model in which every node *not* in C is knocked out: its
+output replaced by its mean over a reference distribution (the ABC prompts: same templates, no
+right answer; the paper's means are per template and position), while every node of C, and every
+component that is not a candidate (the MLPs and embeddings, in the paper), is computed as usual
+from the residual stream the knockouts leave. F(M) is the clean model's metric.
+
+``kind: knockout`` (:class:`~scrub.experiments._patch_schema.KnockoutSpec`) runs this in one
+forward pass per row chunk of the reference examples, with :class:`~scrub._model.OutputPatch`
+es (activation patches) whose values come from the same :class:`~scrub.engine._ablation.Ablation`
+a hypothesis's ``ablation:`` uses: the scrubbed examples are never resampled, so the only
+randomness is which reference examples are drawn.
+
+It reports F(M), F(C), the all-knocked-out baseline F(∅) (every candidate knocked out, for
+context), F(C) / F(M) (the paper's number) and ``recovered`` = (F(C) − F(∅)) / (F(M) − F(∅)),
+each with a paired bootstrap CI over the reference examples.
+
+Pitfalls:
+
+- This is not a treeified hypothesis: a kept node reads the knocked-out model's residual stream
+  through every path (the paper's semantics), where the path-level ``circuit_mean`` hypothesis
+  keeps only the edges it names. The two numbers differ, and both are reported.
+- ``knock_out: heads`` leaves MLPs and embeddings computed (as the paper does); with ``all`` the
+  MLPs are knocked out too, and a circuit must then keep the MLPs it needs.
+- A head's output is its ``z``: zero ablation leaves the attention output bias ``b_O``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from scrub._components import Component
+from scrub._errors import HypothesisError
+from scrub._means import EACH
+from scrub._metrics import per_example_metric
+from scrub._model import OutputPatch, ScrubModel
+from scrub._positions import resolve_positions
+from scrub._result import bootstrap_ci
+from scrub._run import _clean, _gather, _versions
+from scrub._tree import stream
+from scrub.data import Dataset
+from scrub.engine import ActivationCache
+from scrub.engine._ablation import Ablation, ablation_from_spec
+from scrub.experiments._cells import components_of
+from scrub.experiments._patch_schema import KnockoutSpec
+
+__all__ = ["KnockoutResult", "knocked_out_logits", "knockout"]
+
+Kept = dict[Component, tuple | None]
+"""Component → the positions it is kept at (``None``: every position)."""
+
+
+@dataclass
+class KnockoutResult:
+    """F(M), F(C) and F(∅) per reference example, and their ratios with paired bootstrap CIs.
+
+    Attributes:
+        clean, circuit, baseline: per-example metric of the clean model (F(M)), of the model
+            with every node outside ``keep`` knocked out (F(C)), and with every candidate
+            knocked out (F(∅)).
+        faithfulness: F(C) / F(M) (means over examples), ``faithfulness_ci`` its interval.
+        recovered: (F(C) − F(∅)) / (F(M) − F(∅)), ``recovered_ci`` its interval.
+        knock_out: the candidates; ``keep``: the circuit (class → components, positions).
+        ablation: how knocked-out outputs are replaced (kind, reference, classes, by).
+    """
+
+    name: str
+    file: str | None
+    sha256: str
+    model: str
+    dataset: dict[str, Any]
+    metric: dict[str, Any]
+    n: int
+    seed: int
+    knock_out: list[str]
+    keep: dict[str, dict[str, Any]]
+    ablation: dict[str, Any]
+    clean: np.ndarray
+    circuit: np.ndarray
+    baseline: np.ndarray
+    confidence: float
+    faithfulness: float
+    faithfulness_ci: tuple[float, float]
+    recovered: float
+    recovered_ci: tuple[float, float]
+    means_ci: dict[str, tuple[float, float]]
+    kind: str = "knockout"
+    warnings: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (
+            f"KnockoutResult({self.name!r}, F(C)/F(M)={self.faithfulness:.3f}, "
+            f"recovered={self.recovered:.3f}, n={self.n})"
+        )
+
+    @property
+    def kept_nodes(self) -> int:
+        """How many (component, positions) nodes the circuit keeps."""
+        return sum(len(entry["components"]) for entry in self.keep.values())
+
+    def table(self) -> str:
+        """The numbers as plain text (what ``scrub patch`` prints)."""
+        lo, hi = self.means_ci["clean"], self.means_ci["circuit"]
+        bl = self.means_ci["baseline"]
+        abl = self.ablation
+        ref = f" over {abl['dataset']}" if abl.get("dataset") else ""
+        per = (
+            f", per {'position' if abl.get('classes') == EACH else 'position class'}"
+            + (f" and {', '.join(abl['by'])}" if abl.get("by") else "")
+            if abl["kind"] == "mean"
+            else ""
+        )
+        lines = [
+            f"{self.name} (knockout): model {self.model}, n = {self.n}, seed = {self.seed}, "
+            f"metric {self.metric['kind']}",
+            f"  knocked out: {len(self.knock_out)} candidates outside {self.kept_nodes} kept "
+            f"nodes, {abl['kind']}-ablated{ref}{per}",
+            f"  F(M) clean            {self.clean.mean():9.4f}  [{_f(lo[0])}, {_f(lo[1])}]",
+            f"  F(C) circuit          {self.circuit.mean():9.4f}  [{_f(hi[0])}, {_f(hi[1])}]",
+            f"  F(∅) all knocked out  {self.baseline.mean():9.4f}  [{_f(bl[0])}, {_f(bl[1])}]",
+            f"  F(C) / F(M)           {_f(self.faithfulness):>9}  "
+            f"[{_f(self.faithfulness_ci[0])}, {_f(self.faithfulness_ci[1])}]",
+            f"  recovered             {_f(self.recovered):>9}  "
+            f"[{_f(self.recovered_ci[0])}, {_f(self.recovered_ci[1])}]  "
+            "(F(C) − F(∅)) / (F(M) − F(∅))",
+        ]
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, JSON-ready (NaN as ``null``)."""
+        out = {
+            "kind": self.kind,
+            "name": self.name,
+            "file": self.file,
+            "sha256": self.sha256,
+            "model": self.model,
+            "dataset": self.dataset,
+            "metric": self.metric,
+            "n": self.n,
+            "seed": self.seed,
+            "knock_out": self.knock_out,
+            "keep": self.keep,
+            "ablation": self.ablation,
+            "confidence": self.confidence,
+            "clean_mean": float(self.clean.mean()),
+            "circuit_mean": float(self.circuit.mean()),
+            "baseline_mean": float(self.baseline.mean()),
+            "means_ci": {k: list(v) for k, v in self.means_ci.items()},
+            "faithfulness": self.faithfulness,
+            "faithfulness_ci": list(self.faithfulness_ci),
+            "recovered": self.recovered,
+            "recovered_ci": list(self.recovered_ci),
+            "per_example": {
+                "clean": self.clean.tolist(),
+                "circuit": self.circuit.tolist(),
+                "baseline": self.baseline.tolist(),
+            },
+            "warnings": list(self.warnings),
+            "versions": dict(self.versions),
+        }
+        return _finite(out)
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def save(self, out: str | Path, *, figures: bool = True) -> list[Path]:
+        """Write ``NAME.json`` into the folder ``out`` (a knockout has no figures)."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{self.name}.json"
+        path.write_text(self.to_json() + "\n")
+        return [path]
+
+
+def _f(x: float) -> str:
+    return "undefined" if not math.isfinite(x) else f"{x:.3f}"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _kept(spec: KnockoutSpec, model: ScrubModel, dataset: Dataset, rows: np.ndarray):
+    """The candidates and the kept positions of each, checked against the model and dataset."""
+    candidates = components_of(spec.knock_out, model.shape, key=("knock_out",))
+    kept: Kept = {}
+    record: dict[str, dict[str, Any]] = {}
+    for cls, entry in spec.keep.items():
+        key = ("keep", cls)
+        comps = components_of(entry.components, model.shape, key=(*key, "components"))
+        record[cls] = {"components": [c.name for c in comps], "positions": _maybe(entry.positions)}
+        for i, item in enumerate(entry.positions or ()):
+            try:
+                resolve_positions((item,), dataset, rows)
+            except HypothesisError as exc:
+                raise exc.with_context(key_prefix=(*key, "positions", i)) from None
+        for comp in comps:
+            if comp not in candidates:
+                raise HypothesisError(
+                    f"{comp.name} is kept, but it is not knocked out anyway "
+                    f"(knock_out: {_label(spec.knock_out)})",
+                    key=(*key, "components"),
+                    hint="keep only candidates, or add it to 'knock_out' (heads, mlps, all, "
+                    "or a list)",
+                )
+            if entry.positions is None or kept.get(comp, ()) is None:
+                kept[comp] = None
+            else:
+                kept[comp] = (*(kept.get(comp) or ()), *entry.positions)
+    return candidates, kept, record
+
+
+def _label(value: Any) -> str:
+    return value if isinstance(value, str) else "[" + ", ".join(value) + "]"
+
+
+def _knocked_positions(keep: Tensor, comp: Component) -> Tensor:
+    """Each row's knocked-out positions (``~keep``), ``(batch, K)``, padded with a repeat."""
+    knocked = ~keep
+    counts = knocked.sum(1)
+    if bool((counts == 0).any()):
+        raise HypothesisError(
+            f"{comp.name} is kept at every position of some examples",
+            key=("keep",),
+            hint="to keep a component everywhere, list it without 'positions'",
+        )
+    width = int(counts.max())
+    order = torch.argsort((~knocked).to(torch.int8), dim=1, stable=True)  # knocked ones first
+    cols = torch.arange(width, device=keep.device)[None, :]
+    return torch.where(cols < counts[:, None], order[:, :width], order[:, :1])
+
+
+def knocked_out_logits(
+    model: ScrubModel,
+    dataset: Dataset,
+    rows: np.ndarray,
+    *,
+    candidates: list[Component],
+    kept: Kept,
+    ablation: Ablation,
+    positions: np.ndarray,
+    chunk: int,
+) -> Tensor:
+    """Logits at ``positions`` with every candidate knocked out except where it is kept.
+
+    Returns:
+        ``(len(rows), K, vocab)`` logits, ``K`` the metric's positions per row.
+    """
+    pieces = []
+    seq_len = dataset.seq_len
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        classes = ablation.classes(dataset, part)
+        batch = torch.arange(len(part), device=model.device)[:, None]
+        patches = []
+        for comp in candidates:
+            where = kept.get(comp, ())
+            if where is None:
+                continue
+            keep = torch.zeros(len(part), seq_len, dtype=torch.bool, device=model.device)
+            if where:
+                at = resolve_positions(where, dataset, part)
+                keep[batch, torch.as_tensor(at, device=model.device)] = True
+            pos = _knocked_positions(keep, comp)
+            values = ablation.values(model, comp, classes, (len(part), seq_len))
+            patches.append(OutputPatch(comp, pos, values[batch, pos]))
+        logits = model.run(dataset.tokens[torch.as_tensor(part)], patches=patches)[0]
+        pieces.append(_gather(logits, positions[start : start + chunk]))
+    return torch.cat(pieces)
+
+
+def _describe_ablation(spec: KnockoutSpec, ablation: Ablation) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": ablation.kind}
+    means = ablation.means
+    if means is not None:
+        out.update(
+            dataset=means.dataset,
+            params=dict(means.params),
+            classes=EACH if means.per_position else list(means.classes),
+            by=list(means.by),
+            reference_positions=int(means.counts.sum()),
+        )
+    return out
+
+
+def knockout(su, *, max_batch_rows: int, cache: ActivationCache | None = None) -> KnockoutResult:
+    """Run a ``kind: knockout`` experiment on its :class:`~scrub.experiments.patching.Setup`."""
+    exp = su.experiment
+    spec: KnockoutSpec = exp.spec
+    model, ds, x = su.model, su.dataset, su.reference
+    try:
+        candidates, kept, record = _kept(spec, model, ds, x)
+        ablation = ablation_from_spec(
+            spec.ablation, model, ds, cache or ActivationCache(), file=exp.file
+        )
+    except HypothesisError as exc:
+        raise exc.with_context(file=exp.file) from None
+    assert ablation is not None  # the schema refuses 'resample'
+    positions = resolve_positions(spec.metric.positions, ds, x)
+    clean_logits = _clean(model, ds, x, positions, max_batch_rows)
+
+    def metric(logits: Tensor) -> np.ndarray:
+        return per_example_metric(
+            spec.metric, logits, reference=x, dataset=ds, clean_logits=clean_logits
+        )
+
+    def run(keep: Kept) -> np.ndarray:
+        logits = knocked_out_logits(
+            model,
+            ds,
+            x,
+            candidates=candidates,
+            kept=keep,
+            ablation=ablation,
+            positions=positions,
+            chunk=max_batch_rows,
+        )
+        return metric(logits)
+
+    clean, circuit, baseline = metric(clean_logits), run(kept), run({})
+    rng = stream(su.seed, "knockout-stats")
+    level, reps = spec.confidence, spec.n_resamples
+
+    def ci(data: tuple[np.ndarray, ...], statistic) -> tuple[float, float]:
+        return bootstrap_ci(data, statistic, rng=rng, confidence=level, n_resamples=reps)
+
+    def ratio(c, m, axis=-1):
+        return np.mean(c, axis=axis) / np.mean(m, axis=axis)
+
+    def recovered(c, m, b, axis=-1):
+        base = np.mean(b, axis=axis)
+        return (np.mean(c, axis=axis) - base) / (np.mean(m, axis=axis) - base)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        faith = float(ratio(circuit, clean))
+        rec = float(recovered(circuit, clean, baseline))
+        faith_ci = ci((circuit, clean), ratio)
+        rec_ci = ci((circuit, clean, baseline), recovered)
+    warnings = list(su.warnings)
+    if not kept:
+        warnings.append("the circuit keeps no node: F(C) is the all-knocked-out baseline")
+    return KnockoutResult(
+        name=exp.name,
+        file=exp.file,
+        sha256=exp.sha256,
+        model=model.source,
+        dataset=spec.dataset.model_dump(),
+        metric=spec.metric.model_dump(exclude_none=True),
+        n=su.n,
+        seed=su.seed,
+        knock_out=[c.name for c in candidates],
+        keep=record,
+        ablation=_describe_ablation(spec, ablation),
+        clean=clean,
+        circuit=circuit,
+        baseline=baseline,
+        confidence=level,
+        faithfulness=faith,
+        faithfulness_ci=faith_ci,
+        recovered=rec,
+        recovered_ci=rec_ci,
+        means_ci={
+            "clean": ci((clean,), np.mean),
+            "circuit": ci((circuit,), np.mean),
+            "baseline": ci((baseline,), np.mean),
+        },
+        warnings=warnings,
+        versions=dict(_versions()),
+    )
+
+
+def _maybe(value: tuple | None) -> list | None:
+    return None if value is None else list(value)
