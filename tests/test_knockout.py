@@ -260,7 +260,7 @@ def test_scrub_patch_prints_the_knockout(capsys):
 def test_reproduce_runs_the_knockouts_with_their_commands(tmp_path):
     rep = reproduce(only=["faithfulness_node"], n=6, patches=False, out=tmp_path)
     runs = rep.results["knockouts"]
-    assert set(runs) == {"ioi_names-knockout-circuit", "ioi_names-knockout-movers-s2"}
+    assert set(runs) == {f"ioi_names-knockout-{k}" for k in ("circuit", "movers", "movers-s2")}
     cmd = runs["ioi_names-knockout-circuit"]["command"]
     assert cmd == "scrub patch experiments/ioi_names/knockout_circuit.yaml --n 6"
     md = (tmp_path / "results.md").read_text()
@@ -277,3 +277,12 @@ def test_the_gpt2_knockout_runs_on_a_gpt2_shaped_model(gpt2_shaped_dir):
     path = ROOT / "experiments" / "ioi" / "knockout_circuit.yaml"
     res = scrub.experiments.patch(path, model=str(gpt2_shaped_dir), n=4)
     assert res.kept_nodes == 26 and np.isfinite(res.circuit).all()
+
+
+def test_the_html_report_draws_a_knockout(ioi_model):
+    from scrub.report import build_report, document_from_result
+
+    _, res = _run(ioi_model, keep={"late": {"components": ["a1.h0"], "positions": ["END"]}})
+    page = build_report([document_from_result(res)], strict=True)
+    assert "Faithfulness (node-level knockout)" in page and "F(C) / F(M)" in page
+    assert "a1.h0" in page and "Unrecognised result" not in page
