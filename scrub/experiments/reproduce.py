@@ -198,7 +198,7 @@ PATCHES: dict[str, tuple[str, ...]] = {
 """Patching experiments (in ``experiments/<target>/``) run before the claims."""
 
 KNOCKOUTS: dict[str, tuple[str, ...]] = {
-    "ioi_names": ("knockout_circuit.yaml", "knockout_movers.yaml", "knockout_circuit_s2.yaml"),
+    "ioi_names": ("knockout_circuit.yaml", "knockout_movers.yaml", "knockout_movers_s2.yaml"),
     "gpt2": ("knockout_circuit.yaml",),
 }
 """Node-level knockout experiments (in ``experiments/<target>/``): the IOI paper's F(C) / F(M)."""
