@@ -9,6 +9,7 @@ and means computed by hand, without scrub's means, patches or position classes.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -286,3 +287,27 @@ def test_the_html_report_draws_a_knockout(ioi_model):
     page = build_report([document_from_result(res)], strict=True)
     assert "Faithfulness (node-level knockout)" in page and "F(C) / F(M)" in page
     assert "a1.h0" in page and "Unrecognised result" not in page
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_knocking_out_every_component_is_the_empty_hypothesis_under_the_same_means(
+    ioi_model, engine
+):
+    """The knockout and the engines' ``ablation:`` share the per-template, per-position means.
+
+    The root's other inputs are the reference itself (``other: exact``): under mean ablation its
+    rows matter through their templates and positions, and the knockout runs on the reference.
+    """
+    every = ["tok_embed", "pos_embed", *(c.name for c in ioi_model.shape.all_components()
+                                         if c.kind in ("head", "mlp"))]  # fmt: skip
+    _, res = _run(ioi_model, knock_out=every)
+    spec = _spec(ioi_model)
+    hyp = scrub.hypothesis_from_dict(
+        {k: spec[k] for k in ("model", "dataset", "metric", "defaults", "ablation")}
+        | {"nodes": {"out": {"components": ["logits"], "other": "exact"}}}
+    )
+    with warnings.catch_warnings():  # it keeps nothing, on a random model: both said
+        warnings.simplefilter("ignore", scrub.ScrubWarning)
+        scored = scrub.run(hyp, model=ioi_model, engine=engine)
+    np.testing.assert_allclose(scored.per_example, res.baseline, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(scored.per_example_clean, res.clean, atol=1e-6, rtol=0)
