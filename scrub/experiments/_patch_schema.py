@@ -47,6 +47,7 @@ from scrub._schema import (
     FixedSpec,
     GenerateSpec,
     MetricSpec,
+    ModelField,
     UncondSpec,
     UncondTogetherSpec,
 )
@@ -120,7 +121,7 @@ class _Common(_Frozen):
 
     name: str | None = None
     description: str | None = None
-    model: str
+    model: ModelField
     dataset: DatasetSpec
     metric: MetricSpec
     features: dict[str, str] = Field(default_factory=dict)

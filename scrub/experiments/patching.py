@@ -36,7 +36,7 @@ import numpy as np
 import pydantic
 import torch
 
-from scrub._bind import _register_feature
+from scrub._bind import _register_feature, load_model_field
 from scrub._errors import HypothesisError
 from scrub._hypothesis import _sampler
 from scrub._metrics import per_example_metric
@@ -44,7 +44,7 @@ from scrub._model import ScrubModel, load_model
 from scrub._positions import resolve_positions
 from scrub._run import _clean, _count, _versions
 from scrub._samplers import CondSampler, SampleContext, Sampler
-from scrub._schema import CondSpec, GenerateSpec
+from scrub._schema import MODEL_FORMS, CondSpec, GenerateSpec
 from scrub._tree import reference_rows, stream
 from scrub._yaml import read_yaml_document
 from scrub.data import Dataset, make_dataset
@@ -148,7 +148,11 @@ def _located(exc: pydantic.ValidationError, file: str | None, kind: str) -> Hypo
     loc = list(err["loc"])
     if loc and loc[0] == kind:  # the discriminated union's tag
         loc = loc[1:]
-    key = tuple(p for i, p in enumerate(loc) if not (i > 0 and p in SOURCE_KINDS))
+    key = tuple(
+        p
+        for i, p in enumerate(loc)
+        if not (i > 0 and (p in SOURCE_KINDS or (loc[i - 1] == "model" and p in MODEL_FORMS)))
+    )
     hint = None
     if err["type"] == "extra_forbidden":
         model: Any = {
@@ -194,7 +198,7 @@ class Setup:
         spec = self.experiment.spec
         return {
             "name": self.experiment.name,
-            "model": spec.model,
+            "model": spec.model if isinstance(spec.model, str) else spec.model.model_dump(),
             "dataset": spec.dataset.model_dump(),
             "metric": spec.metric.model_dump(exclude_none=True),
             "features": dict(spec.features),
@@ -216,7 +220,15 @@ def setup(
     if not isinstance(model, ScrubModel):
         # A file's relative 'model:' is relative to the file, as in hypothesis files.
         home = Path(experiment.file).parent if model is None and experiment.file else None
-        model = load_model(model or spec.model, relative_to=home)
+        if model is not None:
+            model = load_model(model)
+        else:
+            try:
+                model = load_model_field(spec.model, relative_to=home)
+            except HypothesisError as exc:
+                if exc.file is not None:  # located in a model spec file already
+                    raise
+                raise exc.with_context(file=experiment.file, key_prefix=("model",)) from None
     if dataset is None:
         try:
             dataset = make_dataset(
