@@ -188,7 +188,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--n", type=_POSITIVE, help="reference examples for every step")
     rep.add_argument(
-        "--only", action="append", metavar="CLAIM", help="run only this claim (repeatable)"
+        "--only",
+        action="append",
+        metavar="CLAIM",
+        help="run only this claim (repeatable; faithfulness_node: the knockouts)",
     )
     rep.add_argument("--no-patches", action="store_true", help="skip the patching grids")
 

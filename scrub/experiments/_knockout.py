@@ -110,6 +110,18 @@ class KnockoutResult:
         """How many (component, positions) nodes the circuit keeps."""
         return sum(len(entry["components"]) for entry in self.keep.values())
 
+    def methodology(self) -> dict[str, Any]:
+        """The choices a faithfulness score depends on (Miller et al. 2024), as recorded."""
+        return {
+            "granularity": "nodes: a component at the positions its class lists",
+            "components": "knock_out candidates outside the kept nodes; every other component "
+            "is computed",
+            "ablation": self.ablation["kind"],
+            "token_positions": {cls: e["positions"] or "all" for cls, e in self.keep.items()},
+            "direction": "the whole component output (no subspace)",
+            "circuit_vs_complement": "the circuit's nodes computed, their complement knocked out",
+        }
+
     def table(self) -> str:
         """The numbers as plain text (what ``scrub patch`` prints)."""
         lo, hi = self.means_ci["clean"], self.means_ci["circuit"]
@@ -154,6 +166,7 @@ class KnockoutResult:
             "knock_out": self.knock_out,
             "keep": self.keep,
             "ablation": self.ablation,
+            "methodology": self.methodology(),
             "confidence": self.confidence,
             "clean_mean": float(self.clean.mean()),
             "circuit_mean": float(self.circuit.mean()),
