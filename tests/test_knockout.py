@@ -225,6 +225,13 @@ def test_invalid_knockouts_say_what_and_where(ioi_model, overrides, message):
         _run(ioi_model, **overrides)
 
 
+def test_means_grouped_by_template_need_every_template_in_the_reference(ioi_model):
+    train = {"generator": "ioi_names_abc", "params": {**PARAMS, "templates": "train"}}
+    with pytest.raises(scrub.HypothesisError, match="no example of the means' reference") as info:
+        _run(ioi_model, ablation={**MEAN, "dataset": train})
+    assert "template = 9" in info.value.problem and info.value.key[0] == "ablation"
+
+
 def test_a_head_kept_at_every_position_of_an_example_is_refused(ioi_model):
     every = list(range(21))
     with pytest.raises(scrub.HypothesisError, match="kept at every position"):
