@@ -240,12 +240,14 @@ def test_a_head_kept_at_every_position_of_an_example_is_refused(ioi_model):
 
 # -- shipped files -------------------------------------------------------------------------------
 def test_the_gpt2_file_names_the_papers_26_heads_at_their_positions(gpt2_shaped_dir):
-    from scrub.experiments._knockout import _kept
+    from scrub.experiments._knockout import _kept, _merge
 
     exp = load_experiment(ROOT / "experiments" / "ioi" / "knockout_circuit.yaml")
     model = scrub.load_model(str(gpt2_shaped_dir))
     ds = scrub.make_dataset("ioi", {"size": 20}, np.random.default_rng(0))
-    candidates, kept, record = _kept(exp.spec, model, ds, np.arange(8))
+    candidates, classes, record = _kept(exp.spec, model, ds, np.arange(8))
+    kept = _merge([node for nodes in classes.values() for node in nodes])
+    assert len(classes) == 7 and exp.spec.completeness
     assert len(candidates) == 144 and len(kept) == 26
     hyp = scrub.load_hypothesis(ROOT / "hypotheses" / "ioi" / "gpt2_circuit.yaml")
     heads = {
@@ -290,8 +292,10 @@ def test_the_gpt2_knockout_runs_on_a_gpt2_shaped_model(gpt2_shaped_dir):
 def test_the_html_report_draws_a_knockout(ioi_model):
     from scrub.report import build_report, document_from_result
 
-    _, res = _run(ioi_model, keep={"late": {"components": ["a1.h0"], "positions": ["END"]}})
+    keep = {"late": {"components": ["a1.h0"], "positions": ["END"]}}
+    _, res = _run(ioi_model, keep=keep, completeness=True)
     page = build_report([document_from_result(res)], strict=True)
+    assert "Completeness (class-based)" in page
     assert "Faithfulness (node-level knockout)" in page and "F(C) / F(M)" in page
     assert "a1.h0" in page and "Unrecognised result" not in page
 
@@ -318,3 +322,71 @@ def test_knocking_out_every_component_is_the_empty_hypothesis_under_the_same_mea
         scored = scrub.run(hyp, model=ioi_model, engine=engine)
     np.testing.assert_allclose(scored.per_example, res.baseline, atol=1e-4, rtol=0)
     np.testing.assert_allclose(scored.per_example_clean, res.clean, atol=1e-6, rtol=0)
+
+
+# -- completeness --------------------------------------------------------------------------------
+def _zeroed_only(model, ds, rows, nodes) -> np.ndarray:
+    """The clean model with only ``nodes`` zeroed: hook → {head: position names or None}."""
+
+    def patch(name):
+        def fn(t, hook):
+            new = t.clone()
+            for head, where in nodes[name].items():
+                if where is None:
+                    new[:, :, head] = 0
+                    continue
+                for pos in where:
+                    p = torch.as_tensor(ds.positions[pos][rows, 0])
+                    new[torch.arange(len(rows)), p, head] = 0
+            return new
+
+        return fn
+
+    with torch.no_grad(), model.bridge.hooks(fwd_hooks=[(n, patch(n)) for n in nodes]):
+        logits = model.bridge(ds.tokens[torch.as_tensor(rows)]).double()
+    at = logits[torch.arange(len(rows)), torch.as_tensor(ds.positions["END"][rows, 0])]
+    io, s = ds.fields["io"][rows], ds.fields["s"][rows]
+    return (at[torch.arange(len(rows)), io] - at[torch.arange(len(rows)), s]).numpy()
+
+
+def test_completeness_removes_each_class_from_the_circuit_and_from_the_model(ioi_model):
+    keep = {
+        "late": {"components": ["a1.h0"], "positions": ["END"]},
+        "early": {"components": ["a0.h1"]},
+    }
+    su, res = _run(ioi_model, ablation="zero", keep=keep, completeness=True)
+    rows = {r["removed"]: r for r in res.completeness}
+    assert list(rows) == ["late", "early"]
+    ds, x = su.dataset, su.reference
+    others = {h: None for h in range(4)}
+    # M \ late: a1.h0 zeroed at END only; M \ early: a0.h1 zeroed everywhere
+    want_m = {
+        "late": _zeroed_only(ioi_model, ds, x, {"blocks.1.attn.hook_z": {0: ["END"]}}),
+        "early": _zeroed_only(ioi_model, ds, x, {"blocks.0.attn.hook_z": {1: None}}),
+    }
+    # C \ late: only a0.h1 computed; C \ early: only a1.h0 at END computed
+    want_c = {
+        "late": _zeroed_only(
+            ioi_model, ds, x,
+            {"blocks.0.attn.hook_z": {0: None, 2: None, 3: None}, "blocks.1.attn.hook_z": others},
+        ),
+        "early": _hand_logit_diff(
+            ioi_model, ds, x, keep={"blocks.1.attn.hook_z": {0: ["END"]}},
+            value=lambda name, row: torch.zeros(ds.seq_len, 4, 8),
+            skip={"blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"},
+        ),
+    }  # fmt: skip
+    for cls in rows:
+        assert rows[cls]["model_without"] == pytest.approx(want_m[cls].mean(), abs=1e-4)
+        assert rows[cls]["circuit_without"] == pytest.approx(want_c[cls].mean(), abs=1e-4)
+        gap = abs(rows[cls]["circuit_without"] - rows[cls]["model_without"])
+        assert rows[cls]["incompleteness"] == pytest.approx(gap)
+    assert "completeness (K a class)" in res.table()
+    assert json.loads(res.to_json())["completeness"][0]["removed"] == "late"
+
+
+def test_a_circuit_that_is_the_whole_model_is_complete(ioi_model):
+    keep = {"a": {"components": ["a0.h0", "a1.h2"]}, "b": {"components": ["a0.h1", "a0.h2", "a0.h3", "a1.h0", "a1.h1", "a1.h3"]}}  # fmt: skip
+    _, res = _run(ioi_model, keep=keep, completeness=True)
+    np.testing.assert_array_equal(res.circuit, res.clean)
+    assert [r["incompleteness"] for r in res.completeness] == [0.0, 0.0]

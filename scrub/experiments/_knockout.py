@@ -16,7 +16,10 @@ randomness is which reference examples are drawn.
 
 It reports F(M), F(C), the all-knocked-out baseline F(∅) (every candidate knocked out, for
 context), F(C) / F(M) (the paper's number) and ``recovered`` = (F(C) − F(∅)) / (F(M) − F(∅)),
-each with a paired bootstrap CI over the reference examples.
+each with a paired bootstrap CI over the reference examples. With ``completeness: true`` it also
+runs the paper's class-based completeness check: for each class K of ``keep``, F(C \\ K) (the
+circuit without K) and F(M \\ K) (the whole model with K's nodes knocked out), and the
+incompleteness |F(C \\ K) − F(M \\ K)|, which is small for every K when C is complete.
 
 Pitfalls:
 
@@ -72,6 +75,8 @@ class KnockoutResult:
         faithfulness: F(C) / F(M) (means over examples), ``faithfulness_ci`` its interval.
         recovered: (F(C) − F(∅)) / (F(M) − F(∅)), ``recovered_ci`` its interval.
         knock_out: the candidates; ``keep``: the circuit (class → components, positions).
+        completeness: with ``completeness: true``, per class K: ``circuit_without`` F(C \\ K),
+            ``model_without`` F(M \\ K), ``incompleteness`` |difference| and its CI.
         ablation: how knocked-out outputs are replaced (kind, reference, classes, by).
     """
 
@@ -95,6 +100,7 @@ class KnockoutResult:
     recovered: float
     recovered_ci: tuple[float, float]
     means_ci: dict[str, tuple[float, float]]
+    completeness: list[dict[str, Any]] = field(default_factory=list)
     kind: str = "knockout"
     warnings: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
@@ -148,6 +154,14 @@ class KnockoutResult:
             f"[{_f(self.recovered_ci[0])}, {_f(self.recovered_ci[1])}]  "
             "(F(C) − F(∅)) / (F(M) − F(∅))",
         ]
+        if self.completeness:
+            lines.append("  completeness (K a class):   F(C \\ K)   F(M \\ K)   |difference|")
+            for row in self.completeness:
+                lo, hi = row["incompleteness_ci"]
+                lines.append(
+                    f"    {row['removed']:<22} {row['circuit_without']:9.4f} "
+                    f"{row['model_without']:9.4f} {row['incompleteness']:9.4f}  [{_f(lo)}, {_f(hi)}]"
+                )
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -176,6 +190,7 @@ class KnockoutResult:
             "faithfulness_ci": list(self.faithfulness_ci),
             "recovered": self.recovered,
             "recovered_ci": list(self.recovered_ci),
+            "completeness": self.completeness,
             "per_example": {
                 "clean": self.clean.tolist(),
                 "circuit": self.circuit.tolist(),
@@ -212,10 +227,14 @@ def _finite(value: Any) -> Any:
     return value
 
 
+Nodes = list[tuple[Component, tuple | None]]
+"""One class's nodes: each component and the positions it is kept at (``None``: every one)."""
+
+
 def _kept(spec: KnockoutSpec, model: ScrubModel, dataset: Dataset, rows: np.ndarray):
-    """The candidates and the kept positions of each, checked against the model and dataset."""
+    """The candidates and each class's nodes, checked against the model and dataset."""
     candidates = components_of(spec.knock_out, model.shape, key=("knock_out",))
-    kept: Kept = {}
+    classes: dict[str, Nodes] = {}
     record: dict[str, dict[str, Any]] = {}
     for cls, entry in spec.keep.items():
         key = ("keep", cls)
@@ -235,11 +254,31 @@ def _kept(spec: KnockoutSpec, model: ScrubModel, dataset: Dataset, rows: np.ndar
                     hint="keep only candidates, or add it to 'knock_out' (heads, mlps, all, "
                     "or a list)",
                 )
-            if entry.positions is None or kept.get(comp, ()) is None:
-                kept[comp] = None
-            else:
-                kept[comp] = (*(kept.get(comp) or ()), *entry.positions)
-    return candidates, kept, record
+        classes[cls] = [(comp, entry.positions) for comp in comps]
+    return candidates, classes, record
+
+
+def _merge(nodes: Nodes) -> Kept:
+    """Where each component is kept: the union of its nodes' positions."""
+    kept: Kept = {}
+    for comp, where in nodes:
+        if where is None or kept.get(comp, ()) is None:
+            kept[comp] = None
+        else:
+            kept[comp] = (*(kept.get(comp) or ()), *where)
+    return kept
+
+
+def _model_without(candidates: list[Component], nodes: Nodes) -> tuple[Kept, Kept]:
+    """M \\ K: every candidate kept everywhere but ``nodes`` (kept map, knocked-at map)."""
+    kept: Kept = {c: None for c in candidates}
+    knocked: Kept = {}
+    for comp, where in nodes:
+        if where is None:
+            kept.pop(comp, None)
+        elif comp in kept:
+            knocked[comp] = (*(knocked.get(comp) or ()), *where)
+    return kept, knocked
 
 
 def _label(value: Any) -> str:
@@ -272,8 +311,12 @@ def knocked_out_logits(
     ablation: Ablation,
     positions: np.ndarray,
     chunk: int,
+    knocked: Kept | None = None,
 ) -> Tensor:
     """Logits at ``positions`` with every candidate knocked out except where it is kept.
+
+    ``knocked``: component → positions where it is knocked out although ``kept`` keeps it
+    everywhere (the whole model minus some nodes).
 
     Returns:
         ``(len(rows), K, vocab)`` logits, ``K`` the metric's positions per row.
@@ -286,13 +329,16 @@ def knocked_out_logits(
         batch = torch.arange(len(part), device=model.device)[:, None]
         patches = []
         for comp in candidates:
-            where = kept.get(comp, ())
-            if where is None:
+            where, gone = kept.get(comp, ()), (knocked or {}).get(comp) or ()
+            if where is None and not gone:
                 continue
-            keep = torch.zeros(len(part), seq_len, dtype=torch.bool, device=model.device)
-            if where:
-                at = resolve_positions(where, dataset, part)
-                keep[batch, torch.as_tensor(at, device=model.device)] = True
+            keep = torch.full(
+                (len(part), seq_len), where is None, dtype=torch.bool, device=model.device
+            )
+            for value, at in ((True, where), (False, gone)):
+                if at:
+                    idx = torch.as_tensor(resolve_positions(at, dataset, part), device=model.device)
+                    keep[batch, idx] = value
             pos = _knocked_positions(keep, comp)
             values = ablation.values(model, comp, classes, (len(part), seq_len))
             patches.append(OutputPatch(comp, pos, values[batch, pos]))
@@ -321,7 +367,7 @@ def knockout(su, *, max_batch_rows: int, cache: ActivationCache | None = None) -
     spec: KnockoutSpec = exp.spec
     model, ds, x = su.model, su.dataset, su.reference
     try:
-        candidates, kept, record = _kept(spec, model, ds, x)
+        candidates, classes, record = _kept(spec, model, ds, x)
         ablation = ablation_from_spec(
             spec.ablation, model, ds, cache or ActivationCache(), file=exp.file
         )
@@ -336,19 +382,21 @@ def knockout(su, *, max_batch_rows: int, cache: ActivationCache | None = None) -
             spec.metric, logits, reference=x, dataset=ds, clean_logits=clean_logits
         )
 
-    def run(keep: Kept) -> np.ndarray:
+    def run(keep: Kept, knocked: Kept | None = None) -> np.ndarray:
         logits = knocked_out_logits(
             model,
             ds,
             x,
             candidates=candidates,
             kept=keep,
+            knocked=knocked,
             ablation=ablation,
             positions=positions,
             chunk=max_batch_rows,
         )
         return metric(logits)
 
+    kept = _merge([node for nodes in classes.values() for node in nodes])
     clean, circuit, baseline = metric(clean_logits), run(kept), run({})
     rng = stream(su.seed, "knockout-stats")
     level, reps = spec.confidence, spec.n_resamples
@@ -368,6 +416,25 @@ def knockout(su, *, max_batch_rows: int, cache: ActivationCache | None = None) -
         rec = float(recovered(circuit, clean, baseline))
         faith_ci = ci((circuit, clean), ratio)
         rec_ci = ci((circuit, clean, baseline), recovered)
+    means_ci = {"clean": ci((clean,), np.mean), "circuit": ci((circuit,), np.mean)}
+    means_ci["baseline"] = ci((baseline,), np.mean)
+
+    def gap(c, m, axis=-1):
+        return np.abs(np.mean(c, axis=axis) - np.mean(m, axis=axis))
+
+    completeness = []
+    for cls in classes if spec.completeness else ():
+        rest = _merge([node for k, nodes in classes.items() if k != cls for node in nodes])
+        c_wo, m_wo = run(rest), run(*_model_without(candidates, classes[cls]))
+        completeness.append(
+            {
+                "removed": cls,
+                "circuit_without": float(c_wo.mean()),
+                "model_without": float(m_wo.mean()),
+                "incompleteness": float(gap(c_wo, m_wo)),
+                "incompleteness_ci": list(ci((c_wo, m_wo), gap)),
+            }
+        )
     warnings = list(su.warnings)
     if not kept:
         warnings.append("the circuit keeps no node: F(C) is the all-knocked-out baseline")
@@ -391,11 +458,8 @@ def knockout(su, *, max_batch_rows: int, cache: ActivationCache | None = None) -
         faithfulness_ci=faith_ci,
         recovered=rec,
         recovered_ci=rec_ci,
-        means_ci={
-            "clean": ci((clean,), np.mean),
-            "circuit": ci((circuit,), np.mean),
-            "baseline": ci((baseline,), np.mean),
-        },
+        means_ci=means_ci,
+        completeness=completeness,
         warnings=warnings,
         versions=dict(_versions()),
     )

@@ -258,12 +258,15 @@ class KnockoutSpec(_Common):
         knock_out: the candidates (``heads``, the paper's choice; ``mlps``, ``all``, a list).
         keep: the circuit, class name → components and the positions they are kept at.
         ablation: ``{kind: mean, dataset, classes, by}`` or ``zero`` (not ``resample``).
+        completeness: also score the paper's class-based completeness: for each class K of
+            ``keep``, F(C \\ K) and F(M \\ K) (M \\ K: K's nodes knocked out of the model).
     """
 
     kind: Literal["knockout"]
     knock_out: Components = "heads"
     keep: dict[str, KeepSpec] = Field(default_factory=dict)
     ablation: AblationSpec
+    completeness: bool = False
 
     _names = field_validator("knock_out", mode="before")(classmethod(lambda cls, v: _names(v)))
     _shorthand = field_validator("ablation", mode="before")(

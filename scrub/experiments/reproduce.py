@@ -459,7 +459,27 @@ def _knockouts(
         )
     n_used = next(iter(summary.values()))["n"] if summary else n
     md += ["", f"n = {n_used}; commands: " + ", ".join(commands) + ".", ""]
+    for name, record in summary.items():
+        if record["completeness"]:
+            md += _completeness_table(name, record["completeness"])
     return summary, md
+
+
+def _completeness_table(name: str, rows: list[dict[str, Any]]) -> list[str]:
+    md = [
+        f"Completeness of `{name}` (the paper's class-based check: K one class of the circuit; "
+        "small |F(C \\ K) − F(M \\ K)| for every K if the circuit is complete):",
+        "",
+        "| K | F(C \\ K) | F(M \\ K) | incompleteness | 95% CI |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        lo, hi = row["incompleteness_ci"]
+        md.append(
+            f"| {row['removed']} | {row['circuit_without']:.3f} | {row['model_without']:.3f} | "
+            f"{_fmt(row['incompleteness'])} | [{_fmt(lo)}, {_fmt(hi)}] |"
+        )
+    return [*md, ""]
 
 
 def _claim_section(claim: Claim, cmp: Comparison, cmd: str, record: dict[str, Any]) -> list[str]:

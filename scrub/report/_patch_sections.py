@@ -10,7 +10,8 @@ them:
   and statistic arrays shaped like them (``normalized``, ``effect``, ``mean``, their ``_low``
   / ``_high`` bounds, ``p_adjusted``), NaN/null where a cell is not a path of the model;
 - ``knockout``: ``clean_mean``, ``circuit_mean``, ``baseline_mean`` (F(M), F(C), F(∅)) with
-  ``means_ci``, ``faithfulness`` and ``recovered`` with their ``_ci``, ``keep``, ``ablation``.
+  ``means_ci``, ``faithfulness`` and ``recovered`` with their ``_ci``, ``keep``, ``ablation``,
+  ``completeness`` (rows ``removed``, ``circuit_without``, ``model_without``, ``incompleteness``).
 
 Pitfall: a patching grid with more than two axes is drawn over its two longest axes, one
 heatmap per combination of the other axes' labels, at most :data:`MAX_FACETS`; more are not
@@ -294,16 +295,39 @@ def knockout_circuit(ctx: Context) -> Markup:
     return table(["class", "components", "kept at"], rows, numeric_from=3)
 
 
+def knockout_completeness(ctx: Context) -> Markup:
+    """The class-based completeness check, one row per removed class K."""
+    rows = ctx.doc.data.get("completeness")
+    if not isinstance(rows, list) or not rows:
+        raise Skip("the knockout did not run the completeness check (completeness: true)")
+    return table(
+        ["K (class removed)", "F(C \\ K)", "F(M \\ K)", "|difference|", "CI"],
+        [
+            (
+                str(r.get("removed")),
+                num_text(get_num(r, "circuit_without")),
+                num_text(get_num(r, "model_without")),
+                num_text(get_num(r, "incompleteness")),
+                ci_text(get_ci(r, "incompleteness_ci")),
+            )
+            for r in rows
+            if isinstance(r, dict)
+        ],
+    )
+
+
 def knockout_provenance(ctx: Context) -> Markup:
     hidden = {key for key, _ in SETUP_KEYS} | {"clean_mean", "circuit_mean", "baseline_mean"}
     hidden |= {"means_ci", "faithfulness", "faithfulness_ci", "recovered", "recovered_ci"}
-    return provenance_section(ctx, hide=frozenset(hidden | {"keep", "per_example"}))
+    hidden |= {"keep", "per_example", "completeness"}
+    return provenance_section(ctx, hide=frozenset(hidden))
 
 
 KNOCKOUT_SECTIONS = (
     ("setup", "Experiment", setup_section),
     ("faithfulness", "Faithfulness (node-level knockout)", knockout_numbers),
     ("circuit", "Circuit (kept nodes)", knockout_circuit),
+    ("completeness", "Completeness (class-based)", knockout_completeness),
     ("warnings", "Warnings", warnings_section),
     ("provenance", "Provenance", knockout_provenance),
 )
