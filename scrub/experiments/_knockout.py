@@ -347,7 +347,7 @@ def knocked_out_logits(
     return torch.cat(pieces)
 
 
-def _describe_ablation(spec: KnockoutSpec, ablation: Ablation) -> dict[str, Any]:
+def _describe_ablation(ablation: Ablation) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": ablation.kind}
     means = ablation.means
     if means is not None:
@@ -438,6 +438,8 @@ def knockout(su, *, max_batch_rows: int, cache: ActivationCache | None = None) -
     warnings = list(su.warnings)
     if not kept:
         warnings.append("the circuit keeps no node: F(C) is the all-knocked-out baseline")
+    elif all(kept.get(c, ()) is None for c in candidates):
+        warnings.append("the circuit keeps every candidate everywhere: F(C) is the clean model")
     return KnockoutResult(
         name=exp.name,
         file=exp.file,
@@ -449,7 +451,7 @@ def knockout(su, *, max_batch_rows: int, cache: ActivationCache | None = None) -
         seed=su.seed,
         knock_out=[c.name for c in candidates],
         keep=record,
-        ablation=_describe_ablation(spec, ablation),
+        ablation=_describe_ablation(ablation),
         clean=clean,
         circuit=circuit,
         baseline=baseline,
