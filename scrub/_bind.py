@@ -24,6 +24,7 @@ rest, with errors that name the file, the key and a fix:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ from scrub._imports import import_marked
 from scrub._model import ScrubModel, load_model
 from scrub._positions import PositionSpec, format_positions, resolve_positions
 from scrub._samplers import CondSampler, FixedSampler, GenerateSampler
-from scrub._schema import MetricSpec
+from scrub._schema import MetricSpec, ModelRefSpec
 from scrub.data import Dataset, make_dataset
 
 __all__ = ["BoundHypothesis", "bind", "load_model_for", "make_dataset_for"]
@@ -70,7 +71,7 @@ def load_model_for(
     if model is not None:
         return load_model(model, allow_config_only=allow_config_only)
     try:
-        return load_model(
+        return load_model_field(
             hypothesis.spec.model,
             relative_to=hypothesis.base_dir,
             allow_config_only=allow_config_only,
@@ -80,6 +81,33 @@ def load_model_for(
             raise
         located = exc.with_context(file=hypothesis.file, key_prefix=("model",))
         raise hypothesis.locate(located) from None
+
+
+def load_model_field(
+    value: str | ModelRefSpec,
+    *,
+    relative_to: str | Path | None,
+    allow_config_only: bool = False,
+) -> ScrubModel:
+    """Load what a file's ``model:`` names: a source, or ``{path, layernorm}`` inline.
+
+    Raises:
+        HypothesisError: as :func:`scrub.load_model`; for a mapping, keyed inside it (``path``,
+            or ``layernorm`` when the loader's option is what failed).
+    """
+    if isinstance(value, str):
+        return load_model(value, relative_to=relative_to, allow_config_only=allow_config_only)
+    try:
+        model = load_model(
+            value.path,
+            relative_to=relative_to,
+            layernorm=value.layernorm,
+            allow_config_only=allow_config_only,
+        )
+    except HypothesisError as exc:
+        raise exc.with_context(key_prefix=() if exc.key else ("path",)) from None
+    model.source = value.path
+    return model
 
 
 def make_dataset_for(hypothesis: Hypothesis, *, seed: int) -> Dataset:

@@ -55,7 +55,9 @@ def bootstrap_ci(
             res = stats.bootstrap(
                 data,
                 statistic,
-                paired=True,
+                # one sample: paired=False draws the same resamples (bit for bit) without
+                # first resampling an index array
+                paired=len(data) > 1,
                 vectorized=True,
                 confidence_level=confidence,
                 n_resamples=n_resamples,
@@ -187,6 +189,7 @@ def methodology(hyp, ablation=None) -> dict[str, Any]:
             "dataset": means.dataset,
             "params": dict(means.params),
             "classes": list(means.classes),
+            "by": list(means.by),
             "size": int(means.counts.sum()),
             "positions_per_class": means.counts.tolist(),
         }

@@ -155,22 +155,30 @@ class ActivationCache:
         residual stream of each ``(Residual(layer), rows)``: ``(len(rows), pos, d_model)``.
 
         Rows not yet cached are computed in plain forward passes that stop after the last layer
-        anything requested is in.
+        anything requested on them is in: rows only embeddings are read from (a leaf that maps
+        the embeddings) stop before the first block, the others after the deepest layer
+        requested, each pass also giving the shallower components and residual streams of its
+        rows.
         """
         self._bind(model, dataset)
         needs = list(needs)
-        missing: set[int] = set()
+        missing: dict[int, set[int]] = {}  # stop layer -> rows a component that deep lacks
         for comp, rows in needs:
             slots = self._grow(comp, model, dataset)
-            missing.update(np.unique(rows[slots[rows] < 0]).tolist())
-        if missing:
-            keys = sorted({c for c, _ in needs}, key=repr)
-            self._fill(model, dataset, keys, np.array(sorted(missing)))
+            lacking = np.unique(rows[slots[rows] < 0]).tolist()
+            missing.setdefault(_depth(model, comp), set()).update(lacking)
+        comps = sorted({c for c, _ in needs}, key=repr)
+        done: set[int] = set()
+        for stop in sorted(missing, reverse=True):
+            todo = missing[stop] - done
+            if not todo:
+                continue
+            shallower = [c for c in comps if _depth(model, c) <= stop]
+            self._fill(model, dataset, shallower, np.array(sorted(todo)))
+            done |= todo
             if on_pass:
                 on_pass()
-        return [
-            self._values[comp][torch.as_tensor(self._slots[comp][rows])] for comp, rows in needs
-        ]
+        return [_take(self._values[comp], self._slots[comp][rows]) for comp, rows in needs]
 
     def _grow(self, comp: Key, model: ScrubModel, dataset: Dataset) -> np.ndarray:
         """The row -> slot index of ``comp`` (``-1``: not cached), covering every row."""
@@ -192,8 +200,7 @@ class ActivationCache:
 
     def _fill(self, model: ScrubModel, dataset: Dataset, keys: list[Key], rows: np.ndarray) -> None:
         n_layers = model.shape.n_layers
-        # A block's input is read at its hook_in, which fires before a stop there.
-        stop = max(k.layer if isinstance(k, Residual) else model.stop_layer(k) for k in keys)
+        stop = max(_depth(model, k) for k in keys)
         step = min(
             self.max_batch_rows, pass_rows(model, dataset.seq_len, max_memory=self.max_memory)
         )
@@ -227,6 +234,20 @@ class ActivationCache:
                 new = slots[chunk] < 0
                 start_slot = len(self._values[comp])
                 slots[chunk[new]] = start_slot + np.arange(int(new.sum()))
-                self._values[comp] = torch.cat(
-                    [self._values[comp], outs[comp][torch.as_tensor(new)]]
-                )
+                fresh = outs[comp] if new.all() else outs[comp][torch.as_tensor(new)]
+                if start_slot:
+                    fresh = torch.cat([self._values[comp], fresh])
+                self._values[comp] = fresh
+
+
+def _depth(model: ScrubModel, key: Key) -> int:
+    """The ``stop_at_layer`` a plain pass needs to read ``key``: a block's input is read at
+    its ``hook_in``, which fires before a stop there."""
+    return key.layer if isinstance(key, Residual) else model.stop_layer(key)
+
+
+def _take(values: Tensor, slots: np.ndarray) -> Tensor:
+    """``values[slots]``; a view, not a copy, when the slots are consecutive."""
+    if len(slots) and slots[-1] - slots[0] == len(slots) - 1 and bool(np.all(np.diff(slots) == 1)):
+        return values[int(slots[0]) : int(slots[-1]) + 1]
+    return values[torch.as_tensor(slots)]
