@@ -3,8 +3,14 @@
 Rows, each timed round-robin in one process (``time.process_time`` and wall time, median of
 ``--repeat``):
 
-- ``plain``: one plain forward pass over every row group (k tree nodes x B rows), logits at
-  every position, no hooks (the bridge's joint q/k/v projection);
+- with ``--raw-hf``: ``raw HF``, the Hugging Face model itself (loaded from the same
+  checkpoint, its default attention implementation), one forward pass over every row group
+  (k tree nodes x B rows), logits at every position; ``bridge bare``, the same on the
+  ``TransformerBridge`` without split q/k/v and without ``hook_mlp_in``; ``bridge split``, with
+  split q/k/v and ``hook_mlp_in`` (the model as scrub loads it when every head's inputs are
+  split: ``bench_engine.py``'s old T_plain). Ratios are then also printed to ``raw HF``;
+- ``plain``: one plain forward pass over every row group, logits at every position, no hooks
+  (the bridge's joint q/k/v projection, ``hook_mlp_in`` on: ``ScrubModel.run``);
 - ``limit``: the same model running only the rows x layers the fast engine's plan needs (each
   pass's stacked groups up to the pass's last layer, each leaf row up to the last layer read
   from it: rows read only at the embeddings run no block),
@@ -20,6 +26,8 @@ Usage::
         --case induction --n 200,1000 --repeat 5
     OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_limit.py \\
         --case gpt2 --n 8 --repeat 3
+    OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_limit.py \\
+        --case gpt2 --n 32 --repeat 1 --warmup 0 --raw-hf   # issue 14's table
 """
 
 from __future__ import annotations
@@ -103,7 +111,27 @@ def run_limit(model, passes, pos: np.ndarray) -> None:
                 model.bridge(toks, stop_at_layer=stop)
 
 
-def measure(case: str, n: int, repeat: int) -> None:
+@torch.inference_mode()
+def run_bridge(model, tokens: torch.Tensor, *, split: bool, mlp_in: bool) -> None:
+    """One plain bridge pass over ``tokens`` with split q/k/v and ``hook_mlp_in`` as given."""
+    bridge = model.bridge
+    was = bool(bridge.cfg.use_hook_mlp_in)
+    bridge.set_use_hook_mlp_in(mlp_in)
+    try:
+        with split_qkv_inputs(bridge, split):
+            bridge(tokens)
+    finally:
+        bridge.set_use_hook_mlp_in(was)
+
+
+def raw_hf(model):
+    """The Hugging Face model of the same checkpoint, loaded on its own (no bridge)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model.path).eval()
+
+
+def measure(case: str, n: int, repeat: int, raw: bool = False, warmup: int = 1) -> None:
     """Print the table for one case and batch size."""
     hyp, model, dataset, tree = be.setup(case, "cpu", n)
     pos = be.metric_positions(hyp, dataset, tree)
@@ -119,15 +147,22 @@ def measure(case: str, n: int, repeat: int) -> None:
                 toks = dataset.tokens[torch.as_tensor(rows)]
                 unembed_at(model, final_resid(model, toks), pos)
 
-    fns = {
+    fns = {}
+    if raw:
+        hf = raw_hf(model)
+        fns["raw HF"] = torch.inference_mode()(lambda: hf(tokens))
+        fns["bridge bare"] = lambda: run_bridge(model, tokens, split=False, mlp_in=False)
+        fns["bridge split"] = lambda: run_bridge(model, tokens, split=True, mlp_in=True)
+    fns |= {
         "plain": lambda: model.run(tokens),
         "limit": lambda: run_limit(model, passes, pos),
         "ideal run": lambda: (run_limit(model, passes, pos), clean_and_baseline()),
         "fast cold": lambda: FastEngine()(model, tree, positions=pos),
         "scrub.run": lambda: scrub.run(hyp, model=model, dataset=dataset, n=n),
     }
-    for fn in fns.values():
-        fn()  # warm up
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
@@ -139,13 +174,17 @@ def measure(case: str, n: int, repeat: int) -> None:
     k = len(be.design_groups(tree))
     print(f"\n== {case}, {hyp.name}, B = {n}, {k} tree nodes, seq {dataset.seq_len}, "
           f"{torch.get_num_threads()} thread(s), engine {FastEngine().describe(model)} ==")  # fmt: skip
-    print(f"{'what':12s} {'CPU s':>8s} {'wall s':>8s} {'CPU / plain':>12s} {'CPU / limit':>12s}")
+    scale = "raw HF" if raw else "plain"
+    print(f"{'what':12s} {'CPU s':>8s} {'wall s':>8s} {'CPU / ' + scale:>14s} "
+          f"{'wall / ' + scale:>14s} {'CPU / limit':>12s}")  # fmt: skip
     for name, (cpu, wall) in med.items():
-        print(f"{name:12s} {cpu:8.3f} {wall:8.3f} {cpu / med['plain'][0]:12.2f} "
-              f"{cpu / med['limit'][0]:12.2f}")  # fmt: skip
+        print(f"{name:12s} {cpu:8.3f} {wall:8.3f} {cpu / med[scale][0]:14.2f} "
+              f"{wall / med[scale][1]:14.2f} {cpu / med['limit'][0]:12.2f}")  # fmt: skip
     print(
         f"fast cold / limit = {med['fast cold'][0] / med['limit'][0]:.2f} (CPU); "
-        f"scrub.run / ideal = {med['scrub.run'][0] / med['ideal run'][0]:.2f} (CPU)"
+        f"scrub.run / ideal = {med['scrub.run'][0] / med['ideal run'][0]:.2f} (CPU); "
+        f"wall: {med['fast cold'][1] / med['limit'][1]:.2f}, "
+        f"{med['scrub.run'][1] / med['ideal run'][1]:.2f}"
     )
 
 
@@ -155,11 +194,17 @@ def main() -> None:
     parser.add_argument("--n", default="200", help="comma-separated reference batch sizes")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--raw-hf", action="store_true", help="also time the raw HF model and the bridge variants"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed rounds first (0: the first round is cold)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", scrub.ScrubWarning)
     for n in [int(x) for x in args.n.split(",")]:
-        measure(args.case, n, args.repeat)
+        measure(args.case, n, args.repeat, raw=args.raw_hf, warmup=args.warmup)
 
 
 if __name__ == "__main__":
