@@ -20,6 +20,7 @@ competing hypotheses reuse the clean and baseline outputs and every cached leaf 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import numbers
@@ -38,6 +39,7 @@ from tqdm.auto import tqdm
 
 from scrub._bind import bind, load_model_for, make_dataset_for
 from scrub._errors import ScrubWarning
+from scrub._hooks import unmasked_rows_softmax
 from scrub._hypothesis import Hypothesis, load_hypothesis
 from scrub._metrics import per_example_metric
 from scrub._model import ScrubModel
@@ -363,16 +365,38 @@ def _generated_examples(tree: SampledTree) -> dict[str, dict[str, Any]]:
     }
 
 
+class _Final(Exception):
+    """Raised at the final residual stream: the clean pass unembeds only at the positions."""
+
+
+@torch.inference_mode()
 def _clean(
     model: ScrubModel, dataset: Dataset, rows: np.ndarray, positions: np.ndarray, chunk: int
 ) -> Tensor:
-    """The clean model's logits on ``rows`` at ``positions``: ``(batch, K, vocab)``."""
-    pieces = []
-    for start in range(0, len(rows), chunk):
-        part = slice(start, start + chunk)
-        logits = model.run(dataset.tokens[torch.as_tensor(rows[part])])[0]
-        pieces.append(_gather(logits, positions[part]))
-    return torch.cat(pieces)
+    """The clean model's logits on ``rows`` at ``positions``: ``(batch, K, vocab)``.
+
+    As the engine computes its root's logits: the final residual stream read at
+    ``ln_final.hook_in`` (which ends the pass), unembedded only at ``positions``, the softmax
+    without the fully-masked-row guards (unpadded causal rows have none).
+    """
+    got: list[Tensor] = []
+
+    def final(t: Tensor, hook=None) -> Tensor:
+        got.append(t)
+        raise _Final
+
+    resids = []
+    bridge = model.bridge
+    with bridge.hooks(fwd_hooks=[("ln_final.hook_in", final)]), unmasked_rows_softmax(bridge):
+        for start in range(0, len(rows), chunk):
+            part = slice(start, start + chunk)
+            got.clear()
+            with contextlib.suppress(_Final):
+                model.run(dataset.tokens[torch.as_tensor(rows[part])])
+            if not got:
+                raise AssertionError("the clean pass did not reach ln_final")
+            resids.append(_gather(got[0], positions[part]))
+    return torch.cat([model.unembed(resid) for resid in resids])  # outside the hook
 
 
 def _gather(logits: Tensor, positions: np.ndarray) -> Tensor:

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from scrub._components import Component
+from scrub._hooks import unmasked_rows_softmax
 from scrub._model import ScrubModel, select, split_qkv_inputs
 from scrub.data import Dataset
 
@@ -226,7 +227,12 @@ class ActivationCache:
             tokens = dataset.tokens[torch.as_tensor(chunk)]
             outs.clear()
             # At the final residual stream every output is read: the hook stops the pass.
-            with model.bridge.hooks(fwd_hooks=hooks), contextlib.suppress(_Done):
+            # unpadded causal rows: the softmax needs no fully-masked-row guards
+            with (
+                model.bridge.hooks(fwd_hooks=hooks),
+                unmasked_rows_softmax(model.bridge),
+                contextlib.suppress(_Done),
+            ):
                 model.run(tokens, stop_at_layer=stop)
             self.rows_computed += len(chunk)
             for comp in keys:
