@@ -141,8 +141,9 @@ def measure(case: str, n: int, repeat: int, raw: bool = False, warmup: int = 1) 
 
     @torch.inference_mode()
     def clean_and_baseline() -> None:
-        # scrub.run's clean pass (the reference rows) and baseline (uncond other rows)
-        with split_qkv_inputs(model.bridge, False):
+        # scrub.run's clean pass (the reference rows) and baseline (uncond other rows); both
+        # skip the softmax guards in scrub.run (the baseline runs in the engine)
+        with split_qkv_inputs(model.bridge, False), unmasked_rows_softmax(model.bridge):
             for rows in (x, tree.rows(tree.root)):
                 toks = dataset.tokens[torch.as_tensor(rows)]
                 unembed_at(model, final_resid(model, toks), pos)
