@@ -14,7 +14,8 @@ not finite), never as the non-standard ``NaN`` / ``Infinity`` tokens.
 
 Confidence intervals come from ``scipy.stats.bootstrap`` over reference examples, resampling the
 three per-example arrays **together** (``paired=True``), BCa where it is defined and the
-percentile method where BCa degenerates (e.g. every example recovered exactly).
+percentile method where BCa degenerates (e.g. every example recovered exactly): computed by
+:mod:`scrub._bootstrap`, the same intervals as ``scipy.stats.bootstrap`` bit for bit.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
+
+from scrub._bootstrap import interval
 
 __all__ = ["ScrubResult", "bootstrap_ci", "methodology", "recovered_of"]
 
@@ -50,21 +52,19 @@ def bootstrap_ci(
     if len(data[0]) < 2:
         return (math.nan, math.nan)
     for method in ("BCa", "percentile"):
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
-            res = stats.bootstrap(
+            # scipy.stats.bootstrap's interval, bit for bit, with cheaper gathers
+            # (scrub._bootstrap; one sample: paired=False draws the same resamples)
+            low, high = interval(
                 data,
                 statistic,
-                # one sample: paired=False draws the same resamples (bit for bit) without
-                # first resampling an index array
                 paired=len(data) > 1,
-                vectorized=True,
-                confidence_level=confidence,
+                confidence=confidence,
                 n_resamples=n_resamples,
                 method=method,
-                random_state=rng,
+                rng=rng,
             )
-        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
         if math.isfinite(low) and math.isfinite(high):
             return (low, high)
     value = float(statistic(*data, axis=-1))
