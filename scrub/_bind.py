@@ -24,6 +24,7 @@ rest, with errors that name the file, the key and a fix:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from scrub._claims import check_claims
 from scrub._errors import HypothesisError
 from scrub._hypothesis import Hypothesis
 from scrub._imports import import_marked
-from scrub._model import ScrubModel, load_model
+from scrub._model import ScrubModel, load_model, load_model_config
 from scrub._positions import PositionSpec, format_positions, resolve_positions
 from scrub._samplers import CondSampler, FixedSampler, GenerateSampler
 from scrub._schema import MetricSpec
@@ -55,26 +56,42 @@ class BoundHypothesis:
 
 
 def load_model_for(
-    hypothesis: Hypothesis, model: str | None = None, *, allow_config_only: bool = False
+    hypothesis: Hypothesis,
+    model: str | None = None,
+    *,
+    allow_config_only: bool = False,
+    weights: bool = True,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
 ) -> ScrubModel:
     """Load the model a hypothesis file names (relative to the file), or ``model`` instead.
 
     ``model`` (a command-line ``--model``) is relative to the current directory.
-    ``allow_config_only`` (``scrub check``): a hub model without weights in the cache is
-    checked against its config (see :class:`scrub._model.ConfigOnlyModel`).
+    ``allow_config_only``: a hub model without weights in the cache is checked against its
+    config (see :class:`scrub._model.ConfigOnlyModel`); ``weights=False`` (``scrub check``):
+    only the config is read, whatever the weights (:func:`scrub._model.load_model_config`).
+    ``device`` and ``dtype``: as :func:`scrub.load_model`.
 
     Raises:
         HypothesisError: located at the file's ``model`` key when the file named it (or in the
             model spec file it names).
     """
-    if model is not None:
-        return load_model(model, allow_config_only=allow_config_only)
-    try:
+
+    def load(source: str, relative_to: Path | None) -> ScrubModel:
+        if not weights:
+            return load_model_config(source, relative_to=relative_to)
         return load_model(
-            hypothesis.spec.model,
-            relative_to=hypothesis.base_dir,
+            source,
+            relative_to=relative_to,
             allow_config_only=allow_config_only,
+            device=device,
+            dtype=dtype,
         )
+
+    if model is not None:
+        return load(model, None)
+    try:
+        return load(hypothesis.spec.model, hypothesis.base_dir)
     except HypothesisError as exc:
         if exc.file is not None:  # located in a model spec file already
             raise

@@ -22,10 +22,11 @@ model (``use_attn_result``), which multiplies memory and time on GPT-2 small.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from scrub._architectures import Architecture, boot, check_architecture
+from scrub._architectures import Architecture, architecture_of, boot, check_architecture
 from scrub._components import Channel, Component, ModelShape
 from scrub._errors import HypothesisError, ScrubWarning
 from scrub._hooks import (
@@ -64,6 +65,13 @@ from scrub._model_variants import (
     make_norms_identity,
     read_model_spec,
 )
+from scrub._precision import (
+    dtype_name,
+    non_finite_error,
+    parse_device,
+    parse_dtype,
+    unsupported_error,
+)
 
 __all__ = [
     "SHIPPED_MODELS",
@@ -71,6 +79,7 @@ __all__ = [
     "OutputPatch",
     "ScrubModel",
     "load_model",
+    "load_model_config",
     "select",
     "split_qkv_inputs",
     "write",
@@ -82,6 +91,7 @@ def load_model(
     source: str,
     *,
     device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
     relative_to: str | Path | None = None,
     layernorm: LayerNormOption = "keep",
     allow_config_only: bool = False,
@@ -92,7 +102,10 @@ def load_model(
         source: a shipped model's name (``induction``), a local directory, a hub name, or a
             model spec file (``*.yaml``: ``path`` and ``layernorm``, see
             :mod:`scrub._model_variants`).
-        device: where the weights go.
+        device: where the weights go: ``cpu`` (default), ``cuda`` or ``cuda:N``.
+        dtype: ``float32`` (default), ``bfloat16`` or ``float16`` (:mod:`scrub._precision`):
+            the model is loaded, folded and checked in float32, then cast; metrics are always
+            computed in float64.
         relative_to: the directory a relative local path is relative to (a hypothesis file's
             directory; default: the current directory). Shipped and hub names are unaffected.
         layernorm: ``identity`` loads a GPT-2 checkpoint whose LayerNorms were disabled
@@ -104,10 +117,17 @@ def load_model(
     Raises:
         HypothesisError: nothing loadable under that name (with the shipped names listed), no
             such directory, or an architecture scrub cannot hook.
+        PrecisionError: an unknown device or dtype, CUDA where there is none, or a model that
+            does not run in ``dtype`` (float16 overflow, an op without that type).
     """
+    torch_device, torch_dtype = parse_device(device), parse_dtype(dtype)
     if source.endswith((".yaml", ".yml")):
         return _load_spec_file(
-            source, device=device, relative_to=relative_to, allow_config_only=allow_config_only
+            source,
+            device=torch_device,
+            dtype=torch_dtype,
+            relative_to=relative_to,
+            allow_config_only=allow_config_only,
         )
     path, kind = resolve(source, relative_to)
     check = None
@@ -115,7 +135,7 @@ def load_model(
         hf_model = None
         if layernorm == "identity":
             hf_model, check = load_lnfree_hf_model(path, source=source)
-        bridge, arch = boot(path, device=str(device), hf_model=hf_model)
+        bridge, arch = boot(path, device=str(torch_device), hf_model=hf_model)
     except HypothesisError:  # the architecture's own error, already clear
         raise
     except (OSError, ValueError) as exc:
@@ -146,15 +166,114 @@ def load_model(
             f"the shipped models: {', '.join(shipped_names())}",
         ) from None
     _torch_gelu(bridge)  # after eval(): the new modules take the old ones' mode
-    return ScrubModel(
+    model = ScrubModel(
         bridge, source=source, kind=kind, path=path, architecture=arch, layernorm=layernorm
     )
+    if torch_dtype != torch.float32:
+        model.cast(torch_dtype)
+        _probe_precision(model)
+    return model
+
+
+@torch.inference_mode()
+def _probe_precision(model: ScrubModel) -> None:
+    """One pass on random tokens in the model's low precision: refuse it if that fails.
+
+    Raises:
+        PrecisionError: an op without this dtype on this device, or non-finite logits.
+    """
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(
+        0, model.shape.d_vocab, (2, min(8, model.shape.n_ctx)), generator=generator
+    )
+    try:
+        logits = model.run(tokens)[0]
+    except (RuntimeError, NotImplementedError) as exc:
+        raise unsupported_error(model.source, model.dtype, model.device, exc) from None
+    if not bool(torch.isfinite(logits).all()):
+        raise non_finite_error(model.source, model.dtype)
+
+
+def load_model_config(source: str, *, relative_to: str | Path | None = None) -> ConfigOnlyModel:
+    """A model's shape and names from its config alone, without loading its weights.
+
+    What ``scrub check`` binds a hypothesis to: everything binding and sampling check (component
+    names, context length, vocabulary, the architecture's facts) comes from the config, as it
+    does when the weights are loaded. Shipped and local models are read from their
+    ``config.json`` (no transformers import); hub names from the Hugging Face cache's config, or
+    transformers' defaults for the names :func:`scrub._model_variants.hf_config_for` knows.
+
+    Raises:
+        HypothesisError: as :func:`load_model` for what it cannot find or cannot treeify.
+    """
+    if source.endswith((".yaml", ".yml")):
+        file = Path(source).expanduser()
+        if not file.is_absolute() and relative_to is not None:
+            file = Path(relative_to) / file
+        if not file.is_file():
+            raise HypothesisError(
+                f"cannot load model {source!r}: no such model spec file {os.path.normpath(file)}",
+                hint=path_hint(source, relative_to),
+            )
+        spec = read_model_spec(file)
+        try:
+            model = load_model_config(spec.path, relative_to=file.parent)
+        except HypothesisError as exc:
+            if exc.file is not None:
+                raise
+            raise exc.with_context(file=file, key_prefix=() if exc.key else ("path",)) from None
+        model.source = source
+        return model
+    path, kind = resolve(source, relative_to)
+    if kind != "hub":
+        architecture_of(path)  # refuses an architecture scrub cannot treeify, as loading does
+        try:
+            config = _json_config(Path(path) / "config.json")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise load_error(source, path, kind, exc, relative_to) from None
+        return ConfigOnlyModel(config, source=source, origin=f"{path}/config.json")
+    known = hf_config_for(source)
+    if known is None:
+        raise load_error(source, path, kind, OSError("no config of it in the cache"), relative_to)
+    return ConfigOnlyModel(known[0], source=source, origin=known[1], reason=_hub_weights(source))
+
+
+def _json_config(file: Path) -> Any:
+    """A config.json's fields under transformers' common names (GPT-2 spells its own)."""
+    import json
+    from types import SimpleNamespace
+
+    raw = json.loads(file.read_text())
+    gpt2 = raw.get("model_type") == "gpt2"
+    heads = raw["n_head" if gpt2 else "num_attention_heads"]
+    return SimpleNamespace(
+        architectures=raw.get("architectures"),
+        model_type=raw.get("model_type"),
+        num_hidden_layers=raw["n_layer" if gpt2 else "num_hidden_layers"],
+        num_attention_heads=heads,
+        max_position_embeddings=raw["n_positions" if gpt2 else "max_position_embeddings"],
+        vocab_size=raw["vocab_size"],
+        num_key_value_heads=None if gpt2 else raw.get("num_key_value_heads", heads),
+    )
+
+
+def _hub_weights(source: str) -> Exception | None:
+    """Why hub model ``source`` cannot be run from the cache (``None``: its weights are there)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - a dependency of transformers
+        return None
+    files = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    if any(isinstance(try_to_load_from_cache(source, f), str) for f in files):
+        return None
+    return OSError("no weights file of it in the Hugging Face cache")
 
 
 def _load_spec_file(
     source: str,
     *,
-    device: str | torch.device,
+    device: torch.device,
+    dtype: torch.dtype,
     relative_to: str | Path | None,
     allow_config_only: bool,
 ) -> ScrubModel:
@@ -172,6 +291,7 @@ def _load_spec_file(
         model = load_model(
             spec.path,
             device=device,
+            dtype=dtype,
             relative_to=file.parent,
             layernorm=spec.layernorm,
             allow_config_only=allow_config_only,
@@ -242,13 +362,67 @@ class ScrubModel:
             n_kv_heads=getattr(cfg, "n_key_value_heads", None),
         )
         self.W_O: Float[Tensor, "layer head d_head d_model"] = bridge.W_O.detach()
-        self.device = self.W_O.device
+        self.device: torch.device = self.W_O.device
+        self.dtype: torch.dtype = self.W_O.dtype
+        """The weights' and activations' floating-point type (float32 unless asked)."""
         self.memo: dict[str, Any] = {}
         """What engines work out once per model (e.g. whether their kernels reproduce it)."""
+
+    @property
+    def precision(self) -> dict[str, str]:
+        """Where and in which type the model runs, as results record it."""
+        return {"device": str(self.device), "dtype": dtype_name(self.dtype)}
+
+    def cast(self, dtype: torch.dtype) -> None:
+        """Cast the weights to ``dtype`` in place (rotary frequencies stay in float32).
+
+        What was computed from the weights is forgotten (the engines' kernels, whose check
+        runs again), but for the weights' hash; an :class:`~scrub.engine.ActivationCache`
+        notices the new dtype and starts afresh.
+        """
+        if dtype == self.dtype:
+            return
+        bridge = self.bridge
+        frequencies = {  # HF computes rotary angles from float32 frequencies in every dtype
+            name: buffer.clone()
+            for name, buffer in bridge.original_model.named_buffers()
+            if name.rsplit(".", 1)[-1] in ("inv_freq", "original_inv_freq")
+        }
+        with torch.inference_mode(False), torch.no_grad():  # parameters, not inference tensors
+            bridge.to(dtype, print_details=False)
+        for name, value in frequencies.items():
+            owner, _, attr = name.rpartition(".")
+            setattr(bridge.original_model.get_submodule(owner), attr, value)
+        self.W_O = bridge.W_O.detach()
+        self.dtype = dtype
+        for key in [k for k in self.memo if not k.startswith("sha256")]:
+            del self.memo[key]
+
+    @contextlib.contextmanager
+    def computing_in(self, dtype: torch.dtype) -> Iterator[None]:
+        """Run in ``dtype`` inside the block, and in the model's own dtype again after it.
+
+        For checks in float32 of a low-precision model: widening bfloat16 or float16 weights
+        to float32 and back is exact, so the model afterwards is bit-for-bit what it was.
+        """
+        own, memo = self.dtype, dict(self.memo)
+        if dtype == own:
+            yield
+            return
+        self.cast(dtype)
+        try:
+            yield
+        finally:
+            self.cast(own)
+            self.memo.update(memo)
 
     def __repr__(self) -> str:
         s = self.shape
         extra = ", layernorm='identity'" if self.layernorm == "identity" else ""
+        if self.dtype != torch.float32:
+            extra += f", dtype={dtype_name(self.dtype)!r}"
+        if self.device.type != "cpu":
+            extra += f", device={str(self.device)!r}"
         return (
             f"{type(self).__name__}({self.source!r}, layers={s.n_layers}, heads={s.n_heads}, "
             f"n_ctx={s.n_ctx}, vocab={s.d_vocab}{extra})"
@@ -431,7 +605,9 @@ class ConfigOnlyModel(ScrubModel):
         origin: where the config came from (the cache, or transformers' defaults).
     """
 
-    def __init__(self, config: Any, *, source: str, origin: str, reason: Exception) -> None:
+    def __init__(
+        self, config: Any, *, source: str, origin: str, reason: Exception | None = None
+    ) -> None:
         from scrub._architectures import ARCHITECTURES
 
         names = list(getattr(config, "architectures", None) or [])
@@ -446,7 +622,15 @@ class ConfigOnlyModel(ScrubModel):
         self.architecture, self.source, self.kind, self.path = arch, source, "config", source
         self.layernorm = "keep"
         self.origin = origin
-        self._reason = str(reason).splitlines()[0] if str(reason) else type(reason).__name__
+        self.weights_missing = reason is not None
+        """Whether the weights are missing (else they were just not loaded, for a check)."""
+        self._reason = (
+            None
+            if reason is None
+            else str(reason).splitlines()[0]
+            if str(reason)
+            else type(reason).__name__
+        )
         self.shape = _shape(
             source,
             arch,
@@ -457,10 +641,17 @@ class ConfigOnlyModel(ScrubModel):
             n_kv_heads=getattr(config, "num_key_value_heads", None),
         )
         self.device = torch.device("cpu")
+        self.dtype = torch.float32
         self.memo = {}
 
     def no_weights(self) -> HypothesisError:
         """The error for anything that needs the weights."""
+        if self._reason is None:
+            return HypothesisError(
+                f"model {self.source!r} was loaded from {self.origin} only, for checking shapes "
+                "and names, so it cannot be run",
+                hint=f"load it with its weights: scrub.load_model({self.source!r})",
+            )
         return HypothesisError(
             f"model {self.source!r} was loaded from {self.origin} only, for checking shapes and "
             f"names: its weights are not in the Hugging Face cache ({self._reason}), so it "
