@@ -13,8 +13,8 @@ of a reference batch), which competing hypotheses share too.
 
 Pitfall: the cache belongs to one model and one dataset object, on one device and in one dtype.
 Handing it another (or the same model cast to another dtype) resets it, so a stale activation, or
-a float32 one where the model now runs in bfloat16, is never served. Datasets only grow (generated examples are appended), so
-a row's tokens never change under the cache.
+a float32 one where the model now runs in bfloat16, is never served. Datasets only grow
+(generated examples are appended), so a row's tokens never change under the cache.
 """
 
 from __future__ import annotations
