@@ -95,7 +95,9 @@ def main() -> None:
         base_wall = statistics.median(t[1] for t in times["float32"])
         for dtype in DTYPES:
             if dtype in refused:
-                print(f"| {name} | {len(files)} | {dtype} | refused: {refused[dtype]} | | | | | | |")
+                print(
+                    f"| {name} | {len(files)} | {dtype} | refused: {refused[dtype]} | | | | | | |"
+                )
                 continue
             lp = clean_log_probs(models[dtype], files[0], args.n)
             d_lp = float((lp - base_lp).abs().max())
@@ -109,7 +111,9 @@ def main() -> None:
                     d_rec = max(d_rec, abs(ours.recovered - theirs.recovered))
             cpu = statistics.median(t[0] for t in times[dtype])
             wall = statistics.median(t[1] for t in times[dtype])
-            rec = f"{d_rec:.2g}" + (f" (undefined in one dtype only: {', '.join(flips)})" if flips else "")
+            rec = f"{d_rec:.2g}" + (
+                f" (undefined in one dtype only: {', '.join(flips)})" if flips else ""
+            )
             print(
                 f"| {name} | {len(files)} | {dtype} | {d_lp:.2g} | {d_metric:.2g} | {rec} | "
                 f"{cpu:.2f} | {wall:.2f} | {cpu / base_cpu:.2f} | "

@@ -99,7 +99,9 @@ def test_bfloat16_model_and_kernels(bf16_model, tiny_model):
     with bf16_model.computing_in(torch.float32):
         assert bf16_model.W_O.dtype == torch.float32
     after = bf16_model.bridge.original_model.state_dict()
-    assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
+    assert all(
+        torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before
+    )
     assert bf16_model.memo["kernels"] is kernels
 
 
