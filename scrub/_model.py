@@ -383,17 +383,17 @@ class ScrubModel:
         if dtype == self.dtype:
             return
         bridge = self.bridge
-        frequencies = {  # HF computes rotary angles from float32 frequencies in every dtype
-            name: buffer.clone()
-            for name, buffer in bridge.original_model.named_buffers()
-            if name.rsplit(".", 1)[-1] in ("inv_freq", "original_inv_freq")
-        }
         with torch.inference_mode(False), torch.no_grad():  # parameters, not inference tensors
+            frequencies = {  # HF computes rotary angles from float32 frequencies in any dtype
+                name: buffer.clone()
+                for name, buffer in bridge.original_model.named_buffers()
+                if name.rsplit(".", 1)[-1] in ("inv_freq", "original_inv_freq")
+            }
             bridge.to(dtype, print_details=False)
-        for name, value in frequencies.items():
-            owner, _, attr = name.rpartition(".")
-            setattr(bridge.original_model.get_submodule(owner), attr, value)
-        self.W_O = bridge.W_O.detach()
+            for name, value in frequencies.items():
+                owner, _, attr = name.rpartition(".")
+                setattr(bridge.original_model.get_submodule(owner), attr, value)
+            self.W_O = bridge.W_O.detach()
         self.dtype = dtype
         for key in [k for k in self.memo if not k.startswith("sha256")]:
             del self.memo[key]

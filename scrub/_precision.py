@@ -164,3 +164,6 @@ def check_precision(
             hint="load it with scrub.load_model(source, device=..., dtype=...), or pass the "
             "model's source instead of the loaded model",
         )
+
+
+PrecisionError.__module__ = "scrub"

@@ -32,6 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 RECOVERED_TOL = 0.01
 """|recovered(bfloat16) − recovered(float32)| allowed on the tiny model (measured: 1e-4)."""
 
+PATCH_TOL = 0.02
+"""|Δ effect| of a cell allowed between bfloat16 and float32 (induction grid, n = 8; measured
+0.0035 on effects up to 0.56)."""
+
 NODES = {
     "out": {"components": ["logits"], "inputs": [{"node": "h", "channels": "in"}]},
     "h": {
@@ -148,6 +152,27 @@ def test_float16_refused_where_it_overflows():
     with pytest.raises(PrecisionError, match="does not run in float16") as info:
         scrub.load_model("tracr_hist", dtype="float16")
     assert "bfloat16" in info.value.hint
+
+
+def test_precision_error_is_public():
+    assert scrub.PrecisionError is PrecisionError and PrecisionError.__module__ == "scrub"
+    assert issubclass(PrecisionError, ValueError)
+
+
+def test_patching_in_bfloat16():
+    from scrub.experiments import patch
+
+    path = REPO / "experiments" / "induction" / "activation_heads.yaml"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scrub.ScrubWarning)
+        full = patch(path, n=8)
+        low = patch(path, n=8, dtype="bfloat16")
+    assert (low.device, low.dtype) == ("cpu", "bfloat16")
+    assert json.loads(low.to_json())["dtype"] == "bfloat16"
+    assert np.array_equal(low.valid, full.valid)
+    effect = low.arrays["effect"][low.valid], full.arrays["effect"][full.valid]
+    assert np.all(np.isfinite(effect[0]))
+    assert np.abs(effect[0] - effect[1]).max() < PATCH_TOL
 
 
 def test_unknown_dtype_and_device():
