@@ -147,6 +147,8 @@ def check_precision(
     Raises:
         PrecisionError: it does not (a loaded model is not moved or cast behind its owner's back).
     """
+    if device is None and dtype is None:
+        return
     wrong: dict[str, str] = {}
     if device is not None:
         asked = parse_device(device)
