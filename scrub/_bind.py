@@ -34,7 +34,8 @@ from scrub._claims import check_claims
 from scrub._errors import HypothesisError
 from scrub._hypothesis import Hypothesis
 from scrub._imports import import_marked
-from scrub._model import ScrubModel, load_model, load_model_config
+from scrub._model import ScrubModel, load_model
+from scrub._model_config import load_model_config
 from scrub._positions import PositionSpec, format_positions, resolve_positions
 from scrub._samplers import CondSampler, FixedSampler, GenerateSampler
 from scrub._schema import MetricSpec
@@ -69,7 +70,7 @@ def load_model_for(
     ``model`` (a command-line ``--model``) is relative to the current directory.
     ``allow_config_only``: a hub model without weights in the cache is checked against its
     config (see :class:`scrub._model.ConfigOnlyModel`); ``weights=False`` (``scrub check``):
-    only the config is read, whatever the weights (:func:`scrub._model.load_model_config`).
+    only the config is read, whatever the weights (:func:`scrub._model_config.load_model_config`).
     ``device`` and ``dtype``: as :func:`scrub.load_model`.
 
     Raises:

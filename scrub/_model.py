@@ -34,7 +34,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from scrub._architectures import Architecture, architecture_of, boot, check_architecture
+from scrub._architectures import Architecture, boot, check_architecture
 from scrub._components import Channel, Component, ModelShape
 from scrub._errors import HypothesisError, ScrubWarning
 from scrub._hooks import (
@@ -64,14 +64,9 @@ from scrub._model_variants import (
     load_lnfree_hf_model,
     make_norms_identity,
     read_model_spec,
+    torch_gelu,
 )
-from scrub._precision import (
-    dtype_name,
-    non_finite_error,
-    parse_device,
-    parse_dtype,
-    unsupported_error,
-)
+from scrub._precision import dtype_name, parse_device, parse_dtype, probe_precision
 
 __all__ = [
     "SHIPPED_MODELS",
@@ -79,7 +74,6 @@ __all__ = [
     "OutputPatch",
     "ScrubModel",
     "load_model",
-    "load_model_config",
     "select",
     "split_qkv_inputs",
     "write",
@@ -165,108 +159,14 @@ def load_model(
             hint="scrub supports GPT-2, GPT-NeoX/Pythia, Llama, Qwen2 and Gemma-2 models and "
             f"the shipped models: {', '.join(shipped_names())}",
         ) from None
-    _torch_gelu(bridge)  # after eval(): the new modules take the old ones' mode
+    torch_gelu(bridge)  # after eval(): the new modules take the old ones' mode
     model = ScrubModel(
         bridge, source=source, kind=kind, path=path, architecture=arch, layernorm=layernorm
     )
     if torch_dtype != torch.float32:
         model.cast(torch_dtype)
-        _probe_precision(model)
+        probe_precision(model)
     return model
-
-
-@torch.inference_mode()
-def _probe_precision(model: ScrubModel) -> None:
-    """One pass on random tokens in the model's low precision: refuse it if that fails.
-
-    Raises:
-        PrecisionError: an op without this dtype on this device, or non-finite logits.
-    """
-    generator = torch.Generator().manual_seed(0)
-    tokens = torch.randint(
-        0, model.shape.d_vocab, (2, min(8, model.shape.n_ctx)), generator=generator
-    )
-    try:
-        logits = model.run(tokens)[0]
-    except (RuntimeError, NotImplementedError) as exc:
-        raise unsupported_error(model.source, model.dtype, model.device, exc) from None
-    if not bool(torch.isfinite(logits).all()):
-        raise non_finite_error(model.source, model.dtype)
-
-
-def load_model_config(source: str, *, relative_to: str | Path | None = None) -> ConfigOnlyModel:
-    """A model's shape and names from its config alone, without loading its weights.
-
-    What ``scrub check`` binds a hypothesis to: everything binding and sampling check (component
-    names, context length, vocabulary, the architecture's facts) comes from the config, as it
-    does when the weights are loaded. Shipped and local models are read from their
-    ``config.json`` (no transformers import); hub names from the Hugging Face cache's config, or
-    transformers' defaults for the names :func:`scrub._model_variants.hf_config_for` knows.
-
-    Raises:
-        HypothesisError: as :func:`load_model` for what it cannot find or cannot treeify.
-    """
-    if source.endswith((".yaml", ".yml")):
-        file = Path(source).expanduser()
-        if not file.is_absolute() and relative_to is not None:
-            file = Path(relative_to) / file
-        if not file.is_file():
-            raise HypothesisError(
-                f"cannot load model {source!r}: no such model spec file {os.path.normpath(file)}",
-                hint=path_hint(source, relative_to),
-            )
-        spec = read_model_spec(file)
-        try:
-            model = load_model_config(spec.path, relative_to=file.parent)
-        except HypothesisError as exc:
-            if exc.file is not None:
-                raise
-            raise exc.with_context(file=file, key_prefix=() if exc.key else ("path",)) from None
-        model.source = source
-        return model
-    path, kind = resolve(source, relative_to)
-    if kind != "hub":
-        architecture_of(path)  # refuses an architecture scrub cannot treeify, as loading does
-        try:
-            config = _json_config(Path(path) / "config.json")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise load_error(source, path, kind, exc, relative_to) from None
-        return ConfigOnlyModel(config, source=source, origin=f"{path}/config.json")
-    known = hf_config_for(source)
-    if known is None:
-        raise load_error(source, path, kind, OSError("no config of it in the cache"), relative_to)
-    return ConfigOnlyModel(known[0], source=source, origin=known[1], reason=_hub_weights(source))
-
-
-def _json_config(file: Path) -> Any:
-    """A config.json's fields under transformers' common names (GPT-2 spells its own)."""
-    import json
-    from types import SimpleNamespace
-
-    raw = json.loads(file.read_text())
-    gpt2 = raw.get("model_type") == "gpt2"
-    heads = raw["n_head" if gpt2 else "num_attention_heads"]
-    return SimpleNamespace(
-        architectures=raw.get("architectures"),
-        model_type=raw.get("model_type"),
-        num_hidden_layers=raw["n_layer" if gpt2 else "num_hidden_layers"],
-        num_attention_heads=heads,
-        max_position_embeddings=raw["n_positions" if gpt2 else "max_position_embeddings"],
-        vocab_size=raw["vocab_size"],
-        num_key_value_heads=None if gpt2 else raw.get("num_key_value_heads", heads),
-    )
-
-
-def _hub_weights(source: str) -> Exception | None:
-    """Why hub model ``source`` cannot be run from the cache (``None``: its weights are there)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - a dependency of transformers
-        return None
-    files = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-    if any(isinstance(try_to_load_from_cache(source, f), str) for f in files):
-        return None
-    return OSError("no weights file of it in the Hugging Face cache")
 
 
 def _load_spec_file(
@@ -302,26 +202,6 @@ def _load_spec_file(
         raise exc.with_context(file=file, key_prefix=() if exc.key else ("path",)) from None
     model.source = source
     return model
-
-
-def _torch_gelu(bridge: Any) -> None:
-    """Swap Hugging Face's Python ``gelu_new`` for torch's fused tanh GELU (same formula).
-
-    HF's ``NewGELUActivation`` spells the tanh approximation out in Python tensor ops; torch's
-    ``gelu(approximate="tanh")`` computes it in one kernel, about 3x faster. The swap is made
-    only if the two agree within 1e-6 on a probe spanning the activation's range.
-    """
-    from transformers.activations import NewGELUActivation
-
-    probe = torch.linspace(-12, 12, 4097)
-    fused = torch.nn.GELU(approximate="tanh")
-    with torch.no_grad():
-        if (fused(probe) - NewGELUActivation()(probe)).abs().max() > 1e-6:
-            return
-    for module in list(bridge.original_model.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, NewGELUActivation):
-                setattr(module, name, torch.nn.GELU(approximate="tanh").train(child.training))
 
 
 class ScrubModel:

@@ -31,6 +31,7 @@ __all__ = [
     "non_finite_error",
     "parse_device",
     "parse_dtype",
+    "probe_precision",
     "unsupported_error",
 ]
 
@@ -166,6 +167,28 @@ def check_precision(
             hint="load it with scrub.load_model(source, device=..., dtype=...), or pass the "
             "model's source instead of the loaded model",
         )
+
+
+def probe_precision(model: Any) -> None:
+    """One pass of a :class:`~scrub.ScrubModel` on random tokens in its low precision: refuse
+    the model if that fails.
+
+    Raises:
+        PrecisionError: an op without this dtype on this device, or non-finite logits.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(
+        0, model.shape.d_vocab, (2, min(8, model.shape.n_ctx)), generator=generator
+    )
+    try:
+        with torch.inference_mode():
+            logits = model.run(tokens)[0]
+    except (RuntimeError, NotImplementedError) as exc:
+        raise unsupported_error(model.source, model.dtype, model.device, exc) from None
+    if not bool(torch.isfinite(logits).all()):
+        raise non_finite_error(model.source, model.dtype)
 
 
 PrecisionError.__module__ = "scrub"

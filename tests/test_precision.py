@@ -20,7 +20,7 @@ import torch
 import yaml
 
 import scrub
-from scrub._model import load_model_config
+from scrub._model_config import load_model_config
 from scrub._precision import PrecisionError, parse_device, parse_dtype
 from scrub.cli import main
 from scrub.engine import ActivationCache, FastEngine, evaluate_reference
