@@ -8,6 +8,7 @@ table gives the median wall time and the median CPU time of the child (user + sy
 Usage::
 
     OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_startup.py --repeat 3
+    OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_startup.py --root ../main
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ HEAVY = ("torch", "scipy", "transformers", "transformer_lens", "pandas", "matplo
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "").replace(str(ROOT), "")
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TRANSFORMERS_OFFLINE", "1")
     return env
@@ -76,7 +77,12 @@ def heavy_imports(args: tuple[str, ...]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--root", type=Path, help="the checkout to time (default: this one)")
     args = parser.parse_args()
+    if args.root is not None:
+        global ROOT
+        ROOT = args.root.resolve()
+    print(f"checkout {ROOT}")
     print("| command | wall (median) | CPU (median) | exit | heavy imports |")
     print("| --- | --- | --- | --- | --- |")
     for command in COMMANDS:
