@@ -38,7 +38,7 @@ from scrub._model import ScrubModel, load_model
 from scrub._model_config import load_model_config
 from scrub._positions import PositionSpec, format_positions, resolve_positions
 from scrub._samplers import CondSampler, FixedSampler, GenerateSampler
-from scrub._schema import MetricSpec
+from scrub._schema import MetricSpec, ModelRefSpec
 from scrub.data import Dataset, make_dataset
 
 __all__ = ["BoundHypothesis", "bind", "load_model_for", "make_dataset_for"]
@@ -77,27 +77,73 @@ def load_model_for(
         HypothesisError: located at the file's ``model`` key when the file named it (or in the
             model spec file it names).
     """
-
-    def load(source: str, relative_to: Path | None) -> ScrubModel:
+    if model is not None:
         if not weights:
-            return load_model_config(source, relative_to=relative_to)
-        return load_model(
-            source,
-            relative_to=relative_to,
+            return load_model_config(model)
+        return load_model(model, allow_config_only=allow_config_only, device=device, dtype=dtype)
+    try:
+        return load_model_field(
+            hypothesis.spec.model,
+            relative_to=hypothesis.base_dir,
             allow_config_only=allow_config_only,
+            weights=weights,
             device=device,
             dtype=dtype,
         )
-
-    if model is not None:
-        return load(model, None)
-    try:
-        return load(hypothesis.spec.model, hypothesis.base_dir)
     except HypothesisError as exc:
         if exc.file is not None:  # located in a model spec file already
             raise
         located = exc.with_context(file=hypothesis.file, key_prefix=("model",))
         raise hypothesis.locate(located) from None
+
+
+def load_model_field(
+    value: str | ModelRefSpec,
+    *,
+    relative_to: str | Path | None,
+    allow_config_only: bool = False,
+    weights: bool = True,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
+) -> ScrubModel:
+    """Load what a file's ``model:`` names: a source, or ``{path, layernorm}`` inline.
+
+    ``weights=False``: its config only (:func:`scrub._model_config.load_model_config`; the
+    layernorm option changes no shape). ``device``, ``dtype``: as :func:`scrub.load_model`.
+
+    Raises:
+        HypothesisError: as :func:`scrub.load_model`; for a mapping, keyed inside it (``path``,
+            or ``layernorm`` when the loader's option is what failed).
+    """
+    source = value if isinstance(value, str) else value.path
+    if not weights:
+        try:
+            return load_model_config(source, relative_to=relative_to)
+        except HypothesisError as exc:
+            if isinstance(value, str):
+                raise
+            raise exc.with_context(key_prefix=() if exc.key else ("path",)) from None
+    if isinstance(value, str):
+        return load_model(
+            value,
+            relative_to=relative_to,
+            allow_config_only=allow_config_only,
+            device=device,
+            dtype=dtype,
+        )
+    try:
+        model = load_model(
+            value.path,
+            relative_to=relative_to,
+            layernorm=value.layernorm,
+            allow_config_only=allow_config_only,
+            device=device,
+            dtype=dtype,
+        )
+    except HypothesisError as exc:
+        raise exc.with_context(key_prefix=() if exc.key else ("path",)) from None
+    model.source = value.path
+    return model
 
 
 def make_dataset_for(hypothesis: Hypothesis, *, seed: int) -> Dataset:

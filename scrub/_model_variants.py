@@ -6,6 +6,10 @@ hypothesis file, ``--model``, :func:`scrub.load_model`) names a checkpoint and h
     path: ../checkpoints/gpt2_noLN     # a local HF directory or a hub name; relative to this file
     layernorm: identity                # keep (default) or identity
 
+The same two keys may be written inline as a file's ``model:`` mapping (``model: {path: ...,
+layernorm: identity}``, :class:`scrub._schema.ModelRefSpec`, loaded by
+:func:`scrub._bind.load_model_field`), with ``path`` relative to that file.
+
 **LayerNorm-free checkpoints** (``layernorm: identity``). A GPT-2 whose LayerNorms were
 fine-tuned away (``gpt2_noLN``, Heimersheim 2024; the LN-free GPT-2s of Baroni et al. 2025) is
 stored as a plain ``GPT2LMHeadModel`` whose LayerNorms are *disabled* by scaling: epsilon

@@ -191,6 +191,7 @@ def methodology(hyp, ablation=None) -> dict[str, Any]:
             "dataset": means.dataset,
             "params": dict(means.params),
             "classes": list(means.classes),
+            "by": list(means.by),
             "size": int(means.counts.sum()),
             "positions_per_class": means.counts.tolist(),
         }

@@ -48,8 +48,10 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StrictInt,
+    Tag,
     field_validator,
     model_validator,
 )
@@ -59,6 +61,7 @@ from scrub._errors import HypothesisError
 from scrub._positions import parse_positions
 
 __all__ = [
+    "MODEL_FORMS",
     "NODE_NAME",
     "AblationSpec",
     "CondSpec",
@@ -70,6 +73,8 @@ __all__ = [
     "GenerateSpec",
     "HypothesisSpec",
     "MetricSpec",
+    "ModelField",
+    "ModelRefSpec",
     "NodeSpec",
     "SamplerSpec",
     "UncondSpec",
@@ -331,17 +336,22 @@ class AblationSpec(_Frozen):
         dataset: the reference distribution of the means (a generator and params, or a dataset
             spec file relative to the hypothesis file); default: the hypothesis's own dataset.
         classes: named positions that get their own mean (e.g. ``[IO, S1, S2, END]``); every
-            other real position shares one ``other`` mean.
+            other real position shares one ``other`` mean. Or ``each``: one mean per position
+            index (with ``by``, as the IOI paper's per-template means).
+        by: dataset fields whose every value gets its own means (e.g. ``[template]``).
     """
 
     kind: Literal["resample", "mean", "zero"] = "resample"
     dataset: DatasetSpec | None = None
-    classes: tuple[str, ...] = ()
+    classes: tuple[str, ...] | Literal["each"] = ()
+    by: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _mean_only(self) -> AblationSpec:
-        if self.kind != "mean" and (self.dataset is not None or self.classes):
-            raise ValueError(f"'dataset' and 'classes' are for 'mean' ablation, not {self.kind!r}")
+        if self.kind != "mean" and (self.dataset is not None or self.classes or self.by):
+            raise ValueError(
+                f"'dataset', 'classes' and 'by' are for 'mean' ablation, not {self.kind!r}"
+            )
         return self
 
 
@@ -359,6 +369,42 @@ zero-ablated; ``mean`` takes the means of ``ablation:``, which must then be ``me
 ``permuted_labels`` (the clean model scored against another reference example's labels)."""
 
 
+class ModelRefSpec(_Frozen):
+    """``model: {path: ..., layernorm: identity}``: a checkpoint and how to load it, inline.
+
+    The same keys as a model spec file (:mod:`scrub._model_variants`): ``path`` is a shipped
+    name, a local Hugging Face directory (relative to the file) or a hub name; ``layernorm:
+    identity`` loads a GPT-2 whose LayerNorms were disabled (``gpt2_noLN``) with each LayerNorm
+    an exact identity.
+    """
+
+    path: str = Field(min_length=1)
+    layernorm: Literal["keep", "identity"] = "keep"
+
+    @field_validator("path")
+    @classmethod
+    def _not_a_spec_file(cls, value: str) -> str:
+        if value.endswith((".yaml", ".yml")):
+            raise ValueError(
+                f"{value!r} is a model spec file, which has its own 'path' and 'layernorm': "
+                "write 'model: FILE', or name the checkpoint here"
+            )
+        return value
+
+
+def _model_form(value: Any) -> str:
+    return "mapping" if isinstance(value, dict | ModelRefSpec) else "source"
+
+
+ModelField = Annotated[
+    Annotated[str, Field(min_length=1), Tag("source")] | Annotated[ModelRefSpec, Tag("mapping")],
+    Discriminator(_model_form),
+]
+"""``model:``: a model source (shipped name, directory, hub name, spec file) or a mapping."""
+MODEL_FORMS = ("source", "mapping")
+"""The tags of :data:`ModelField`'s two forms (dropped from error locations)."""
+
+
 class HypothesisSpec(_Frozen):
     """A whole hypothesis file.
 
@@ -368,7 +414,7 @@ class HypothesisSpec(_Frozen):
 
     name: str | None = None
     description: str | None = None
-    model: str = Field(min_length=1)
+    model: ModelField
     dataset: DatasetSpec
     metric: MetricSpec
     features: dict[str, str] = Field(default_factory=dict)
@@ -434,6 +480,7 @@ def _one_validation_error(err: Any, file: str | None, prefix: tuple) -> Hypothes
         p
         for i, p in enumerate(loc)
         if not (i > 0 and loc[i - 1] in ("sampler", "other") and p in _SAMPLER_KINDS)
+        and not (i > 0 and loc[i - 1] == "model" and p in MODEL_FORMS)
         and p != "[key]"
     )
     kind = err["type"]
@@ -481,8 +528,9 @@ def _one_validation_error(err: Any, file: str | None, prefix: tuple) -> Hypothes
 
 
 _MISSING_HINTS = {
-    "model": "add 'model:', a shipped model (induction, parens, ioi_toy), a local directory or "
-    "a hub name",
+    "model": "add 'model:', a shipped model (induction, parens, ioi_toy), a local directory, "
+    "a hub name, or {path: DIR, layernorm: identity}",
+    "path": "add 'path:', a shipped model, a local directory (relative to this file) or a hub name",
     "dataset": "add 'dataset:', {generator: NAME, params: {...}} or the path of a dataset spec",
     "metric": "add 'metric:', e.g. {kind: loss, positions: REP, labels: next}",
     "nodes": "add 'nodes:', with one root node mapping [logits]",
@@ -520,6 +568,7 @@ def _model_at(key: tuple) -> type[pydantic.BaseModel] | None:
         "dataset": DatasetSpec,
         "metric": MetricSpec,
         "defaults": DefaultsSpec,
+        "model": ModelRefSpec,
     }
     if not key:
         return HypothesisSpec

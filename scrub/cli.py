@@ -155,7 +155,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path, help="hypothesis YAML file")
     check.add_argument("--model", help="model: shipped name, local HF directory or hub name")
     patch = sub.add_parser(
-        "patch", help="run a patching experiment (activation, path, iterative path, attention)"
+        "patch",
+        help="run a patching experiment (activation, path, iterative path, attention, knockout)",
     )
     patch.add_argument("file", type=Path, help="experiment YAML file")
     patch.add_argument("--model", help="model: shipped name, local HF directory or hub name")
@@ -223,7 +224,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--n", type=_POSITIVE, help="reference examples for every step")
     rep.add_argument(
-        "--only", action="append", metavar="CLAIM", help="run only this claim (repeatable)"
+        "--only",
+        action="append",
+        metavar="CLAIM",
+        help="run only this claim (repeatable; faithfulness_node: the knockouts)",
     )
     rep.add_argument("--no-patches", action="store_true", help="skip the patching grids")
     _add_precision(rep)

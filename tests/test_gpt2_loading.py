@@ -168,6 +168,65 @@ def test_hypothesis_file_names_a_model_spec_file(dirs, tmp_path, capsys):
     assert info.value.key == ("model",) and info.value.file == str(home / "h2.yaml")
 
 
+def _inline(dirs, model) -> Path:
+    import yaml
+
+    nodes = {"out": {"components": ["logits"], "inputs": [{"node": "e"}]}, "e": {"components": ["embed"]}}  # fmt: skip
+    spec = base_spec("x", nodes=nodes)
+    spec["model"] = model
+    path = dirs["root"] / "inline.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_hypothesis_file_loads_an_inline_model_mapping(dirs, noln, capsys):
+    """``model: {path: noln, layernorm: identity}``: the spec file's keys, inline, relative to
+    the hypothesis file; the same model as the spec file loads."""
+    path = _inline(dirs, {"path": "noln", "layernorm": "identity"})
+    hyp = scrub.load_hypothesis(path)
+    model = load_model_for(hyp)
+    assert model.layernorm == "identity" and model.source == "noln"
+    logits, _, _ = model.run(tokens())
+    torch.testing.assert_close(logits, noln.run(tokens())[0], atol=0, rtol=0)
+    assert cli.main(["check", str(path)]) == 0
+    assert "model 'noln'" in capsys.readouterr().out
+    kept = load_model_for(scrub.load_hypothesis(_inline(dirs, {"path": "noln"})))
+    assert kept.layernorm == "keep"
+
+
+@pytest.mark.parametrize(
+    ("model", "key", "match"),
+    [
+        ({"path": "noln", "ln": "identity"}, ("model", "ln"), "unknown key 'ln'"),
+        ({"path": "noln", "layernorm": "off"}, ("model", "layernorm"), "invalid value 'off'"),
+        ({"layernorm": "identity"}, ("model", "path"), "missing required key 'path'"),
+        ({"path": "noln.yaml"}, ("model", "path"), "is a model spec file"),
+        ({"path": "plain", "layernorm": "identity"}, ("model", "layernorm"), "working LayerNorms"),
+        ({"path": "./nowhere"}, ("model", "path"), "no such directory"),
+    ],
+)
+def test_inline_model_mapping_errors_name_the_key(dirs, model, key, match):
+    path = _inline(dirs, model)
+    with pytest.raises(scrub.HypothesisError, match=match) as info:
+        load_model_for(scrub.load_hypothesis(path))
+    assert info.value.file == str(path) and info.value.key == key
+
+
+def test_experiment_files_take_the_inline_mapping_too(dirs):
+    from scrub.experiments import experiment_from_dict
+    from scrub.experiments.patching import setup
+
+    spec = base_spec("x", nodes={})
+    spec.pop("nodes")
+    spec.update(kind="activation", components=["a0.h0"], positions=None)
+    spec["model"] = {"path": str(dirs["noln"]), "layernorm": "identity"}
+    assert setup(experiment_from_dict(spec)).model.layernorm == "identity"
+    spec["model"] = {"path": str(dirs["noln"]), "norm": "identity"}
+    with pytest.raises(scrub.HypothesisError, match="unknown key 'norm'") as info:
+        experiment_from_dict(spec)
+    assert info.value.key == ("model", "norm")
+
+
 # -- GPT-2 files without the weights ---------------------------------------------------------------
 GPT2_FILES = sorted(
     p

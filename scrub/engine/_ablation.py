@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from scrub._components import Component, ModelShape
-from scrub._means import ComponentMeans, position_classes
+from scrub._means import ComponentMeans
 from scrub._model import ScrubModel
 from scrub.data import Dataset
 
@@ -76,15 +76,19 @@ class Ablation:
         for comp, value in sorted(self.means.means.items()):
             digest.update(comp.name.encode())
             digest.update(value.cpu().numpy().tobytes())
-        about = [self.means.dataset, dict(self.means.params), list(self.means.classes)]
+        about = [
+            self.means.dataset,
+            dict(self.means.params),
+            list(self.means.classes),
+            list(self.means.by),
+        ]
         return f"mean:{json.dumps(about, sort_keys=True, default=str)}:{digest.hexdigest()}"
 
     def classes(self, dataset: Dataset, rows: np.ndarray) -> Tensor | None:
         """The position class of every position of ``rows`` (``None`` for zero ablation)."""
         if self.means is None:
             return None
-        named = self.means.classes[:-1]
-        return torch.as_tensor(position_classes(named, dataset, rows, padding=len(named)))
+        return self.means.index(dataset, rows)
 
     def values(
         self, model: ScrubModel, comp: Component, classes: Tensor | None, shape: tuple[int, int]
@@ -116,6 +120,16 @@ def ablated_in_reading(
 def ablation_for(hyp, model: ScrubModel, dataset: Dataset, cache) -> Ablation | None:
     """The ablation a hypothesis's ``ablation:`` asks for (``None``: resample).
 
+    See :func:`ablation_from_spec`.
+    """
+    return ablation_from_spec(hyp.spec.ablation, model, dataset, cache, file=hyp.file)
+
+
+def ablation_from_spec(
+    spec, model: ScrubModel, dataset: Dataset, cache, *, file: str | None
+) -> Ablation | None:
+    """The ablation an ``ablation:`` mapping (:class:`~scrub._schema.AblationSpec`) asks for.
+
     Means are computed once per cache over every component of the model, on the reference
     distribution's whole pool, drawn from a fixed stream (not the run's seed): the reference
     distribution is part of the experiment, not of a draw.
@@ -124,11 +138,10 @@ def ablation_for(hyp, model: ScrubModel, dataset: Dataset, cache) -> Ablation | 
         HypothesisError: a position class that the reference or the scrubbed dataset lacks.
     """
     from scrub._errors import HypothesisError
-    from scrub._means import component_means
+    from scrub._means import component_means, position_classes
     from scrub._tree import stream
     from scrub.data import make_dataset
 
-    spec = hyp.spec.ablation
     if spec.kind == "resample":
         return None
     if spec.kind == "zero":
@@ -143,12 +156,18 @@ def ablation_for(hyp, model: ScrubModel, dataset: Dataset, cache) -> Ablation | 
                     spec.dataset.generator, spec.dataset.params, stream(0, "ablation")
                 )
             )
-            position_classes(spec.classes, dataset, np.arange(min(len(dataset), 4)))
+            if not isinstance(spec.classes, str):
+                position_classes(spec.classes, dataset, np.arange(min(len(dataset), 4)))
             means = component_means(
-                model, reference, model.shape.all_components(), classes=spec.classes
+                model,
+                reference,
+                model.shape.all_components(),
+                classes=spec.classes,
+                by=spec.by,
             )
+            means.index(dataset, np.arange(dataset.n_base))  # every group and position covered
         except HypothesisError as exc:
-            raise exc.with_context(file=hyp.file, key_prefix=("ablation",)) from None
+            raise exc.with_context(file=file, key_prefix=("ablation",)) from None
         return Ablation("mean", means)
 
     return cache.memo(model, dataset, ("ablation", spec.model_dump_json()), compute)

@@ -40,7 +40,7 @@ def experiment_of(hyp: Hypothesis) -> dict[str, Any]:
     """The experiment a hypothesis is scored on (JSON-ready)."""
     spec = hyp.spec
     return {
-        "model": spec.model,
+        "model": _dump(spec.model),
         "dataset": _dump(spec.dataset),
         "metric": _dump(spec.metric),
         "baseline": {"kind": spec.baseline_kind},

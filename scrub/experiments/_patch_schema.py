@@ -4,7 +4,7 @@ A patching experiment file shares ``model``, ``dataset``, ``metric``, ``features
 ``defaults`` with hypothesis files (the same keys, the same position vocabulary) and adds a
 ``kind`` and the grid::
 
-    kind: activation                     # or path, iterative_path, attention
+    kind: activation                     # or path, iterative_path, attention, knockout
     model: induction
     dataset: ../../datasets/induction.yaml
     metric: {kind: loss, positions: REP, labels: next}
@@ -19,6 +19,16 @@ reference batch, plus ``{kind: flip, flip: [IO]}``: the reference example with o
 third name, the ABC family). Denoising (TransformerLens's convention: patch clean values into a
 corrupted run) is ``base: {kind: flip, ...}, source: exact``; noising is the other way round.
 
+``kind: knockout`` (the IOI paper's node-level faithfulness) has no base, source or grid: it
+runs the reference examples with every ``knock_out`` component's output replaced by its
+``ablation`` value, except the circuit's ``keep`` nodes (components × positions)::
+
+    kind: knockout
+    knock_out: heads                     # the candidates (heads, mlps, all, or a list)
+    ablation: {kind: mean, dataset: ../../datasets/ioi_names_abc.yaml, by: [template], classes: each}
+    keep:                                # the circuit: class -> components and positions
+      movers: {components: [a3.h1, a3.h4], positions: [END]}
+
 Every model is frozen and forbids unknown keys.
 """
 
@@ -29,6 +39,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from scrub._schema import (
+    AblationSpec,
     CondSpec,
     DatasetSpec,
     DefaultsSpec,
@@ -36,6 +47,7 @@ from scrub._schema import (
     FixedSpec,
     GenerateSpec,
     MetricSpec,
+    ModelField,
     UncondSpec,
     UncondTogetherSpec,
 )
@@ -47,6 +59,8 @@ __all__ = [
     "ExperimentSpec",
     "FlipSpec",
     "IterativePathSpec",
+    "KeepSpec",
+    "KnockoutSpec",
     "PathSpec",
     "SourceSpec",
 ]
@@ -97,31 +111,39 @@ Components = Literal["heads", "mlps", "all"] | tuple[str, ...]
 Positions = Literal["each"] | tuple[int | str, ...] | None
 
 
-class _Experiment(_Frozen):
-    """What every patching experiment has (the hypothesis file's shared keys, and statistics).
+class _Common(_Frozen):
+    """What every experiment file has: the hypothesis file's shared keys, and intervals.
+
+    Attributes:
+        confidence: level of the bootstrap intervals.
+        n_resamples: bootstrap resamples.
+    """
+
+    name: str | None = None
+    description: str | None = None
+    model: ModelField
+    dataset: DatasetSpec
+    metric: MetricSpec
+    features: dict[str, str] = Field(default_factory=dict)
+    defaults: DefaultsSpec = DefaultsSpec()
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    n_resamples: int = Field(default=1000, ge=10)
+
+
+class _Experiment(_Common):
+    """What every patching experiment has (the shared keys, a base and a source, statistics).
 
     Attributes:
         base: sampler of the run being patched (the root's other inputs), from the reference.
         source: sampler of the examples the patched values are computed on, from the reference.
         correction: multiple-comparison control across the grid's cells: ``fdr_bh``
             (Benjamini–Hochberg), ``holm`` or ``none``.
-        confidence: level of the bootstrap intervals.
-        n_resamples: bootstrap resamples; ``n_permutations``: sign-flip permutations (exact
-            enumeration for 12 or fewer examples).
+        n_permutations: sign-flip permutations (exact enumeration for 12 or fewer examples).
     """
 
-    name: str | None = None
-    description: str | None = None
-    model: str
-    dataset: DatasetSpec
-    metric: MetricSpec
-    features: dict[str, str] = Field(default_factory=dict)
-    defaults: DefaultsSpec = DefaultsSpec()
     base: SourceSpec = UncondSpec()
     source: SourceSpec = ExactSpec()
     correction: Literal["fdr_bh", "holm", "none"] = "fdr_bh"
-    confidence: float = Field(default=0.95, gt=0, lt=1)
-    n_resamples: int = Field(default=1000, ge=10)
     n_permutations: int = Field(default=1000, ge=10)
 
     _shorthand = field_validator("base", "source", mode="before")(
@@ -213,7 +235,58 @@ class AttentionSpec(_Experiment):
     _names = field_validator("heads", mode="before")(classmethod(lambda cls, v: _names(v)))
 
 
+class KeepSpec(_Frozen):
+    """One class of circuit nodes: ``components`` kept at ``positions`` (default: everywhere)."""
+
+    components: Components = Field(min_length=1)
+    positions: tuple[int | str, ...] | None = None
+
+    _names = field_validator("components", mode="before")(classmethod(lambda cls, v: _names(v)))
+
+    @field_validator("positions", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str | int) else value
+
+
+class KnockoutSpec(_Common):
+    """Node-level knockout (the IOI paper's faithfulness): every ``knock_out`` component's
+    output replaced by its ``ablation`` value, except at the ``keep`` nodes, in one forward pass
+    of the reference examples; every other component (and every kept node) is computed.
+
+    Attributes:
+        knock_out: the candidates (``heads``, the paper's choice; ``mlps``, ``all``, a list).
+        keep: the circuit, class name → components and the positions they are kept at.
+        ablation: ``{kind: mean, dataset, classes, by}`` or ``zero`` (not ``resample``).
+        completeness: also score the paper's class-based completeness: for each class K of
+            ``keep``, F(C \\ K) and F(M \\ K) (M \\ K: K's nodes knocked out of the model).
+    """
+
+    kind: Literal["knockout"]
+    knock_out: Components = "heads"
+    keep: dict[str, KeepSpec] = Field(default_factory=dict)
+    ablation: AblationSpec
+    completeness: bool = False
+
+    _names = field_validator("knock_out", mode="before")(classmethod(lambda cls, v: _names(v)))
+    _shorthand = field_validator("ablation", mode="before")(
+        classmethod(lambda cls, v: _shorthand(v))
+    )
+
+    @field_validator("ablation")
+    @classmethod
+    def _not_resample(cls, value: AblationSpec) -> AblationSpec:
+        if value.kind == "resample":
+            raise ValueError(
+                "a knockout replaces outputs by their mean or by zero: 'ablation: {kind: mean, "
+                "dataset: ..., classes: ...}' or 'ablation: zero' (resampling unmapped inputs "
+                "is a hypothesis file's job)"
+            )
+        return value
+
+
 ExperimentSpec = Annotated[
-    ActivationSpec | PathSpec | IterativePathSpec | AttentionSpec, Field(discriminator="kind")
+    ActivationSpec | PathSpec | IterativePathSpec | AttentionSpec | KnockoutSpec,
+    Field(discriminator="kind"),
 ]
-EXPERIMENT_KINDS = ("activation", "path", "iterative_path", "attention")
+EXPERIMENT_KINDS = ("activation", "path", "iterative_path", "attention", "knockout")

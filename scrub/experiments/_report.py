@@ -13,6 +13,8 @@ def format_patch(result: Any) -> str:
     """The header (what was run) and the cells with the largest effects."""
     if result.kind == "attention":
         return _attention(result)
+    if result.kind == "knockout":
+        return result.table()
     lines = [
         f"{result.name} ({result.kind}): model {result.model}, n = {result.n}, seed = "
         f"{result.seed}, metric {result.metric['kind']}",

@@ -10,7 +10,9 @@ passes of the fast engine (:meth:`scrub.FastEngine.evaluate_many`), chunked unde
 - ``kind: path``: each sender's direct path into each receiver's ``q`` / ``k`` / ``v`` / ``in``;
 - ``kind: iterative_path``: every upstream head and MLP (× position) into one receiver set;
 - ``kind: attention`` (:mod:`scrub.experiments._attention`): heads' patterns under a patch or a
-  hypothesis, minus clean.
+  hypothesis, minus clean;
+- ``kind: knockout`` (:mod:`scrub.experiments._knockout`): the IOI paper's node-level
+  faithfulness, every component outside a circuit mean- or zero-ablated (no base or source).
 
 Vocabulary: the **reference** batch supplies the labels the metric reads; the **base** run is
 what gets patched (the root's other inputs, drawn by ``base:`` from the reference); the
@@ -34,7 +36,7 @@ import numpy as np
 import pydantic
 import torch
 
-from scrub._bind import _register_feature
+from scrub._bind import _register_feature, load_model_field
 from scrub._errors import HypothesisError
 from scrub._hypothesis import _sampler
 from scrub._metrics import per_example_metric
@@ -43,7 +45,7 @@ from scrub._positions import resolve_positions
 from scrub._precision import check_precision
 from scrub._run import _clean, _count, _versions
 from scrub._samplers import CondSampler, SampleContext, Sampler
-from scrub._schema import CondSpec, GenerateSpec
+from scrub._schema import MODEL_FORMS, CondSpec, GenerateSpec
 from scrub._tree import reference_rows, stream
 from scrub._yaml import read_yaml_document
 from scrub.data import Dataset, make_dataset
@@ -52,6 +54,7 @@ from scrub.engine import ActivationCache, FastEngine
 from scrub.experiments._attention import AttentionResult, attention
 from scrub.experiments._cells import Cell, activation_cells, components_of, path_cells, trees_of
 from scrub.experiments._flips import FlipSampler
+from scrub.experiments._knockout import KnockoutResult, knockout
 from scrub.experiments._patch_result import PatchResult
 from scrub.experiments._patch_schema import (
     EXPERIMENT_KINDS,
@@ -61,6 +64,7 @@ from scrub.experiments._patch_schema import (
     ExperimentSpec,
     FlipSpec,
     IterativePathSpec,
+    KnockoutSpec,
     PathSpec,
 )
 from scrub.experiments._patch_stats import grid_stats
@@ -75,7 +79,7 @@ class Experiment:
     """A validated patching experiment file."""
 
     name: str
-    spec: ActivationSpec | PathSpec | IterativePathSpec | AttentionSpec
+    spec: ActivationSpec | PathSpec | IterativePathSpec | AttentionSpec | KnockoutSpec
     file: str | None
     sha256: str
     dataset_file: str | None = None
@@ -125,6 +129,10 @@ def experiment_from_dict(
         source = load_dataset_spec(data["dataset"], file)
         dataset_file = str(source.file)
         data = {**data, "dataset": source.data}
+    ablation = data.get("ablation")
+    if isinstance(ablation, dict) and isinstance(ablation.get("dataset"), str):
+        reference = load_dataset_spec(ablation["dataset"], file)
+        data = {**data, "ablation": {**ablation, "dataset": reference.data}}
     try:
         spec = _ADAPTER.validate_python(data)
     except pydantic.ValidationError as exc:
@@ -141,7 +149,11 @@ def _located(exc: pydantic.ValidationError, file: str | None, kind: str) -> Hypo
     loc = list(err["loc"])
     if loc and loc[0] == kind:  # the discriminated union's tag
         loc = loc[1:]
-    key = tuple(p for i, p in enumerate(loc) if not (i > 0 and p in SOURCE_KINDS))
+    key = tuple(
+        p
+        for i, p in enumerate(loc)
+        if not (i > 0 and (p in SOURCE_KINDS or (loc[i - 1] == "model" and p in MODEL_FORMS)))
+    )
     hint = None
     if err["type"] == "extra_forbidden":
         model: Any = {
@@ -149,6 +161,7 @@ def _located(exc: pydantic.ValidationError, file: str | None, kind: str) -> Hypo
             "path": PathSpec,
             "iterative_path": IterativePathSpec,
             "attention": AttentionSpec,
+            "knockout": KnockoutSpec,
         }[kind]
         allowed = sorted(model.model_fields) if len(key) == 1 else []
         close = difflib.get_close_matches(str(key[-1]), allowed, n=1)
@@ -186,7 +199,7 @@ class Setup:
         spec = self.experiment.spec
         return {
             "name": self.experiment.name,
-            "model": spec.model,
+            "model": spec.model if isinstance(spec.model, str) else spec.model.model_dump(),
             "dataset": spec.dataset.model_dump(),
             "metric": spec.metric.model_dump(exclude_none=True),
             "features": dict(spec.features),
@@ -211,9 +224,16 @@ def setup(
     if not isinstance(model, ScrubModel):
         # A file's relative 'model:' is relative to the file, as in hypothesis files.
         home = Path(experiment.file).parent if model is None and experiment.file else None
-        model = load_model(
-            model or spec.model, relative_to=home, device=device or "cpu", dtype=dtype or "float32"
-        )
+        where, kind = device or "cpu", dtype or "float32"
+        if model is not None:
+            model = load_model(model, device=where, dtype=kind)
+        else:
+            try:
+                model = load_model_field(spec.model, relative_to=home, device=where, dtype=kind)
+            except HypothesisError as exc:
+                if exc.file is not None:  # located in a model spec file already
+                    raise
+                raise exc.with_context(file=experiment.file, key_prefix=("model",)) from None
     else:
         check_precision(model, device=device, dtype=dtype)
     if dataset is None:
@@ -243,8 +263,11 @@ def setup(
             except HypothesisError as exc:
                 raise exc.with_context(key_prefix=(key,)) from None
 
-        base = draw("base", "other", "out")  # the stream a hypothesis root's other uses
-        source = draw("source", "data", "out/source")
+        if isinstance(spec, KnockoutSpec):  # runs on the reference itself
+            base = source = x.copy()
+        else:
+            base = draw("base", "other", "out")  # the stream a hypothesis root's other uses
+            source = draw("source", "data", "out/source")
         resolve_positions(spec.metric.positions, dataset, base)
     except HypothesisError as exc:
         raise exc.with_context(file=experiment.file) from None
@@ -279,7 +302,7 @@ def patch(
     max_memory: int | None = None,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
-) -> PatchResult | AttentionResult:
+) -> PatchResult | AttentionResult | KnockoutResult:
     """Run a patching experiment and return its grid with per-cell statistics.
 
     Args:
@@ -297,7 +320,9 @@ def patch(
             ``float32``), as in :func:`scrub.run`; a loaded ``model`` must match them.
 
     Returns:
-        The :class:`PatchResult` (``.to_frame()``, ``.to_json()``, ``.save(dir)``).
+        The :class:`PatchResult` (``.to_frame()``, ``.to_json()``, ``.save(dir)``); for
+        ``kind: attention`` an :class:`AttentionResult`, for ``kind: knockout`` a
+        :class:`~scrub.experiments._knockout.KnockoutResult`.
 
     Raises:
         HypothesisError: the experiment is invalid for this model or dataset.
@@ -309,6 +334,8 @@ def patch(
     su = setup(exp, model=model, dataset=dataset, n=n, seed=seed, device=device, dtype=dtype)
     if isinstance(exp.spec, AttentionSpec):
         return attention(su, max_batch_rows=max_batch_rows, max_memory=max_memory)
+    if isinstance(exp.spec, KnockoutSpec):
+        return knockout(su, max_batch_rows=max_batch_rows, cache=cache)
     try:
         axes, cells = _grid(su)
     except HypothesisError as exc:
@@ -389,6 +416,7 @@ def run_cells(
 ) -> PatchResult:
     """Evaluate every cell as one batched call of the fast engine and score the grid."""
     spec = su.experiment.spec
+    assert not isinstance(spec, KnockoutSpec), "a knockout has no grid"
     model, ds = su.model, su.dataset
     cache = cache or ActivationCache(max_batch_rows=max_batch_rows, max_memory=max_memory)
     present = [c for c in cells if c is not None]

@@ -6,6 +6,9 @@ it:
 
 - **patches** (:func:`scrub.experiments.patch`): the iterative path patching grids that find the
   circuit (``experiments/ioi_names/``), saved with their figures;
+- **knockouts** (``kind: knockout`` experiments, :mod:`scrub.experiments._knockout`): the IOI
+  paper's node-level faithfulness F(C) / F(M), every head outside the circuit mean-ablated over
+  the ABC prompts per template and position (``experiments/ioi_names/``, ``experiments/ioi/``);
 - **claims** (:func:`scrub.experiments.compare`): each claim of the IOI paper and of Redwood's
   REMIX exercises as competing hypothesis files (``hypotheses/ioi_names/`` for the shipped
   offline model, ``hypotheses/ioi/`` for GPT-2 small), scored on one experiment per claim
@@ -47,11 +50,12 @@ from scrub._precision import check_precision
 from scrub._result import bootstrap_ci
 from scrub._tree import stream
 from scrub.experiments._attention import AttentionResult
+from scrub.experiments._knockout import KnockoutResult
 from scrub.experiments.compare import Comparison, compare
 from scrub.experiments.diagnose import diagnose
 from scrub.experiments.patching import patch
 
-__all__ = ["CLAIMS", "PATCHES", "Claim", "Reproduction", "reproduce"]
+__all__ = ["CLAIMS", "KNOCKOUTS", "PATCHES", "Claim", "Reproduction", "reproduce"]
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 """The source checkout: ``hypotheses/`` and ``experiments/`` live here."""
@@ -195,9 +199,18 @@ PATCHES: dict[str, tuple[str, ...]] = {
 }
 """Patching experiments (in ``experiments/<target>/``) run before the claims."""
 
+KNOCKOUTS: dict[str, tuple[str, ...]] = {
+    "ioi_names": ("knockout_circuit.yaml", "knockout_movers.yaml", "knockout_movers_s2.yaml"),
+    "gpt2": ("knockout_circuit.yaml",),
+}
+"""Node-level knockout experiments (in ``experiments/<target>/``): the IOI paper's F(C) / F(M)."""
+
+NODE_LEVEL = "faithfulness_node"
+"""The ``--only`` key of the knockout step (its results.json key is ``knockouts``)."""
+
 _FOLDERS = {
     "ioi_names": ("hypotheses/ioi_names", "experiments/ioi_names"),
-    "gpt2": ("hypotheses/ioi", ""),
+    "gpt2": ("hypotheses/ioi", "experiments/ioi"),
 }
 
 
@@ -261,8 +274,8 @@ def reproduce(
             a loaded model of either kind.
         out: the output folder (created).
         n: reference examples for every step (default: each file's ``defaults.n``).
-        only: claim keys to run (default: all); the patching grids run unless ``patches`` is
-            False.
+        only: claim keys to run (default: all), ``faithfulness_node`` for the knockouts; the
+            patching grids run unless ``patches`` is False.
         patches: run the patching grids (ioi_names only).
         max_batch_rows: most rows in one forward pass.
         device, dtype: where and in which type to load ``model`` (default ``cpu``,
@@ -279,16 +292,16 @@ def reproduce(
     source = model.source if isinstance(model, ScrubModel) else model
     target = _target(source)
     claims = CLAIMS[target]
+    knockouts = only is None or NODE_LEVEL in only
     if only is not None:
-        unknown = sorted(set(only) - {c.key for c in claims})
+        keys = [c.key for c in claims] + [NODE_LEVEL]
+        unknown = sorted(set(only) - set(keys))
         if unknown:
             raise HypothesisError(
-                f"unknown claim {unknown[0]!r}",
-                hint=f"claims: {', '.join(c.key for c in claims)}",
+                f"unknown claim {unknown[0]!r}", hint=f"claims: {', '.join(keys)}"
             )
         claims = tuple(c for c in claims if c.key in only)
-    hyp_dir, exp_dir = (ROOT / f if f else None for f in _FOLDERS[target])
-    assert hyp_dir is not None
+    hyp_dir, exp_dir = (ROOT / f for f in _FOLDERS[target])
     if not hyp_dir.is_dir():
         raise HypothesisError(
             f"the IOI hypothesis files are not here ({hyp_dir})",
@@ -309,10 +322,19 @@ def reproduce(
     md = [f"# IOI reproduced on `{model.source}`", ""]
     md += [f"Written by `{_command('reproduce', 'ioi', *model_opt, *n_opt, '--out', out)}`.", ""]
     files: list[Path] = []
-    if patches and exp_dir is not None:
-        results["patches"], lines, written = _patches(exp_dir, out, model, n, n_opt, max_batch_rows)
+    if patches and PATCHES[target]:
+        results["patches"], lines, written = _patches(
+            exp_dir, PATCHES[target], out, model, n, n_opt, max_batch_rows
+        )
         md += lines
         files += written
+    if knockouts:
+        opts = (*model_opt, *n_opt)
+        results["knockouts"], lines = _knockouts(
+            exp_dir, KNOCKOUTS[target], model, n, opts, max_batch_rows
+        )
+        md += lines
+        _write(out, results, md)
     results["claims"] = {}
     winner = None
     for claim in claims:
@@ -356,6 +378,7 @@ def _write(out: Path, results: dict[str, Any], md: list[str]) -> None:
 
 def _patches(
     exp_dir: Path,
+    names: Sequence[str],
     out: Path,
     model: ScrubModel,
     n: int | None,
@@ -365,11 +388,12 @@ def _patches(
     summary: dict[str, Any] = {}
     md = ["## Finding the circuit: iterative path patching", ""]
     written: list[Path] = []
-    for name in PATCHES["ioi_names"]:
+    for name in names:
         path = exp_dir / name
         with warnings.catch_warnings():  # the result keeps its warnings
             warnings.simplefilter("ignore", ScrubWarning)
             result = patch(path, model=model, n=n, max_batch_rows=max_batch_rows)
+        assert not isinstance(result, KnockoutResult), "knockouts are their own step"
         written += [p for p in result.save(out / "patches") if p.suffix == ".png"]
         cmd = _command("patch", _rel(path), *n_opt, "--out", "DIR")
         if isinstance(result, AttentionResult):
@@ -402,6 +426,69 @@ def _patches(
             )
         md.append("")
     return summary, md, written
+
+
+def _knockouts(
+    exp_dir: Path,
+    names: Sequence[str],
+    model: ScrubModel,
+    n: int | None,
+    opts: tuple,
+    max_batch_rows: int,
+) -> tuple[dict[str, Any], list[str]]:
+    summary: dict[str, Any] = {}
+    md = [
+        "## IOI paper faithfulness, node level",
+        "",
+        "Every head outside the circuit has its output replaced by its mean over the ABC prompts "
+        "(per template and position, as Wang et al. 2022 do); the circuit's heads, the MLPs and "
+        "the embeddings are computed on what that gives them. F(M): the clean model; F(∅): every "
+        "head knocked out; recovered = (F(C) − F(∅)) / (F(M) − F(∅)); 95% paired bootstrap CIs "
+        "over the reference examples.",
+        "",
+        "| circuit | F(M) | F(C) | F(∅) | F(C) / F(M) | 95% CI | recovered | 95% CI |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    commands = []
+    for name in names:
+        path = exp_dir / name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ScrubWarning)
+            result = patch(path, model=model, n=n, max_batch_rows=max_batch_rows)
+        assert isinstance(result, KnockoutResult), f"{name} is not a knockout"
+        cmd = _command("patch", _rel(path), *opts)
+        summary[result.name] = {"command": cmd, **result.to_dict()}
+        commands.append(f"`{cmd}`")
+        md.append(
+            f"| `{result.name}` ({result.kept_nodes} nodes kept) | {result.clean.mean():.3f} | "
+            f"{result.circuit.mean():.3f} | {result.baseline.mean():.3f} | "
+            f"{_fmt(result.faithfulness)} | [{_fmt(result.faithfulness_ci[0])}, "
+            f"{_fmt(result.faithfulness_ci[1])}] | {_fmt(result.recovered)} | "
+            f"[{_fmt(result.recovered_ci[0])}, {_fmt(result.recovered_ci[1])}] |"
+        )
+    n_used = next(iter(summary.values()))["n"] if summary else n
+    md += ["", f"n = {n_used}; commands: " + ", ".join(commands) + ".", ""]
+    for name, record in summary.items():
+        if record["completeness"]:
+            md += _completeness_table(name, record["completeness"])
+    return summary, md
+
+
+def _completeness_table(name: str, rows: list[dict[str, Any]]) -> list[str]:
+    md = [
+        f"Completeness of `{name}` (the paper's class-based check: K one class of the circuit; "
+        "small |F(C \\ K) − F(M \\ K)| for every K if the circuit is complete):",
+        "",
+        "| K | F(C \\ K) | F(M \\ K) | incompleteness | 95% CI |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        lo, hi = row["incompleteness_ci"]
+        md.append(
+            f"| {row['removed']} | {row['circuit_without']:.3f} | {row['model_without']:.3f} | "
+            f"{_fmt(row['incompleteness'])} | [{_fmt(lo)}, {_fmt(hi)}] |"
+        )
+    return [*md, ""]
 
 
 def _claim_section(claim: Claim, cmp: Comparison, cmd: str, record: dict[str, Any]) -> list[str]:

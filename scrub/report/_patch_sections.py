@@ -8,7 +8,10 @@ them:
   patterns per example, query × key), ``under_label``, ``mean_abs_change``;
 - ``patching`` (kinds ``activation``, ``path``, ``iterative_path``): ``axes`` (name → labels)
   and statistic arrays shaped like them (``normalized``, ``effect``, ``mean``, their ``_low``
-  / ``_high`` bounds, ``p_adjusted``), NaN/null where a cell is not a path of the model.
+  / ``_high`` bounds, ``p_adjusted``), NaN/null where a cell is not a path of the model;
+- ``knockout``: ``clean_mean``, ``circuit_mean``, ``baseline_mean`` (F(M), F(C), F(∅)) with
+  ``means_ci``, ``faithfulness`` and ``recovered`` with their ``_ci``, ``keep``, ``ablation``,
+  ``completeness`` (rows ``removed``, ``circuit_without``, ``model_without``, ``incompleteness``).
 
 Pitfall: a patching grid with more than two axes is drawn over its two longest axes, one
 heatmap per combination of the other axes' labels, at most :data:`MAX_FACETS`; more are not
@@ -27,11 +30,11 @@ from markupsafe import Markup
 
 from scrub.report import figures
 from scrub.report._context import Context
-from scrub.report._documents import Skip, get_num, get_str
+from scrub.report._documents import Skip, get_ci, get_dict, get_num, get_str
 from scrub.report._experiment_sections import provenance_section, warnings_section
-from scrub.report._html import figure, kv_table, note, num_text, table
+from scrub.report._html import ci_text, figure, kv_table, note, num_text, table
 
-__all__ = ["ATTENTION_SECTIONS", "MAX_FACETS", "PATCHING_SECTIONS"]
+__all__ = ["ATTENTION_SECTIONS", "KNOCKOUT_SECTIONS", "MAX_FACETS", "PATCHING_SECTIONS"]
 
 MAX_FACETS = 8
 TOP_CELLS = 12
@@ -53,6 +56,7 @@ SETUP_KEYS = (
     ("heads", "heads"),
     ("under_label", "intervention"),
     ("examples", "examples shown (dataset rows)"),
+    ("ablation", "knocked-out outputs replaced by"),
 )
 
 
@@ -254,6 +258,79 @@ def _none_to_nan(value: Any) -> Any:
         return [_none_to_nan(v) for v in value]
     return np.nan if value is None else value
 
+
+def knockout_numbers(ctx: Context) -> Markup:
+    """F(M), F(C), F(∅), F(C) / F(M) and recovered, each with its interval."""
+    data = ctx.doc.data
+    if get_num(data, "clean_mean") is None:
+        raise Skip("the result records no knockout means")
+    cis = get_dict(data, "means_ci")
+    rows = [
+        (label, num_text(get_num(data, key)), ci_text(get_ci(where, ci)))
+        for label, key, where, ci in (
+            ("F(M): clean model", "clean_mean", cis, "clean"),
+            ("F(C): outside the circuit knocked out", "circuit_mean", cis, "circuit"),
+            ("F(∅): every candidate knocked out", "baseline_mean", cis, "baseline"),
+            ("F(C) / F(M)", "faithfulness", data, "faithfulness_ci"),
+            ("recovered: (F(C) − F(∅)) / (F(M) − F(∅))", "recovered", data, "recovered_ci"),
+        )
+    ]
+    return table(["quantity", "value", "CI"], rows)
+
+
+def knockout_circuit(ctx: Context) -> Markup:
+    """The kept nodes, class by class."""
+    keep = get_dict(ctx.doc.data, "keep")
+    if not keep:
+        raise Skip("the circuit keeps no node")
+    rows = [
+        (
+            str(cls),
+            ", ".join(map(str, entry.get("components") or [])),
+            ", ".join(map(str, entry.get("positions") or [])) or "every position",
+        )
+        for cls, entry in keep.items()
+        if isinstance(entry, dict)
+    ]
+    return table(["class", "components", "kept at"], rows, numeric_from=3)
+
+
+def knockout_completeness(ctx: Context) -> Markup:
+    """The class-based completeness check, one row per removed class K."""
+    rows = ctx.doc.data.get("completeness")
+    if not isinstance(rows, list) or not rows:
+        raise Skip("the knockout did not run the completeness check (completeness: true)")
+    return table(
+        ["K (class removed)", "F(C \\ K)", "F(M \\ K)", "|difference|", "CI"],
+        [
+            (
+                str(r.get("removed")),
+                num_text(get_num(r, "circuit_without")),
+                num_text(get_num(r, "model_without")),
+                num_text(get_num(r, "incompleteness")),
+                ci_text(get_ci(r, "incompleteness_ci")),
+            )
+            for r in rows
+            if isinstance(r, dict)
+        ],
+    )
+
+
+def knockout_provenance(ctx: Context) -> Markup:
+    hidden = {key for key, _ in SETUP_KEYS} | {"clean_mean", "circuit_mean", "baseline_mean"}
+    hidden |= {"means_ci", "faithfulness", "faithfulness_ci", "recovered", "recovered_ci"}
+    hidden |= {"keep", "per_example", "completeness"}
+    return provenance_section(ctx, hide=frozenset(hidden))
+
+
+KNOCKOUT_SECTIONS = (
+    ("setup", "Experiment", setup_section),
+    ("faithfulness", "Faithfulness (node-level knockout)", knockout_numbers),
+    ("circuit", "Circuit (kept nodes)", knockout_circuit),
+    ("completeness", "Completeness (class-based)", knockout_completeness),
+    ("warnings", "Warnings", warnings_section),
+    ("provenance", "Provenance", knockout_provenance),
+)
 
 ATTENTION_SECTIONS = (
     ("setup", "Experiment", setup_section),

@@ -47,6 +47,7 @@ KIND_SECTIONS: MappingProxyType[str, tuple[tuple[str, str, SectionFn], ...]] = M
         "diagnosis": _diagnosis_sections.DIAGNOSIS_SECTIONS,
         "patching": _patch_sections.PATCHING_SECTIONS,
         "attention": _patch_sections.ATTENTION_SECTIONS,
+        "knockout": _patch_sections.KNOCKOUT_SECTIONS,
     }
 )
 """Per document kind: its sections as ``(id, title, renderer)``, in page order."""
