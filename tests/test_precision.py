@@ -36,6 +36,9 @@ PATCH_TOL = 0.02
 """|Δ effect| of a cell allowed between bfloat16 and float32 (induction grid, n = 8; measured
 0.0035 on effects up to 0.56)."""
 
+KNOCKOUT_TOL = 0.02
+"""|Δ F(C)/F(M)| allowed between bfloat16 and float32 (ioi_names movers, n = 16; measured 0.0014)."""
+
 NODES = {
     "out": {"components": ["logits"], "inputs": [{"node": "h", "channels": "in"}]},
     "h": {
@@ -173,6 +176,19 @@ def test_patching_in_bfloat16():
     effect = low.arrays["effect"][low.valid], full.arrays["effect"][full.valid]
     assert np.all(np.isfinite(effect[0]))
     assert np.abs(effect[0] - effect[1]).max() < PATCH_TOL
+
+
+def test_knockout_in_bfloat16():
+    from scrub.experiments import patch
+
+    path = REPO / "experiments" / "ioi_names" / "knockout_movers.yaml"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scrub.ScrubWarning)
+        full = patch(path, n=16)
+        low = patch(path, n=16, dtype="bfloat16")
+    assert (low.device, low.dtype) == ("cpu", "bfloat16")
+    assert json.loads(low.to_json())["dtype"] == "bfloat16"
+    assert abs(low.faithfulness - full.faithfulness) < KNOCKOUT_TOL
 
 
 def test_unknown_dtype_and_device():
