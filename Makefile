@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-all lint graphviz browser reports
+.PHONY: setup demo test test-all lint graphviz browser reports rust-circuit
 
 # System packages, best effort: installed with apt-get when running as root on Debian/Ubuntu and
 # missing; never fails the set-up (without Graphviz, reports say where the diagram would be).
@@ -49,3 +49,19 @@ lint: setup
 	$(BIN)/ruff check scrub tests benchmarks scripts
 	$(BIN)/ruff format --check scrub tests benchmarks scripts
 	$(BIN)/mypy scrub
+
+# Dev-only, not in CI: a venv with Redwood's rust_circuit (cp311 wheel) for
+# benchmarks/bench_rust_circuit.py. CPU torch: the wheel on this machine's disk if there is one
+# (PyPI's default torch wheel pulls CUDA libraries), else PyPI's; RC_TORCH overrides it.
+RC_VENV   ?= /work/venvs/rc
+RC_PYTHON ?= python3.11
+RC_TORCH  ?= $(or $(shell ls /opt/wheels/torch-*+cpu-cp311-*.whl 2>/dev/null | tail -1),torch)
+rust-circuit: $(RC_VENV)/.installed
+
+$(RC_VENV)/.installed:
+	$(RC_PYTHON) -m venv $(RC_VENV)
+	$(RC_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(RC_VENV)/bin/python -m pip install --quiet \
+		"$(RC_TORCH)" rust-circuit==0.4.12 einops
+	$(RC_VENV)/bin/python -c "import rust_circuit, einops, torch; print('rust_circuit ok, torch', torch.__version__)"
+	touch $@

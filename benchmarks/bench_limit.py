@@ -6,7 +6,8 @@ Rows, each timed round-robin in one process (``time.process_time`` and wall time
 - ``plain``: one plain forward pass over every row group (k tree nodes x B rows), logits at
   every position, no hooks (the bridge's joint q/k/v projection);
 - ``limit``: the same model running only the rows x layers the fast engine's plan needs (each
-  pass's stacked groups up to the pass's last layer, the leaves' rows up to their last layer),
+  pass's stacked groups up to the pass's last layer, each leaf row up to the last layer read
+  from it: rows read only at the embeddings run no block),
   no hooks, unembedding only at the metric's positions: what any evaluator of this schedule
   must compute;
 - ``ideal run``: ``limit`` plus the clean and the baseline passes of ``scrub.run``;
@@ -48,9 +49,13 @@ def limit_passes(model, tree, pos: np.ndarray):
     plan = make_plan(model, [tree], kernels=True)
     tokens = tree.dataset.tokens
     out = []
-    if plan.leaves:
-        rows = np.unique(np.concatenate([src.rows for src, _ in plan.leaves]))
-        stop = max(model.stop_layer(comp) for _, comp in plan.leaves)
+    # each leaf row up to the deepest layer a component is read from it at (0: embeddings only)
+    depth: dict[int, int] = {}
+    for src, comp in plan.leaves:
+        for row in src.rows.tolist():
+            depth[row] = max(depth.get(row, 0), model.stop_layer(comp))
+    for stop in sorted(set(depth.values()), reverse=True):
+        rows = np.array(sorted(r for r, d in depth.items() if d == stop))
         out.append((tokens[torch.as_tensor(rows)], stop, False))
     for stop, gids in plan.passes:
         stacked = [plan.groups[g] for g in gids if not plan.groups[g].virtual]

@@ -55,7 +55,9 @@ def bootstrap_ci(
             res = stats.bootstrap(
                 data,
                 statistic,
-                paired=True,
+                # one sample: paired=False draws the same resamples (bit for bit) without
+                # first resampling an index array
+                paired=len(data) > 1,
                 vectorized=True,
                 confidence_level=confidence,
                 n_resamples=n_resamples,

@@ -76,11 +76,12 @@ class Kernels:
         self._angles: dict[int, tuple[Tensor, Tensor]] = {}
 
     def _ln(self, x: Tensor) -> Tensor:
+        """The block's norm without its (folded) weights: torch's fused LayerNorm / RMSNorm."""
         if not self.norm:
             return x
         if not self.rms:
-            x = x - x.mean(-1, keepdim=True)
-        return x / (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+            return torch.nn.functional.layer_norm(x, x.shape[-1:], eps=self.eps)
+        return torch.nn.functional.rms_norm(x, x.shape[-1:], eps=self.eps)
 
     def _proj(self, normed: Tensor, w: str, b: str, layer: int, head: int) -> Tensor:
         weight, bias = self.w[w], self.w[b]
@@ -116,10 +117,56 @@ class Kernels:
         v = self._proj(norm(v_in), "W_V", "b_V", layer, kv)
         if self.rotary is not None:
             q, k = self._rotate(q), self._rotate(k)
-        scores = (q @ k.transpose(-1, -2)) * self.scale
-        n = scores.shape[-1]
-        causal = torch.ones(n, n, dtype=torch.bool, device=scores.device).tril()
-        return scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v
+        return self._attend(q, k, v)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Causal softmax attention, ``softmax(q k^T / sqrt(d_head)) v`` (torch's fused kernel)."""
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=self.scale
+        )
+
+    def heads(self, inputs: dict[Component, dict[Channel, Tensor]]) -> dict[Component, Tensor]:
+        """Several heads' ``z`` from their ``q``/``k``/``v`` inputs, as :meth:`head` computes
+        them one by one: the heads of one layer given the same three tensors (a node's heads
+        spliced from the same children) are computed together, each input normalised once."""
+        batches: dict[tuple[int, int, int, int], list[Component]] = {}
+        for comp, ins in inputs.items():
+            key = (comp.layer, id(ins["q"]), id(ins["k"]), id(ins["v"]))
+            batches.setdefault(key, []).append(comp)
+        out: dict[Component, Tensor] = {}
+        for comps in batches.values():
+            ins = inputs[comps[0]]
+            if len(comps) == 1:
+                out[comps[0]] = self.head(comps[0], ins["q"], ins["k"], ins["v"])
+                continue
+            z = self._heads(comps, ins["q"], ins["k"], ins["v"])
+            out.update((comp, z[:, i]) for i, comp in enumerate(comps))
+        return out
+
+    def _heads(self, comps: list[Component], q_in: Tensor, k_in: Tensor, v_in: Tensor) -> Tensor:
+        """``z`` of several heads of one layer on shared inputs: ``batch head pos d_head``."""
+        layer = comps[0].layer
+        q_heads = [c.head for c in comps]
+        kv_heads = [c.head // self.group for c in comps]
+        normed: dict[int, Tensor] = {}
+
+        def proj(x: Tensor, w: str, b: str, heads: list[int]) -> Tensor:
+            if id(x) not in normed:
+                normed[id(x)] = self._ln(x)
+            weight, bias = self.w[w], self.w[b]
+            assert weight is not None
+            joint = weight[layer, heads].transpose(0, 1).flatten(1)  # d_model, (head d_head)
+            out = normed[id(x)] @ joint
+            if bias is not None:
+                out = out + bias[layer, heads].flatten()
+            return out.unflatten(-1, (len(heads), -1)).transpose(1, 2)  # batch head pos d_head
+
+        q = proj(q_in, "W_Q", "b_Q", q_heads)
+        k = proj(k_in, "W_K", "b_K", kv_heads)
+        v = proj(v_in, "W_V", "b_V", kv_heads)
+        if self.rotary is not None:
+            q, k = self._rotate(q), self._rotate(k)
+        return self._attend(q, k, v)
 
     def mlp(self, comp: Component, x: Tensor) -> Tensor:
         """An MLP's output (``batch pos d_model``) from its input."""

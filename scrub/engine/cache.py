@@ -130,22 +130,29 @@ class ActivationCache:
         """The outputs of each ``(component, rows)``: ``(len(rows), pos, d)`` tensors.
 
         Rows not yet cached are computed in plain forward passes that stop after the last layer
-        any requested component is in.
+        a component requested on them is in: rows only embeddings are read from (a leaf that maps
+        the embeddings) stop before the first block, the others after the deepest component's
+        layer, each pass also giving the shallower components of its rows.
         """
         self._bind(model, dataset)
         needs = list(needs)
-        missing: set[int] = set()
+        missing: dict[int, set[int]] = {}  # stop layer -> rows a component that deep lacks
         for comp, rows in needs:
             slots = self._grow(comp, model, dataset)
-            missing.update(np.unique(rows[slots[rows] < 0]).tolist())
-        if missing:
-            self._fill(model, dataset, sorted({c for c, _ in needs}), np.array(sorted(missing)))
+            lacking = np.unique(rows[slots[rows] < 0]).tolist()
+            missing.setdefault(model.stop_layer(comp), set()).update(lacking)
+        comps = sorted({c for c, _ in needs})
+        done: set[int] = set()
+        for stop in sorted(missing, reverse=True):
+            todo = missing[stop] - done
+            if not todo:
+                continue
+            shallower = [c for c in comps if model.stop_layer(c) <= stop]
+            self._fill(model, dataset, shallower, np.array(sorted(todo)))
+            done |= todo
             if on_pass:
                 on_pass()
-        return [
-            self._values[comp][torch.as_tensor(self._slots[comp][rows], device=model.device)]
-            for comp, rows in needs
-        ]
+        return [_take(self._values[comp], self._slots[comp][rows]) for comp, rows in needs]
 
     def _grow(self, comp: Component, model: ScrubModel, dataset: Dataset) -> np.ndarray:
         """The row -> slot index of ``comp`` (``-1``: not cached), covering every row."""
@@ -180,6 +187,17 @@ class ActivationCache:
                 new = slots[chunk] < 0
                 start_slot = len(self._values[comp])
                 slots[chunk[new]] = start_slot + np.arange(int(new.sum()))
-                self._values[comp] = torch.cat(
-                    [self._values[comp], outs[comp][torch.as_tensor(new, device=model.device)]]
-                )
+                if new.all():
+                    fresh = outs[comp]
+                else:
+                    fresh = outs[comp][torch.as_tensor(new, device=model.device)]
+                if start_slot:
+                    fresh = torch.cat([self._values[comp], fresh])
+                self._values[comp] = fresh
+
+
+def _take(values: Tensor, slots: np.ndarray) -> Tensor:
+    """``values[slots]``; a view, not a copy, when the slots are consecutive."""
+    if len(slots) and slots[-1] - slots[0] == len(slots) - 1 and bool(np.all(np.diff(slots) == 1)):
+        return values[int(slots[0]) : int(slots[-1]) + 1]
+    return values[torch.as_tensor(slots, device=values.device)]

@@ -257,6 +257,12 @@ class Evaluated:
     patterns: list[dict[Component, Tensor]]
 
 
+def _move_key(move: Move) -> tuple:
+    """What a splice's value depends on in one group: the child's output and the positions."""
+    src = move.source
+    return (move.component, src.group, src.tree, src.node.name, move.spec)
+
+
 def _widest(plan: Plan) -> int:
     """The most stacked groups in one pass of ``plan``."""
     return max(sum(not plan.groups[g].virtual for g in gids) for _, gids in plan.passes)
@@ -324,6 +330,7 @@ class _ChunkRun:
         self.store: dict[tuple[int, Component], Tensor] = {}
         self.where: dict[int, slice] = {}  # gid -> its rows in the current pass
         self._resolved: dict[tuple[PositionSpec, int], Tensor] = {}
+        self._columns: dict[int, Tensor] = {}  # id(resolved) -> its one row, if all rows agree
         self.joint_qkv = False
         self.final_resid: dict[int, Tensor] = {}  # root gid -> its assembled final residual
         # Heads whose q/k/v inputs a group assembles are recomputed by the kernels from the
@@ -338,10 +345,24 @@ class _ChunkRun:
         key = (spec, id(rows))
         if key not in self._resolved:
             pos = resolve_positions(spec, self.dataset, rows[self.rows])
-            self._resolved[key] = torch.as_tensor(
-                np.ascontiguousarray(pos), device=self.model.device
-            )
+            tensor = torch.as_tensor(np.ascontiguousarray(pos), device=self.model.device)
+            self._resolved[key] = tensor
+            if len(pos) and bool((pos == pos[:1]).all()):  # the same positions in every row
+                self._columns[id(tensor)] = tensor[0]
         return self._resolved[key]
+
+    def at(self, x: Tensor, pos: Tensor) -> Tensor:
+        """``x[b, pos[b, k]]`` for each row b: ``(rows, K, ...)``."""
+        cols = self._columns.get(id(pos))
+        return x[self.batch, pos] if cols is None else x.index_select(1, cols)
+
+    def add_at(self, value: Tensor, pos: Tensor, delta: Tensor) -> None:
+        """``value[b, pos[b, k]] += delta[b, k]`` in place (repeated positions add up)."""
+        cols = self._columns.get(id(pos))
+        if cols is None:
+            value.index_put_((self.batch.expand_as(pos), pos), delta, accumulate=True)
+        else:
+            value.index_add_(1, cols, delta)
 
     def ablated(self, group: Group, comp: Component) -> Tensor:
         """``comp``'s ablation value on ``group``'s rows of this chunk, ``(rows, pos, d)``."""
@@ -450,9 +471,15 @@ class _ChunkRun:
 
     def _output_hook(self, groups: list[Group], comps: set[Component]) -> Callable:
         heads = [c for c in comps if c.kind == "head"]
+        live = [g for g in groups if not g.virtual]
+        writes = any(c in comps for g in live for c in g.ablate) or any(
+            m.component in comps for g in live for m in g.patches
+        )
+        overrides = [(g.gid, c) for g in groups for c in heads]
 
         def hook(t: Tensor, hook=None) -> Tensor:
-            t = t.clone()
+            if writes or any(key in self.z_override for key in overrides):
+                t = t.clone()  # written below; a hook that only records leaves t as it is
             for group in groups:  # heads recomputed from their assembled inputs
                 for comp in heads:
                     z = self.z_override.pop((group.gid, comp), None)
@@ -482,15 +509,33 @@ class _ChunkRun:
 
     def assemble(self, group: Group, target: tuple[Component, Channel], resid: Tensor) -> Tensor:
         """A target's input in a reading group: its residual plus the direct-path deltas."""
-        value = resid
-        for move in group.splices[target]:
+        moves = group.splices[target]
+        if not moves:
+            return resid
+        value = resid.clone()  # one copy per target; the deltas are added in place
+        for move in moves:
             src = self.resolve(move.spec, move.source.rows)
             dst = self.resolve(move.spec, group.rows)
             comp = move.component
-            new = self.model.contribution(comp, self.source_output(move, None)[self.batch, src])
-            old = self.model.contribution(comp, self.store[group.gid, comp][self.batch, dst])
-            value = value.index_put((self.batch.expand_as(dst), dst), new - old, accumulate=True)
+            new = self.model.contribution(comp, self.at(self.source_output(move, None), src))
+            old = self.model.contribution(comp, self.at(self.store[group.gid, comp], dst))
+            self.add_at(value, dst, new - old)
         return value
+
+    def assemble_shared(
+        self,
+        memo: dict[tuple, Tensor],
+        group: Group,
+        target: tuple[Component, Channel],
+        resid: Tensor,
+    ) -> Tensor:
+        """:meth:`assemble`, once per group, residual and set of splices: the targets of one
+        block input that the same children reach (a node's heads, each read through the same
+        channel) share one tensor, which the kernels then normalise once."""
+        key = (group.gid, id(resid), *(_move_key(m) for m in group.splices[target]))
+        if key not in memo:
+            memo[key] = self.assemble(group, target, resid)
+        return memo[key]
 
     def _input_hook(self, groups: list[Group], targets: set[tuple[Component, Channel]]) -> Callable:
         def hook(t: Tensor, hook=None) -> Tensor:
@@ -537,13 +582,15 @@ class _ChunkRun:
         def hook(t: Tensor, hook=None) -> Tensor:
             assert self.kernels is not None
             assembled: dict[tuple[int, Component, Channel], Tensor] = {}
+            memo: dict[tuple, Tensor] = {}
             for group in groups:
                 if group.sets:
                     continue
                 resid = t[self.where[group.gid]]
                 for target in group.splices:
                     if target in targets:
-                        assembled[group.gid, *target] = self.assemble(group, target, resid)
+                        value = self.assemble_shared(memo, group, target, resid)
+                        assembled[group.gid, *target] = value
             for group in groups:
                 heads: dict[Component, dict[Channel, Tensor]] = {}
                 for target in group.targets:
@@ -554,8 +601,7 @@ class _ChunkRun:
                         heads.setdefault(comp, {})[ch] = assembled[group.sets[target], comp, ch]
                     elif group.fused:
                         heads.setdefault(comp, {})[ch] = assembled[group.gid, comp, ch]
-                for comp, inputs in heads.items():
-                    z = self.kernels.head(comp, inputs["q"], inputs["k"], inputs["v"])
+                for comp, z in self.kernels.heads(heads).items():
                     if group.virtual:
                         self.store[group.gid, comp] = z
                     else:
