@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_engine as be
 
 import scrub
+from scrub._hooks import unmasked_rows_softmax
 from scrub._model import split_qkv_inputs
 from scrub.engine import FastEngine
 from scrub.engine._plan import make_plan
@@ -92,7 +93,9 @@ def unembed_at(model, resid: torch.Tensor, pos: np.ndarray) -> torch.Tensor:
 
 @torch.inference_mode()
 def run_limit(model, passes, pos: np.ndarray) -> None:
-    with split_qkv_inputs(model.bridge, False):
+    # The engine's passes skip the compatibility mode's fully-masked-row softmax guards
+    # (unpadded causal rows have none), so the limit does too.
+    with split_qkv_inputs(model.bridge, False), unmasked_rows_softmax(model.bridge):
         for toks, stop, final in passes:
             if final:  # the root groups' rows only are unembedded (here: the final pass)
                 unembed_at(model, final_resid(model, toks), pos)

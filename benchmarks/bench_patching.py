@@ -18,7 +18,10 @@ on short induction sequences in its vocabulary). Wall time (``time.perf_counter`
 TransformerLens / scrub. scrub's time includes its per-cell statistics (bootstrap intervals and
 sign-flip p-values) and the clean, base and source runs; TransformerLens's includes its clean
 cache. Peak memory is the rise of the process's peak resident set (``VmHWM``, reset through
-``/proc/self/clear_refs`` before each measurement) above what was resident before it.
+``/proc/self/clear_refs`` before each measurement) above what was resident before it: in the
+timing process (``*_peak_mib``: the side measured second reuses memory the first freed) and
+in a fresh process per side and grid, with only the model and the grid's inputs loaded
+(``*_peak_mib_alone``, the fair comparison).
 Numbers are checked to agree (max |difference| of per-cell means) before they are reported.
 
 Run with one thread per process, e.g.::
@@ -31,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -62,9 +67,9 @@ def case_setup(case: str, n: int, workdir: Path):
     else:
         from scrub.testing import save_random_gpt2
 
-        path = save_random_gpt2(
-            workdir / "gpt2", n_layers=12, n_heads=12, d_model=768, d_vocab=50257, n_ctx=1024
-        )
+        path = workdir / "gpt2"
+        if not (path / "config.json").exists():  # the memory probes reuse the parent's
+            save_random_gpt2(path, n_layers=12, n_heads=12, d_model=768, d_vocab=50257, n_ctx=1024)
         model = scrub.load_model(str(path))
         common = {
             "model": str(path),
@@ -112,14 +117,14 @@ def tl_inputs(su):
     return su.model.bridge, corrupted, source, metric
 
 
-def run_case(case: str, n: int, workdir: Path) -> dict:
+def grids(case: str, n: int, workdir: Path):
+    """The model, and per grid: (name, scrub's run, TransformerLens's run, the experiment)."""
     model, common = case_setup(case, n, workdir)
-    shape = model.shape
-    out: dict = {"case": case, "n": n, "layers": shape.n_layers, "heads": shape.n_heads}
     act = experiment_from_dict({**common, "kind": "activation", "components": "heads"})
     path = experiment_from_dict(
         {**common, "kind": "path", "senders": ["a0.h0"], "receivers": "heads"}
     )
+    out = []
     for name, exp in (("activation", act), ("direct_path", path)):
         su = setup(exp, model=model)
         bridge, corrupted, source, metric = tl_inputs(su)
@@ -148,6 +153,29 @@ def run_case(case: str, n: int, workdir: Path) -> dict:
                     ]
                 )  # fmt: skip
 
+        out.append((name, ours, theirs, exp))
+    return model, out
+
+
+def peak_in_subprocess(case: str, n: int, workdir: Path, grid: str, side: str) -> float:
+    """Peak memory (MiB) of one side's grid, measured alone in a fresh process."""
+    args = [sys.executable, __file__, "--memory-probe", grid, side, "--case", case, "--n", str(n),
+            "--workdir", str(workdir)]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, check=True, env={**os.environ})
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def memory_probe(case: str, n: int, workdir: Path, grid: str, side: str) -> None:
+    _, runs = grids(case, n, workdir)
+    ours, theirs = next((o, t) for name, o, t, _ in runs if name == grid)
+    print(measure(ours if side == "scrub" else theirs)[3])
+
+
+def run_case(case: str, n: int, workdir: Path) -> dict:
+    model, runs = grids(case, n, workdir)
+    shape = model.shape
+    out: dict = {"case": case, "n": n, "layers": shape.n_layers, "heads": shape.n_heads}
+    for name, ours, theirs, _ in runs:
         result, s_wall, s_cpu, s_mem = measure(ours)
         tl_result, t_wall, t_cpu, t_mem = measure(theirs)
         mean = result.arrays["mean"]
@@ -167,6 +195,8 @@ def run_case(case: str, n: int, workdir: Path) -> dict:
             "tl_wall_s": t_wall,
             "tl_cpu_s": t_cpu,
             "tl_peak_mib": t_mem,
+            "scrub_peak_mib_alone": peak_in_subprocess(case, n, workdir, name, "scrub"),
+            "tl_peak_mib_alone": peak_in_subprocess(case, n, workdir, name, "tl"),
             "wall_ratio": t_wall / s_wall,
             "cpu_ratio": t_cpu / s_cpu,
             "max_abs_diff": float(diff),
@@ -181,8 +211,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8, help="reference examples (rows per cell)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--memory-probe", nargs=2, metavar=("GRID", "SIDE"), help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.memory_probe:
+        memory_probe(args.case, args.n, args.workdir, *args.memory_probe)
+        return
     cases = ["ioi_toy", "gpt2"] if args.case == "all" else [args.case]
     results = []
     with tempfile.TemporaryDirectory() as tmp:

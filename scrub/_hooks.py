@@ -4,7 +4,9 @@ An :class:`OutputPatch` overwrites a component's output at given positions; the 
 builders return functions ``tensor -> tensor`` that patch, set or read one component's part of
 a hooked tensor (a head's slice of ``batch pos head d``, or the whole tensor for an MLP or the
 embeddings), and :func:`_chain` runs several on one hook point. :func:`split_qkv_inputs` turns
-per-head q/k/v inputs on for just the passes that need them.
+per-head q/k/v inputs on for just the passes that need them; :func:`unmasked_rows_softmax`
+drops the compatibility mode's handling of fully masked attention rows, which scrub's
+unpadded passes never have.
 
 Pitfalls: hooks that edit clone the tensor first (TransformerLens may reuse it), and readers
 clone what they store; none of these registers anything: :meth:`scrub._model.ScrubModel.run`
@@ -23,7 +25,14 @@ from torch import Tensor
 
 from scrub._components import Channel, Component
 
-__all__ = ["OutputPatch", "select", "split_qkv_inputs", "write", "write_at"]
+__all__ = [
+    "OutputPatch",
+    "select",
+    "split_qkv_inputs",
+    "unmasked_rows_softmax",
+    "write",
+    "write_at",
+]
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,32 @@ def split_qkv_inputs(bridge, on: bool) -> Iterator[None]:
         yield
     finally:
         bridge.set_use_split_qkv_input(was)
+
+
+@contextmanager
+def unmasked_rows_softmax(bridge) -> Iterator[None]:
+    """The attention softmax without the compatibility mode's fully-masked-row guards.
+
+    In compatibility mode TransformerBridge's attention masks with ``-inf``, then scans every
+    score row for being fully masked (zeroing it instead of a NaN) and every pattern for NaNs:
+    several elementwise passes over the ``batch × heads × pos × pos`` scores, a tenth of a small
+    model's pass. Causal attention over unpadded rows (every scrub pass) has no fully masked
+    row: each query sees itself, so the masked scores' weights are exactly 0 either way and
+    the pattern is the same. Only the attention modules' flag is turned off, and restored on
+    exit.
+    """
+    attns = [
+        block.attn
+        for block in getattr(bridge, "blocks", ())
+        if getattr(getattr(block, "attn", None), "compatibility_mode", False)
+    ]
+    for attn in attns:
+        attn.compatibility_mode = False
+    try:
+        yield
+    finally:
+        for attn in attns:
+            attn.compatibility_mode = True
 
 
 def _chain(fns: list[Callable]) -> Callable:

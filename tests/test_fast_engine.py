@@ -191,10 +191,12 @@ def test_shared_cache_serves_leaves_and_gives_identical_results(tiny_model_dir, 
     ds = make_dataset_for(hyp, seed=0)
     cache = ActivationCache()
     first = scrub.run(hyp, model=tiny_model, dataset=ds, cache=cache, seed=1)
-    computed = cache.rows_computed
-    assert computed > 0
+    assert cache.rows_computed > 0
+    cached = {key: int((slots >= 0).sum()) for key, slots in cache._slots.items()}
     again = scrub.run(hyp, model=tiny_model, dataset=ds, cache=cache, seed=1)
-    assert cache.rows_computed == computed  # every leaf row served from the cache
+    # Every leaf row is served from the cache. (The second run's root, whose child subtree is
+    # now served too, starts later and asks the cache for the plain outputs it subtracts.)
+    assert {key: int((cache._slots[key] >= 0).sum()) for key in cached} == cached
     assert again.to_json() == first.to_json()
     alone = scrub.run(hyp, model=tiny_model, dataset=ds, seed=1)
     assert alone.to_json() == first.to_json()

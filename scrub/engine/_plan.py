@@ -37,6 +37,37 @@ keeps its own root group; identical subtrees are still planned once, across tree
 Every group stops after the last layer it is read at (``stop``). Groups are evaluated in passes
 by increasing ``stop``: a child's groups never stop later than its parent's, so everything a
 pass reads from another group was computed by then.
+
+**Late start** (the mirror of the early stop): up to the first layer at which a group patches,
+ablates, sets or reads anything (``start``), its residual stream is that of a plain pass on its
+rows, so the engine starts it there from the residual stream the activation cache holds for
+those rows, skipping blocks ``0 .. start - 1`` (an activation patch of a layer-L head on the
+base run starts at L). Outputs it records from before ``start`` (the "this pass" values a
+direct path subtracts) are plain outputs on its rows, also served by the cache (``served``).
+``start == n_layers``: no block at all (the final residual stream comes from the cache). Groups
+that read each other in one pass share a start, the lowest of theirs; passes are keyed by
+(``stop``, ``start``). A start can always be lowered to 0 (a pass from the tokens) without
+changing any value, which is what the engine does where the bridge cannot skip blocks.
+Starting late pays where the starting residual stream is shared (a grid's cells all start
+from the base run's) or already cached; a group alone on rows whose residual stream is not
+cached (nor filled for a leaf) starts from the tokens: the cache would compute the same blocks.
+
+**Fused children** (``fuse``): a child whose only reader is its parent's group, on the same
+rows, and which only assembles its own components' inputs (direct splices, no all-paths patch
+of its own), computes in its group exactly what the parent's group would compute if it
+assembled those inputs itself: up to the child's layer both are plain passes on the same rows.
+So the parent's group takes the child's targets over (``into``: the child's group runs no pass
+of its own) and drops its patches of the child's outputs, as long as nothing else in the
+parent's group changes the residual stream at or before the child's components. A path patch
+(sender → receiver → logits, all on the base run) becomes one group, as in TransformerLens.
+Refused under grouped-query attention, where a head's k/v input slot is shared by other heads.
+
+**Dead patches** (``read_at``): the logits are often read at a few positions only (the
+metric's). A component's output at position p reaches the residual stream at positions >= p
+only (causal attention), and a last-layer component's only at p. A root's activation patch
+that reaches none of the read positions on any row changes nothing and is dropped (an
+activation grid's last-layer cells off the metric's positions then cost nothing). Not under
+mean / zero ablation, where a patched component would otherwise count as unmapped.
 """
 
 from __future__ import annotations
@@ -49,7 +80,7 @@ import numpy as np
 
 from scrub._components import Channel, Component
 from scrub._model import ScrubModel
-from scrub._positions import PositionSpec
+from scrub._positions import PositionSpec, resolve_positions
 from scrub._tree import SampledTree, TreeNode
 from scrub.engine._ablation import ablated_in_reading
 
@@ -114,6 +145,10 @@ class Group:
         ablate: components whose outputs are replaced by their ablation values (mean or zero
             ablation; :mod:`scrub.engine._ablation`), before the patches.
         stop: ``stop_at_layer`` after which nothing more is read from this group.
+        start: the first block the group must compute (0: from the tokens; see the module
+            docstring, "late start").
+        served: recorded components computed before ``start``: plain outputs on ``rows``.
+        into: a fused child's group: the group that took its targets over (it runs no pass).
     """
 
     gid: int
@@ -127,6 +162,9 @@ class Group:
     stop: int = 0
     virtual: bool = False
     ablate: list[Component] = field(default_factory=list)
+    start: int = 0
+    served: list[Component] = field(default_factory=list)
+    into: int | None = None
 
     @property
     def targets(self) -> list[Target]:
@@ -136,7 +174,8 @@ class Group:
     def __repr__(self) -> str:
         role = "fused" if self.fused else ("output" if self.sets else "reading")
         role = "virtual " + role if self.virtual else role
-        return f"Group({self.gid}, {self.node.name!r}, {role}, stop={self.stop})"
+        start = f"start={self.start}, " if self.start else ""
+        return f"Group({self.gid}, {self.node.name!r}, {role}, {start}stop={self.stop})"
 
 
 @dataclass
@@ -148,7 +187,8 @@ class Plan:
         roots: each tree's root group (fused: it assembles the final residual stream).
         leaves: (source, component) pairs served from the activation cache: leaves and known
             subtrees.
-        passes: groups by ``stop``, in increasing order.
+        passes: groups by (``stop``, ``start``), in increasing order; every group of a pass
+            has the pass's ``stop`` and ``start``.
         signatures: output group → signature of its node's subtree, for non-root nodes.
         outputs: (tree index, node name) → where that node's treeified outputs are.
     """
@@ -194,6 +234,10 @@ def make_plan(
     known: Callable[[str], bool] = lambda sig: False,
     kernels: bool = False,
     ablation: str | None = None,
+    late_start: bool = False,
+    fuse: bool = False,
+    cached: Callable[[int, np.ndarray], bool] = lambda layer, rows: False,
+    read_at: np.ndarray | None = None,
 ) -> Plan:
     """Plan the row groups of one tree, or of several trees on one dataset, together.
 
@@ -203,6 +247,15 @@ def make_plan(
         known: whether the cache holds the outputs of a subtree with this signature.
         kernels: compute non-fused nodes' components by kernels (virtual output groups).
         ablation: the key of the mean / zero ablation of unmapped inputs (``None``: resample).
+        late_start: start each group at its first modified layer (module docstring); else
+            every group starts from the tokens.
+        fuse: let parents' groups take their children's targets over where they coincide
+            (module docstring, "fused children").
+        cached: whether the cache holds the residual stream entering this layer on these
+            rows (late start: a group alone on its rows starts late only then).
+        read_at: ``(batch, K)`` positions (in the roots' rows) the logits are read at; a
+            root's activation patch that cannot reach any of them is dropped (module docstring,
+            "dead patches"). ``None``: every position is read.
     """
     if isinstance(trees, SampledTree):
         trees = [trees]
@@ -248,11 +301,14 @@ def make_plan(
         for target in [(c, ch) for c in comps for ch in c.channels]:
             by_patches.setdefault(node.patch_key(target[1]), []).append(target)
 
-        def moves(child: TreeNode) -> list[Move]:
+        def moves(child: TreeNode, *, patch: bool = False) -> list[Move]:
             source = outputs[t, child.name]
             out = []
             for mc in child.interp.components:
-                out.append(Move(mc.component, source, child.corr.splice_positions(mc)))
+                move = Move(mc.component, source, child.corr.splice_positions(mc))
+                if patch and node is tree.root and not _reaches(model, tree, move, read_at):
+                    continue  # the logits cannot see it: the patch changes nothing
+                out.append(move)
                 need(source, mc.component)
             return out
 
@@ -260,7 +316,7 @@ def make_plan(
         for targets in by_patches.values():
             group = new_group(node, tree.rows(node))
             for child in node.inputs(targets[0][1], "all"):
-                group.patches += moves(child)
+                group.patches += moves(child, patch=ablation is None)
             for target in targets:
                 group.splices[target] = [
                     move for child in node.inputs(target[1], "direct") for move in moves(child)
@@ -300,9 +356,19 @@ def make_plan(
         root = outputs[t, tree.root.name].group
         assert root is not None
         roots.append(root)
+    if fuse and ablation is None and model.shape.kv_group == 1:
+        _fuse_children(model, groups)
     _check_stops(groups, n_layers)
-    stops = sorted({g.stop for g in groups})
-    passes = [(stop, [g.gid for g in groups if g.stop == stop]) for stop in stops]
+    if late_start:
+        filled = {src.rows.tobytes() for src, _ in leaves if src.known is None}
+        _set_starts(
+            model, groups, lambda layer, rows: rows.tobytes() in filled or cached(layer, rows)
+        )
+    run = [g for g in groups if g.into is None]
+    keys = sorted({(g.stop, g.start) for g in run})
+    passes = [
+        (stop, [g.gid for g in run if (g.stop, g.start) == (stop, start)]) for stop, start in keys
+    ]
     return Plan(
         groups=groups,
         roots=roots,
@@ -323,3 +389,107 @@ def _check_stops(groups: list[Group], n_layers: int) -> None:
         for gid in group.sets.values():
             assert groups[gid].stop == group.stop, (group, gid)
         assert 0 <= group.stop <= n_layers
+
+
+def first_layer(model: ScrubModel, comp: Component) -> int:
+    """The first block that computes ``comp`` (embeddings: 0; the logits: ``n_layers``)."""
+    if comp.kind in ("tok_embed", "pos_embed"):
+        return 0
+    return model.stop_layer(comp) - 1 if comp.kind != "logits" else model.shape.n_layers
+
+
+def _set_starts(
+    model: ScrubModel, groups: list[Group], cached: Callable[[int, np.ndarray], bool]
+) -> None:
+    """Each group's ``start`` and ``served`` (module docstring, "late start")."""
+    n_layers = model.shape.n_layers
+    on_rows: dict[bytes, list[Group]] = {}
+    for group in groups:
+        if group.into is not None:
+            continue
+        touched = [m.component for m in group.patches] + group.ablate
+        touched += [c for c, _ in group.targets]
+        group.start = min((first_layer(model, c) for c in touched), default=n_layers)
+        if group.start and not group.virtual:
+            on_rows.setdefault(group.rows.tobytes(), []).append(group)
+    # A residual stream the cache must compute for one group alone (on rows it holds or fills
+    # for nothing else) costs what the group would have computed: it starts from the tokens.
+    for late in on_rows.values():
+        if len(late) == 1 and not cached(late[0].start, late[0].rows):
+            late[0].start = 0
+    # Groups of one stop that read each other run in one pass: they share the lowest start.
+    parent = list(range(len(groups)))
+
+    def find(g: int) -> int:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    run = [g for g in groups if g.into is None]
+    for group in run:
+        moves = group.patches + [m for ms in group.splices.values() for m in ms]
+        linked = [m.source.group for m in moves] + list(group.sets.values())
+        for other in linked:
+            if other is not None and groups[other].stop == group.stop:
+                parent[find(other)] = find(group.gid)
+    lowest: dict[int, int] = {}
+    for group in run:
+        root = find(group.gid)
+        lowest[root] = min(lowest.get(root, n_layers), group.start)
+    for group in run:
+        group.start = lowest[find(group.gid)]
+        group.served = sorted(
+            (c for c in group.record if first_layer(model, c) < group.start), key=repr
+        )
+
+
+def _fuse_children(model: ScrubModel, groups: list[Group]) -> None:
+    """Parents' groups take over the targets of children that coincide with them (module
+    docstring, "fused children")."""
+    shape = model.shape
+    readers: dict[int, set[int]] = {}
+    for group in groups:
+        moves = group.patches + [m for ms in group.splices.values() for m in ms]
+        for gid in [m.source.group for m in moves] + list(group.sets.values()):
+            if gid is not None:
+                readers.setdefault(gid, set()).add(group.gid)
+    for parent in groups:
+        if parent.virtual or parent.sets or not parent.fused or parent.into is not None:
+            continue
+        for gid in sorted({m.source.group for m in parent.patches if m.source.group is not None}):
+            child = groups[gid]
+            comps = {mc.component for mc in child.node.interp.components}
+            if not (
+                child.fused
+                and not child.virtual
+                and not child.patches
+                and readers.get(child.gid) == {parent.gid}
+                and all(c.kind in ("head", "mlp") for c in comps)
+                and {c for c, _ in child.targets} == comps  # its own targets only
+                and np.array_equal(child.rows, parent.rows)
+            ):
+                continue
+            mine = [m for m in parent.patches if m.source.group == child.gid]
+            if {m.component for m in mine} != comps or any(m.spec is not None for m in mine):
+                continue  # patched at some positions only: not the child's whole output
+            last = max(shape.order(c) for c in comps)
+            others = [m.component for m in parent.patches if m.source.group != child.gid]
+            others += [c for c, _ in parent.targets]
+            if any(shape.order(c) <= last for c in others):
+                continue  # the parent changes the stream before the child reads it
+            parent.patches = [m for m in parent.patches if m.source.group != child.gid]
+            parent.splices = {**child.splices, **parent.splices}
+            parent.record |= child.record
+            parent.stop = max(parent.stop, child.stop)
+            child.into = parent.gid
+
+
+def _reaches(model: ScrubModel, tree: SampledTree, move: Move, read_at: np.ndarray | None) -> bool:
+    """Whether a patch of ``move`` in the root's group can change the logits at ``read_at``."""
+    if read_at is None or move.spec is None or move.component.kind not in ("head", "mlp"):
+        return True
+    written = resolve_positions(move.spec, tree.dataset, tree.rows(tree.root))  # (batch, P)
+    if move.component.layer == model.shape.n_layers - 1:  # straight into the final stream
+        return bool((written[:, :, None] == read_at[:, None, :]).any())
+    return bool((written.min(1) <= read_at.max(1)).any())

@@ -17,8 +17,10 @@ groups that stopped sooner):
 What makes it fast, beyond batching: leaves come from an :class:`ActivationCache` (computed once
 per dataset row and shared across hypotheses and seeds), and so do subtrees that an earlier call
 with the same cache already evaluated on the same draws; each group stops after the last layer
-it is read at; per-head outputs are computed only for the heads a hypothesis maps (from ``z`` and
-``W_O``), never for the whole model. ``max_batch_rows`` chunks the reference batch (every group
+it is read at, and starts at the first layer it changes, from the plain residual stream the
+cache holds for its rows, where that stream is shared (:mod:`scrub.engine._start`); a parent's
+group takes over a child's that coincides with it; per-head outputs are computed only for the
+heads a hypothesis maps (from ``z`` and ``W_O``), never for the whole model. ``max_batch_rows`` chunks the reference batch (every group
 is row-aligned with it), so memory is capped without changing any result.
 
 It must agree with :func:`scrub.engine.evaluate_reference` to 1e-4 on every hypothesis; the
@@ -36,6 +38,7 @@ import torch
 from torch import Tensor
 
 from scrub._components import Channel, Component
+from scrub._hooks import unmasked_rows_softmax
 from scrub._model import ScrubModel, select, write, write_at
 from scrub._positions import PositionSpec, resolve_positions
 from scrub._tree import SampledTree
@@ -43,7 +46,8 @@ from scrub.data import Dataset
 from scrub.engine._ablation import Ablation
 from scrub.engine._kernels import Kernels, kernel_status, kernels_for
 from scrub.engine._plan import Group, Move, Plan, make_plan
-from scrub.engine.cache import ActivationCache, pass_rows, split_qkv_inputs
+from scrub.engine._start import late_pass, late_start_works
+from scrub.engine.cache import ActivationCache, Key, Residual, pass_rows, split_qkv_inputs
 
 __all__ = ["Evaluated", "FastEngine"]
 
@@ -66,6 +70,12 @@ class FastEngine:
         ablation: mean or zero ablation of unmapped inputs (``None``: resample them).
         max_memory: activation budget of one pass in bytes (:func:`pass_rows`); passes take as
             many rows as fit, at most ``max_batch_rows``. ``None``: :data:`scrub.engine.cache.PASS_MEMORY`.
+        late_start: start each group at the first layer it changes, from the cached residual
+            stream of its rows (where the bridge allows it; :mod:`scrub.engine._start`), instead
+            of from the tokens. Off while attention patterns are read.
+        fuse: a parent's group takes over a child's group that coincides with it (same rows,
+            nothing changed before the child; :mod:`scrub.engine._plan`, "fused children").
+            Off while attention patterns are read.
     """
 
     cache: ActivationCache | None = None
@@ -76,6 +86,9 @@ class FastEngine:
     )  # default: every pass split, so no result depends on its pass-mates
     ablation: Ablation | None = None
     max_memory: int | None = None
+    # Levers that change no result (beyond float rounding): left out of the public repr.
+    late_start: bool = field(default=True, repr=False)
+    fuse: bool = field(default=True, repr=False)
 
     def __post_init__(self) -> None:
         if self.max_batch_rows < 1:
@@ -163,6 +176,7 @@ class FastEngine:
         )
         dataset = trees[0].dataset
         kernels = kernels_for(model) if self.kernels and not patterns else None
+        late = self.late_start and not patterns and late_start_works(model)
         n = len(trees[0].reference)
 
         def plan_of(batch: Sequence[SampledTree]) -> Plan:
@@ -172,6 +186,10 @@ class FastEngine:
                 known=lambda sig: cache.knows(model, dataset, sig),
                 kernels=kernels is not None,
                 ablation=None if self.ablation is None else self.ablation.key,
+                late_start=late,
+                fuse=self.fuse and not patterns,
+                cached=lambda layer, rows: cache.holds(model, dataset, Residual(layer), rows),
+                read_at=positions,
             )
 
         first = plan_of(trees[:1])
@@ -199,14 +217,19 @@ class FastEngine:
     ) -> Evaluated:
         dataset = trees[0].dataset
         by_row = [(src, comp) for src, comp in plan.leaves if src.known is None]
-        leaves = {
-            src.leaf_key(comp): values
-            for (src, comp), values in zip(
-                by_row,
-                cache.outputs(model, dataset, [(c, s.rows) for s, c in by_row], on_pass=tick),
-                strict=True,
-            )
-        }
+        # Late groups' starting residual streams and served outputs, each fetched once per rows.
+        unique: dict[tuple[Key, bytes], tuple[Key, np.ndarray]] = {}
+        wanted: dict[tuple[int, Key], tuple[Key, bytes]] = {}
+        for group in plan.groups:
+            for key in ([Residual(group.start)] if group.start else []) + list(group.served):
+                if not group.virtual and group.into is None:
+                    wanted[group.gid, key] = (key, group.rows.tobytes())
+                    unique.setdefault(wanted[group.gid, key], (key, group.rows))
+        needs = [(c, s.rows) for s, c in by_row] + list(unique.values())
+        values = cache.outputs(model, dataset, needs, on_pass=tick)
+        leaves = {src.leaf_key(comp): v for (src, comp), v in zip(by_row, values, strict=False)}
+        fetched = dict(zip(unique, values[len(by_row) :], strict=True))
+        early = {gk: fetched[u] for gk, u in wanted.items()}
         for src, comp in plan.leaves:
             if src.known is not None:
                 leaves[src.leaf_key(comp)] = cache.subtree(src.known, comp)
@@ -224,12 +247,15 @@ class FastEngine:
             run = _ChunkRun(
                 model, dataset, plan, rows, chunk_leaves, positions, kernels, reads, self.ablation
             )
+            run.start_from({key: v[rows] for key, v in early.items()})
             run.joint_qkv = self.joint_qkv
             pieces.append(run.evaluate(tick))
             read.append(run.patterns)
             for gid in plan.signatures if keep else ():
+                owner = plan.groups[gid].into  # a fused child's outputs are its parent's
+                owner = gid if owner is None else owner
                 for mc in plan.groups[gid].node.interp.components:
-                    kept.setdefault((gid, mc.component), []).append(run.store[gid, mc.component])
+                    kept.setdefault((gid, mc.component), []).append(run.store[owner, mc.component])
         for gid, sig in plan.signatures.items() if keep else ():
             node = plan.groups[gid].node
             cache.keep_subtree(
@@ -339,6 +365,15 @@ class _ChunkRun:
         # and keep the split inputs.
         self.head_kernels = kernels is not None and model.shape.kv_group == 1
         self.z_override: dict[tuple[int, Component], Tensor] = {}
+        self.start_resid: dict[int, Tensor] = {}  # late group -> its residual at its start
+
+    def start_from(self, early: dict[tuple[int, Key], Tensor]) -> None:
+        """Late groups' starting residual streams and served outputs, from the cache."""
+        for (gid, key), value in early.items():
+            if isinstance(key, Residual):
+                self.start_resid[gid] = value
+            else:
+                self.store[gid, key] = value
 
     # -- helpers ----------------------------------------------------------------------------
     def resolve(self, spec: PositionSpec, rows: np.ndarray) -> Tensor:
@@ -387,37 +422,55 @@ class _ChunkRun:
     # -- passes -----------------------------------------------------------------------------
     def evaluate(self, tick: Callable[[], None]) -> list[Tensor]:
         """Every pass of this chunk; each tree's logits, in the order of ``plan.roots``."""
-        logits: list[Tensor] | None = None
+        n_layers = self.model.shape.n_layers
         for stop, gids in self.plan.passes:
             groups = [self.plan.groups[g] for g in gids]
             stacked = [g for g in groups if not g.virtual]
             self.where = {
                 g.gid: slice(i * self.size, (i + 1) * self.size) for i, g in enumerate(stacked)
             }
-            tokens = torch.cat(
-                [self.dataset.tokens[torch.as_tensor(g.rows[self.rows])] for g in stacked]
-            )
-            final = stop >= self.model.shape.n_layers
+            start = groups[0].start
+            if start >= n_layers:  # no block to run: the final residual streams are cached
+                for group in groups:
+                    assert group.gid in self.plan.roots, f"{group} starts after every block"
+                    self.finish(group, self.start_resid[group.gid])
+                continue
+            final = stop >= n_layers
             hooks = self.hooks(groups, final=final)
             bridge = self.model.bridge
             needs_split = any(ch != "in" for g in groups for _, ch in g.targets)
             split = not self.head_kernels and (not self.joint_qkv or needs_split)
             try:
-                with split_qkv_inputs(bridge, split), bridge.hooks(fwd_hooks=list(hooks.items())):
+                with (
+                    split_qkv_inputs(bridge, split),
+                    bridge.hooks(fwd_hooks=list(hooks.items())),
+                    unmasked_rows_softmax(bridge),
+                ):
+                    if start:
+                        resid = torch.cat([self.start_resid[g.gid] for g in stacked])
+                        late_pass(self.model, resid, start, None if final else stop)
+                    else:
+                        tokens = torch.cat(
+                            [
+                                self.dataset.tokens[torch.as_tensor(g.rows[self.rows])]
+                                for g in stacked
+                            ]
+                        ).to(self.model.device)
+                        bridge(tokens) if final else bridge(tokens, stop_at_layer=stop)
                     if final:
-                        bridge(tokens.to(self.model.device))
                         raise AssertionError("the final pass did not reach ln_final")
-                    bridge(tokens.to(self.model.device), stop_at_layer=stop)
             except _Stop:
                 pass
             tick()
-            if final:
-                roots = self.plan.roots
-                assert set(self.final_resid) == set(roots)
-                resid = torch.cat([self.final_resid[g] for g in roots])
-                logits = list(self.unembed(resid).split(self.size))
-        assert logits is not None
-        return logits
+        roots = self.plan.roots
+        assert set(self.final_resid) == set(roots)
+        resid = torch.cat([self.final_resid[g] for g in roots])
+        return list(self.unembed(resid).split(self.size))
+
+    def finish(self, root: Group, resid: Tensor) -> None:
+        """A root's final residual stream: its own (``resid``) plus its direct-path deltas."""
+        key = next(t for t in root.splices if t[0].kind == "logits")
+        self.final_resid[root.gid] = self.assemble(root, key, resid)
 
     def unembed(self, resid: Tensor) -> Tensor:
         """Logits of stacked ``(roots × rows, pos, d)`` residuals at the metric's positions."""
@@ -437,7 +490,9 @@ class _ChunkRun:
         for group in groups:
             for move in group.patches:
                 outputs.setdefault(model.output_hook(move.component), set()).add(move.component)
-            for comp in group.record | set(group.ablate) if not group.virtual else ():
+            for comp in (
+                group.record - set(group.served) | set(group.ablate) if not group.virtual else ()
+            ):
                 outputs.setdefault(model.output_hook(comp), set()).add(comp)
             for comp, ch in group.targets:
                 if comp.kind == "head" and self.head_kernels:
@@ -454,7 +509,7 @@ class _ChunkRun:
         for layer, targets in block_inputs.items():
             hooks[f"blocks.{layer}.hook_resid_pre"] = self._block_input_hook(groups, targets)
         if final:
-            hooks["ln_final.hook_in"] = self._final_hook()
+            hooks["ln_final.hook_in"] = self._final_hook(groups)
         for layer in sorted({head.layer for gid, head in self.reads if gid in self.where}):
             hooks[f"blocks.{layer}.attn.hook_pattern"] = self._pattern_hook(layer)
         return hooks
@@ -622,14 +677,12 @@ class _ChunkRun:
             q, k = (self.pending.pop((group.gid, comp, c)) for c in ("q", "k"))
             self.store[group.gid, comp] = self.kernels.head(comp, q, k, value)
 
-    def _final_hook(self) -> Callable:
-        roots = [self.plan.groups[g] for g in self.plan.roots]
-        keys = [next(t for t in root.splices if t[0].kind == "logits") for root in roots]
+    def _final_hook(self, groups: list[Group]) -> Callable:
+        roots = [g for g in groups if g.gid in set(self.plan.roots)]
 
         def hook(t: Tensor, hook=None) -> Tensor:
-            for root, key in zip(roots, keys, strict=True):
-                resid = t[self.where[root.gid]]
-                self.final_resid[root.gid] = self.assemble(root, key, resid)
+            for root in roots:
+                self.finish(root, t[self.where[root.gid]])
             raise _Stop
 
         return hook

@@ -101,8 +101,10 @@ def grid_stats(
     alpha = (1 - confidence) / 2
 
     def interval(boot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # nanquantile costs three times quantile; the same numbers where nothing is NaN.
+        quantile = np.nanquantile if np.isnan(boot).any() else np.quantile
         with np.errstate(invalid="ignore"):
-            low, high = np.nanquantile(boot, [alpha, 1 - alpha], axis=-1)
+            low, high = quantile(boot, [alpha, 1 - alpha], axis=-1)
         return low, high
 
     effects = values - base

@@ -52,7 +52,14 @@ from scrub.data import Dataset, make_dataset
 from scrub.data._spec import load_dataset_spec
 from scrub.engine import ActivationCache, FastEngine
 from scrub.experiments._attention import AttentionResult, attention
-from scrub.experiments._cells import Cell, activation_cells, components_of, path_cells, trees_of
+from scrub.experiments._cells import (
+    Cell,
+    activation_cells,
+    components_of,
+    no_gc,
+    path_cells,
+    trees_of,
+)
 from scrub.experiments._flips import FlipSampler
 from scrub.experiments._knockout import KnockoutResult, knockout
 from scrub.experiments._patch_result import PatchResult
@@ -340,9 +347,10 @@ def patch(
         axes, cells = _grid(su)
     except HypothesisError as exc:
         raise exc.with_context(file=exp.file) from None
-    return run_cells(
-        su, axes, cells, max_batch_rows=max_batch_rows, cache=cache, max_memory=max_memory
-    )
+    with no_gc():
+        return run_cells(
+            su, axes, cells, max_batch_rows=max_batch_rows, cache=cache, max_memory=max_memory
+        )
 
 
 def _positions_axis(spec: Any, su: Setup, *, each: bool) -> list[tuple | None]:
