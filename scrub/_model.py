@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -53,9 +52,10 @@ from scrub._model_source import (
     SHIPPED_MODELS,
     architecture_name,
     load_error,
-    path_hint,
+    model_spec_file,
     resolve,
     shipped_names,
+    spec_file_errors,
 )
 from scrub._model_variants import (
     WEIGHTS_HINT,
@@ -63,7 +63,6 @@ from scrub._model_variants import (
     hf_config_for,
     load_lnfree_hf_model,
     make_norms_identity,
-    read_model_spec,
     torch_gelu,
 )
 from scrub._precision import dtype_name, parse_device, parse_dtype, probe_precision
@@ -178,28 +177,16 @@ def _load_spec_file(
     allow_config_only: bool,
 ) -> ScrubModel:
     """Load the checkpoint a model spec file names, with its options; errors name the file."""
-    file = Path(source).expanduser()
-    if not file.is_absolute() and relative_to is not None:
-        file = Path(relative_to) / file
-    if not file.is_file():
-        raise HypothesisError(
-            f"cannot load model {source!r}: no such model spec file {os.path.normpath(file)}",
-            hint=path_hint(source, relative_to),
-        )
-    spec = read_model_spec(file)
-    try:
+    spec = model_spec_file(source, relative_to)
+    with spec_file_errors(spec.file):
         model = load_model(
             spec.path,
             device=device,
             dtype=dtype,
-            relative_to=file.parent,
+            relative_to=spec.file.parent,
             layernorm=spec.layernorm,
             allow_config_only=allow_config_only,
         )
-    except HypothesisError as exc:
-        if exc.file is not None:
-            raise
-        raise exc.with_context(file=file, key_prefix=() if exc.key else ("path",)) from None
     model.source = source
     return model
 

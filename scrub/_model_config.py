@@ -12,15 +12,13 @@ first ``scrub run`` reports it. The shapes are the loaded model's (tested for ev
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from scrub._architectures import architecture_of
-from scrub._errors import HypothesisError
 from scrub._model import ConfigOnlyModel
-from scrub._model_source import load_error, path_hint, resolve
-from scrub._model_variants import hf_config_for, read_model_spec
+from scrub._model_source import load_error, model_spec_file, resolve, spec_file_errors
+from scrub._model_variants import hf_config_for
 
 __all__ = ["load_model_config"]
 
@@ -38,21 +36,9 @@ def load_model_config(source: str, *, relative_to: str | Path | None = None) -> 
         HypothesisError: as :func:`load_model` for what it cannot find or cannot treeify.
     """
     if source.endswith((".yaml", ".yml")):
-        file = Path(source).expanduser()
-        if not file.is_absolute() and relative_to is not None:
-            file = Path(relative_to) / file
-        if not file.is_file():
-            raise HypothesisError(
-                f"cannot load model {source!r}: no such model spec file {os.path.normpath(file)}",
-                hint=path_hint(source, relative_to),
-            )
-        spec = read_model_spec(file)
-        try:
-            model = load_model_config(spec.path, relative_to=file.parent)
-        except HypothesisError as exc:
-            if exc.file is not None:
-                raise
-            raise exc.with_context(file=file, key_prefix=() if exc.key else ("path",)) from None
+        spec = model_spec_file(source, relative_to)
+        with spec_file_errors(spec.file):
+            model = load_model_config(spec.path, relative_to=spec.file.parent)
         model.source = source
         return model
     path, kind = resolve(source, relative_to)
