@@ -98,7 +98,24 @@ def test_path_grids_equal_the_plain_engine_and_the_reference(models, family):
     model = models[family]
     receivers = [Component("head", 1, 2), Component("head", 2, 0), Component("mlp", 1)]
     trees = _path_trees(model, receivers)
-    _check(model, trees, _read_at(len(trees[0].reference), 1))
+    read_at = _read_at(len(trees[0].reference), 1)
+    _check(model, trees, read_at)
+    # A last-layer receiver's cells too: its z is the kernels' (no row of block 2 is computed
+    # by the bridge), and the subtrees it keeps serve a second call unchanged.
+    last = _path_trees(model, [Component("head", 2, 0)])
+    cache = ActivationCache()
+    first = FastEngine(cache=cache).evaluate_many(model, last, positions=read_at).logits
+    if model.shape.kv_group == 1:  # grouped-query models read the split q/k/v inputs instead
+        rows = _block_rows(
+            model, 2, lambda: FastEngine(cache=ActivationCache()).evaluate_many(
+                model, last, positions=read_at)
+        )  # fmt: skip
+        assert sum(rows) == 0
+    again = FastEngine(cache=cache).evaluate_many(model, last, positions=read_at).logits
+    plain = FastEngine(cache=ActivationCache(), last_block=False)
+    for a, b, c in zip(first, again, plain.evaluate_many(model, last, positions=read_at).logits):
+        torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(b, c, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("seed", range(6))

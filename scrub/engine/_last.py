@@ -69,6 +69,10 @@ class LastBlock:
     def __call__(self, x: Tensor, pos: Tensor) -> Tensor:
         """The block's output ``(batch, K, d_model)`` at ``pos`` (``batch, K``) from its input
         ``x`` (``batch, pos, d_model``)."""
+        return self.output(x, pos, self.z(x, pos))
+
+    def z(self, x: Tensor, pos: Tensor) -> Tensor:
+        """Every head's ``z`` at ``pos``: ``batch head K d_head``."""
         kern = self.kernels
         batch = torch.arange(x.shape[0], device=x.device)[:, None]
         normed = kern._ln(x)
@@ -92,9 +96,13 @@ class LastBlock:
             v = v.repeat_interleave(self.group, dim=1)
         keys = torch.arange(x.shape[1], device=x.device)
         mask = (keys[None, None, :] <= pos[:, :, None])[:, None]  # batch 1 K pos
-        z = torch.nn.functional.scaled_dot_product_attention(
+        return torch.nn.functional.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, scale=kern.scale
         )
+
+    def output(self, x: Tensor, pos: Tensor, z: Tensor) -> Tensor:
+        """The block's output at ``pos`` given its heads' ``z`` there (:meth:`z`)."""
+        batch = torch.arange(x.shape[0], device=x.device)[:, None]
         attn = torch.einsum("bhke,hed->bkd", z, self.W_O)
         if self.b_O is not None:
             attn = attn + self.b_O
@@ -102,7 +110,7 @@ class LastBlock:
         mid = pre + attn
         if self.attn_only:
             return mid
-        return mid + kern.mlp(Component("mlp", self.layer), pre if self.parallel else mid)
+        return mid + self.kernels.mlp(Component("mlp", self.layer), pre if self.parallel else mid)
 
 
 _BLOCK = re.compile(r"blocks\.(\d+)\.")

@@ -446,10 +446,12 @@ class _ChunkRun:
                 continue
             final = stop >= n_layers
             hooks = self.hooks(groups, final=final)
-            if final and self._only_logits_after_last_input(stacked, hooks):
-                del hooks["ln_final.hook_in"]
+            if final and self._last_block_applies(groups, stacked, hooks):
                 layer = n_layers - 1
-                hooks[f"blocks.{layer}.hook_resid_pre"] = self._last_block_hook(groups)
+                first = hooks.pop(f"blocks.{layer}.hook_resid_pre", None)  # the kernels' heads
+                hooks.pop(f"blocks.{layer}.attn.hook_z", None)  # their z: see the hook
+                del hooks["ln_final.hook_in"]
+                hooks[f"blocks.{layer}.hook_resid_pre"] = self._last_block_hook(groups, first)
             bridge = self.model.bridge
             needs_split = any(ch != "in" for g in groups for _, ch in g.targets)
             split = not self.head_kernels and (not self.joint_qkv or needs_split)
@@ -690,29 +692,53 @@ class _ChunkRun:
             q, k = (self.pending.pop((group.gid, comp, c)) for c in ("q", "k"))
             self.store[group.gid, comp] = self.kernels.head(comp, q, k, value)
 
-    def _only_logits_after_last_input(self, stacked: list[Group], hooks: dict) -> bool:
+    def _last_block_applies(self, groups: list[Group], stacked: list[Group], hooks: dict) -> bool:
         """Whether this final pass reads nothing after the last block's input but the roots'
-        final residual streams at the metric's positions (:mod:`scrub.engine._last`)."""
+        final residual streams at the metric's positions (:mod:`scrub.engine._last`): every
+        stacked group a root, no hook of the last block but the kernels' heads (computed from
+        the block's input; their ``z`` replaces the block's own), nothing patched, ablated or
+        recorded there but the kernels' heads (whose ``z`` is the kernels' value)."""
+        if self.last_block is None or self.positions is None:
+            return False
+        layer = self.model.shape.n_layers - 1
         roots = set(self.plan.roots)
-        return (
-            self.last_block is not None
-            and self.positions is not None
-            and all(g.gid in roots for g in stacked)
-            and reads_only_before(list(hooks), self.model.shape.n_layers - 1)
-        )
+        if not all(g.gid in roots for g in stacked):
+            return False
+        for group in stacked:
+            touched = [m.component for m in group.patches] + list(group.ablate)
+            own = {c for c, _ in group.targets if c.kind == "head"} if self.head_kernels else set()
+            touched += list(group.record - set(group.served) - own)
+            if any(c.kind in ("head", "mlp") and c.layer == layer for c in touched):
+                return False
+        kernel_heads = (f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.attn.hook_z")
+        names = [name for name in hooks if name not in kernel_heads]
+        return reads_only_before(names, layer)
 
-    def _last_block_hook(self, groups: list[Group]) -> Callable:
+    def _last_block_hook(self, groups: list[Group], first: Callable | None) -> Callable:
         """At the last block's input: the block at the read positions only, then the roots'
         final residual streams. Other positions are NaN: nothing reads them (the logits are
-        unembedded at the read positions only; a splice adds there harmlessly)."""
+        unembedded at the read positions only; a splice adds there harmlessly). ``first``:
+        the block-input hook of the kernels' heads, whose ``z`` replaces the block's own."""
         roots = [g for g in groups if g.gid in set(self.plan.roots)]
+        layer = self.model.shape.n_layers - 1
 
         def hook(t: Tensor, hook=None) -> Tensor:
             assert self.last_block is not None and self.positions is not None
+            if first is not None:
+                first(t)
             pos = torch.as_tensor(self.positions, device=t.device).repeat(len(self.where), 1)
             batch = torch.arange(t.shape[0], device=t.device)[:, None]
+            z = self.last_block.z(t, pos)
+            for gid, comp in [k for k in self.z_override if k[1].layer == layer]:
+                if gid not in self.where:
+                    continue
+                rows = self.where[gid]
+                own = self.z_override.pop((gid, comp))
+                z[rows, comp.head] = own[batch[: own.shape[0]], pos[rows]]
+                if comp in self.plan.groups[gid].record:  # as the output hook records it
+                    self.store[gid, comp] = own
             resid = torch.full_like(t, float("nan"))
-            resid[batch, pos] = self.last_block(t, pos)
+            resid[batch, pos] = self.last_block.output(t, pos, z)
             for root in roots:
                 self.finish(root, resid[self.where[root.gid]])
             raise _Stop
