@@ -17,14 +17,10 @@ from scrub._components import Component
 from scrub.engine import ActivationCache, FastEngine, evaluate_reference
 from scrub.engine._last import last_block_for, reads_only_before
 from scrub.experiments._cells import activation_cells
-from tests.test_late_start import (  # noqa: F401  (the models fixture)
-    FAMILIES,
-    _block_rows,
-    _grid_trees,
-    _path_trees,
-    _random_tree,
-    models,
-)
+from tests.test_late_start import FAMILIES, _block_rows, _grid_trees, _path_trees, _random_tree
+from tests.test_late_start import models as late_start_models
+
+models = late_start_models  # the same tiny random GPT-2-, Pythia- and Llama-shaped models
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -33,7 +29,9 @@ def test_the_last_block_at_some_positions_reproduces_the_model(models, family):
     block = last_block_for(model)
     assert block is not None
     layer = model.shape.n_layers - 1
-    tokens = torch.randint(0, model.shape.d_vocab, (3, 11), generator=torch.Generator().manual_seed(2))
+    tokens = torch.randint(
+        0, model.shape.d_vocab, (3, 11), generator=torch.Generator().manual_seed(2)
+    )
     seen = {}
 
     def keep(name):
@@ -113,7 +111,8 @@ def test_path_grids_equal_the_plain_engine_and_the_reference(models, family):
         assert sum(rows) == 0
     again = FastEngine(cache=cache).evaluate_many(model, last, positions=read_at).logits
     plain = FastEngine(cache=ActivationCache(), last_block=False)
-    for a, b, c in zip(first, again, plain.evaluate_many(model, last, positions=read_at).logits):
+    want = plain.evaluate_many(model, last, positions=read_at).logits
+    for a, b, c in zip(first, again, want, strict=True):
         torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(b, c, atol=1e-4, rtol=1e-4)
 
