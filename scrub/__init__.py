@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # the names below, imported on first use (``scrub --help`` lo
     from scrub._imports import dataset_generator, feature
     from scrub._means import ComponentMeans, component_means
     from scrub._model import ScrubModel, load_model
+    from scrub._precision import PrecisionError
     from scrub._result import ScrubResult
     from scrub._run import run
     from scrub._samplers import (
@@ -62,6 +63,7 @@ _LAZY = {
     "InterpNode": "scrub._hypothesis",
     "MappedComponent": "scrub._hypothesis",
     "ModelShape": "scrub._components",
+    "PrecisionError": "scrub._precision",
     "SampledTree": "scrub._tree",
     "ScrubModel": "scrub._model",
     "ScrubResult": "scrub._result",
@@ -126,6 +128,7 @@ __all__ = [
     "InterpNode",
     "MappedComponent",
     "ModelShape",
+    "PrecisionError",
     "SampledTree",
     "ScrubModel",
     "ScrubResult",

@@ -35,6 +35,7 @@ from scrub._errors import HypothesisError
 from scrub._hypothesis import Hypothesis
 from scrub._imports import import_marked
 from scrub._model import ScrubModel, load_model
+from scrub._model_config import load_model_config
 from scrub._positions import PositionSpec, format_positions, resolve_positions
 from scrub._samplers import CondSampler, FixedSampler, GenerateSampler
 from scrub._schema import MetricSpec, ModelRefSpec
@@ -56,25 +57,38 @@ class BoundHypothesis:
 
 
 def load_model_for(
-    hypothesis: Hypothesis, model: str | None = None, *, allow_config_only: bool = False
+    hypothesis: Hypothesis,
+    model: str | None = None,
+    *,
+    allow_config_only: bool = False,
+    weights: bool = True,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
 ) -> ScrubModel:
     """Load the model a hypothesis file names (relative to the file), or ``model`` instead.
 
     ``model`` (a command-line ``--model``) is relative to the current directory.
-    ``allow_config_only`` (``scrub check``): a hub model without weights in the cache is
-    checked against its config (see :class:`scrub._model.ConfigOnlyModel`).
+    ``allow_config_only``: a hub model without weights in the cache is checked against its
+    config (see :class:`scrub._model.ConfigOnlyModel`); ``weights=False`` (``scrub check``):
+    only the config is read, whatever the weights (:func:`scrub._model_config.load_model_config`).
+    ``device`` and ``dtype``: as :func:`scrub.load_model`.
 
     Raises:
         HypothesisError: located at the file's ``model`` key when the file named it (or in the
             model spec file it names).
     """
     if model is not None:
-        return load_model(model, allow_config_only=allow_config_only)
+        if not weights:
+            return load_model_config(model)
+        return load_model(model, allow_config_only=allow_config_only, device=device, dtype=dtype)
     try:
         return load_model_field(
             hypothesis.spec.model,
             relative_to=hypothesis.base_dir,
             allow_config_only=allow_config_only,
+            weights=weights,
+            device=device,
+            dtype=dtype,
         )
     except HypothesisError as exc:
         if exc.file is not None:  # located in a model spec file already
@@ -88,21 +102,43 @@ def load_model_field(
     *,
     relative_to: str | Path | None,
     allow_config_only: bool = False,
+    weights: bool = True,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
 ) -> ScrubModel:
     """Load what a file's ``model:`` names: a source, or ``{path, layernorm}`` inline.
+
+    ``weights=False``: its config only (:func:`scrub._model_config.load_model_config`; the
+    layernorm option changes no shape). ``device``, ``dtype``: as :func:`scrub.load_model`.
 
     Raises:
         HypothesisError: as :func:`scrub.load_model`; for a mapping, keyed inside it (``path``,
             or ``layernorm`` when the loader's option is what failed).
     """
+    source = value if isinstance(value, str) else value.path
+    if not weights:
+        try:
+            return load_model_config(source, relative_to=relative_to)
+        except HypothesisError as exc:
+            if isinstance(value, str):
+                raise
+            raise exc.with_context(key_prefix=() if exc.key else ("path",)) from None
     if isinstance(value, str):
-        return load_model(value, relative_to=relative_to, allow_config_only=allow_config_only)
+        return load_model(
+            value,
+            relative_to=relative_to,
+            allow_config_only=allow_config_only,
+            device=device,
+            dtype=dtype,
+        )
     try:
         model = load_model(
             value.path,
             relative_to=relative_to,
             layernorm=value.layernorm,
             allow_config_only=allow_config_only,
+            device=device,
+            dtype=dtype,
         )
     except HypothesisError as exc:
         raise exc.with_context(key_prefix=() if exc.key else ("path",)) from None

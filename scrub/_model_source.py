@@ -12,20 +12,24 @@ hint says so when the two differ. A shipped name wins over a same-named local di
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from scrub._errors import HypothesisError
-from scrub._model_variants import WEIGHTS_HINT
+from scrub._model_variants import WEIGHTS_HINT, ModelSpecFile, read_model_spec
 
 __all__ = [
     "SHIPPED_MODELS",
     "architecture_name",
     "load_error",
+    "model_spec_file",
     "path_hint",
     "resolve",
     "shipped_names",
+    "spec_file_errors",
 ]
 
 SHIPPED_MODELS = Path(__file__).parent / "models"
@@ -114,3 +118,31 @@ def architecture_name(bridge: Any, path: str) -> str:
         return ", ".join(str(n) for n in names)
     except (OSError, ValueError):
         return str(getattr(bridge.cfg, "architecture", None) or "unknown")
+
+
+def model_spec_file(source: str, relative_to: str | Path | None) -> ModelSpecFile:
+    """The model spec file ``source`` names (relative to ``relative_to``), read and checked.
+
+    Raises:
+        HypothesisError: no such file, or what :func:`read_model_spec` refuses.
+    """
+    file = Path(source).expanduser()
+    if not file.is_absolute() and relative_to is not None:
+        file = Path(relative_to) / file
+    if not file.is_file():
+        raise HypothesisError(
+            f"cannot load model {source!r}: no such model spec file {os.path.normpath(file)}",
+            hint=path_hint(source, relative_to),
+        )
+    return read_model_spec(file)
+
+
+@contextlib.contextmanager
+def spec_file_errors(file: Path) -> Iterator[None]:
+    """Errors raised while loading what a spec file names point at the file (key ``path``)."""
+    try:
+        yield
+    except HypothesisError as exc:
+        if exc.file is not None:
+            raise
+        raise exc.with_context(file=file, key_prefix=() if exc.key else ("path",)) from None

@@ -50,6 +50,7 @@ __all__ = [
     "load_lnfree_hf_model",
     "make_norms_identity",
     "read_model_spec",
+    "torch_gelu",
 ]
 
 LayerNormOption = Literal["keep", "identity"]
@@ -236,3 +237,23 @@ def hf_config_for(source: str) -> tuple[Any, str] | None:
     if source in KNOWN_CONFIGS:
         return GPT2Config(), f"{KNOWN_CONFIGS[source]}'s config (transformers' GPT2Config())"
     return None
+
+
+def torch_gelu(bridge: Any) -> None:
+    """Swap Hugging Face's Python ``gelu_new`` for torch's fused tanh GELU (same formula).
+
+    HF's ``NewGELUActivation`` spells the tanh approximation out in Python tensor ops; torch's
+    ``gelu(approximate="tanh")`` computes it in one kernel, about 3x faster. The swap is made
+    only if the two agree within 1e-6 on a probe spanning the activation's range.
+    """
+    from transformers.activations import NewGELUActivation
+
+    probe = torch.linspace(-12, 12, 4097)
+    fused = torch.nn.GELU(approximate="tanh")
+    with torch.no_grad():
+        if (fused(probe) - NewGELUActivation()(probe)).abs().max() > 1e-6:
+            return
+    for module in list(bridge.original_model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, NewGELUActivation):
+                setattr(module, name, torch.nn.GELU(approximate="tanh").train(child.training))

@@ -26,9 +26,11 @@ def format_result(result: ScrubResult) -> str:
         ("recovered", result.recovered, result.recovered_ci),
     ]
     width = max(len(name) for name, _, _ in rows)
+    precision = "" if result.device == "cpu" else f", device={result.device}"
+    precision += "" if result.dtype == "float32" else f", dtype={result.dtype}"
     lines = [
         f"{result.hypothesis}: {result.metric['kind']} on {result.model} "
-        f"(n={result.n}, seed={result.seed}, engine={result.engine})",
+        f"(n={result.n}, seed={result.seed}, engine={result.engine}{precision})",
         f"  {'':<{width}}  {'mean':>10}  {pct} CI",
     ]
     for name, value, ci in rows:

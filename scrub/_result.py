@@ -101,6 +101,8 @@ class ScrubResult:
             ``fields``: the examples a generator made, which the dataset spec alone does not
             reproduce.
         methodology: the choices the score depends on (:func:`methodology`).
+        device, dtype: where and in which floating-point type the model ran (``cpu``,
+            ``float32`` unless asked; metrics are computed in float64 in every dtype).
     """
 
     hypothesis: str
@@ -135,6 +137,8 @@ class ScrubResult:
     self_draws: dict[str, dict[str, float]] = field(default_factory=dict)
     generated: dict[str, dict[str, Any]] = field(default_factory=dict)
     methodology: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    dtype: str = "float32"
 
     def __repr__(self) -> str:
         if self.recovered is None:

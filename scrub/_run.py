@@ -42,6 +42,7 @@ from scrub._hypothesis import Hypothesis, load_hypothesis
 from scrub._metrics import per_example_metric
 from scrub._model import ScrubModel
 from scrub._positions import resolve_positions
+from scrub._precision import check_precision
 from scrub._result import ScrubResult, bootstrap_ci, methodology, recovered_of
 from scrub._tree import MAX_TREE_NODES, SampledTree, sample_tree, stream
 from scrub.data import Dataset
@@ -73,6 +74,8 @@ def run(
     confidence: float = 0.95,
     progress: bool | None = False,
     max_memory: int | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> ScrubResult:
     """Scrub a hypothesis and score it.
 
@@ -98,6 +101,11 @@ def run(
         max_memory: activation budget of one forward pass in bytes (fast engine): each pass
             takes the most rows that fit, at most ``max_batch_rows`` (``None``: 128 MiB; see
             :func:`scrub.engine.cache.pass_rows`). Results do not depend on it.
+        device: where to load ``model`` (``cpu`` by default, ``cuda``, ``cuda:N``).
+        dtype: the type to load ``model`` in (``float32`` by default, ``bfloat16``,
+            ``float16``; see :mod:`scrub._precision`). Metrics are computed in float64 in
+            every dtype. A loaded model runs where and as it was loaded: ``device`` and
+            ``dtype``, if given, must match it.
 
     Returns:
         The :class:`ScrubResult`.
@@ -105,6 +113,8 @@ def run(
     Raises:
         HypothesisError: the hypothesis is invalid for this model or dataset.
         ValueError: an option is out of range (``n < 1``, ``seed < 0``, ...).
+        PrecisionError: an unknown or unavailable device or dtype, or one that differs from a
+            loaded ``model``'s.
     """
     hyp = hypothesis if isinstance(hypothesis, Hypothesis) else load_hypothesis(hypothesis)
     spec = hyp.spec
@@ -126,7 +136,10 @@ def run(
     if cache is None:
         cache = ActivationCache(max_batch_rows=max_batch_rows, max_memory=max_memory)
     if not isinstance(model, ScrubModel):
-        model = load_model_for(hyp, model)  # the file's model is relative to the file
+        # the file's model is relative to the file
+        model = load_model_for(hyp, model, device=device or "cpu", dtype=dtype or "float32")
+    else:
+        check_precision(model, device=device, dtype=dtype)
     if dataset is None:
         dataset = make_dataset_for(hyp, seed=seed)
     bound = bind(hyp, model, dataset)
@@ -275,6 +288,7 @@ def run(
         self_draws=tree.self_draws,
         generated=_generated_examples(tree),
         methodology=methodology(hyp, ablation),
+        **model.precision,
     )
     for message in messages:
         warnings.warn(message, ScrubWarning, stacklevel=2)

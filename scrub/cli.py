@@ -72,6 +72,38 @@ def _add_max_memory(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_precision(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype``: where and in which floating-point type the model runs."""
+    from scrub._precision import DTYPES
+
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        metavar="DEVICE",
+        help="where the model runs: cpu (default), cuda or cuda:N",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=DTYPES,
+        help="the model's floating-point type (default float32; bfloat16 and float16 are "
+        "faster and less exact: metrics are still computed in float64, and the result "
+        "records the dtype)",
+    )
+
+
+def _precision(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``device`` and ``dtype`` keywords of the library call, checked first.
+
+    Raises:
+        PrecisionError: before anything is loaded, for CUDA where there is none.
+    """
+    from scrub._precision import parse_device
+
+    parse_device(args.device)
+    return {"device": args.device, "dtype": args.dtype}
+
+
 def _max_memory(args: argparse.Namespace) -> int | None:
     """``--max-memory`` in bytes (``None``: the engine's default)."""
     return None if args.max_memory is None else args.max_memory * 2**20
@@ -106,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
         help="most rows in one forward pass (caps memory; results do not change)",
     )
     _add_max_memory(run)
+    _add_precision(run)
     run.add_argument("--out", type=Path, help="write the result as JSON here")
     bar = run.add_mutually_exclusive_group()
     bar.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -116,8 +149,8 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser(
         "check",
-        help="validate a hypothesis against its model and dataset, and sample its tree once "
-        "(no model run)",
+        help="validate a hypothesis against its model's config and its dataset, and sample its "
+        "tree once (no weights loaded, no model run)",
     )
     check.add_argument("file", type=Path, help="hypothesis YAML file")
     check.add_argument("--model", help="model: shipped name, local HF directory or hub name")
@@ -136,6 +169,7 @@ def _parser() -> argparse.ArgumentParser:
         help="most rows in one forward pass (caps memory; results do not change)",
     )
     _add_max_memory(patch)
+    _add_precision(patch)
     patch.add_argument(
         "--out", type=Path, help="write NAME.json, NAME.npz and figures into this directory"
     )
@@ -164,6 +198,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--margin", type=float, default=0.05, help="TOST equivalence margin ε")
     cmp.add_argument("--engine", default="fast", choices=["fast", "reference"])
     _add_max_memory(cmp)
+    _add_precision(cmp)
     cmp.add_argument("--out", type=Path, help="write the comparison as JSON here")
     cmp.add_argument("--report", type=Path, help="write an HTML report of the comparison here")
 
@@ -175,6 +210,7 @@ def _parser() -> argparse.ArgumentParser:
     diag.add_argument("--by", help="dataset field to break examples down by ('' for none)")
     diag.add_argument("--engine", default="fast", choices=["fast", "reference"])
     _add_max_memory(diag)
+    _add_precision(diag)
     diag.add_argument("--out", type=Path, help="write the diagnosis as JSON here")
     diag.add_argument("--report", type=Path, help="write an HTML report of the diagnosis here")
 
@@ -194,6 +230,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run only this claim (repeatable; faithfulness_node: the knockouts)",
     )
     rep.add_argument("--no-patches", action="store_true", help="skip the patching grids")
+    _add_precision(rep)
 
     graph = sub.add_parser("graph", help="draw the interpretation graph (Graphviz)")
     graph.add_argument("file", type=Path, help="hypothesis YAML file")
@@ -259,6 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     except OutputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:
+        from scrub._precision import PrecisionError
+
+        if not isinstance(exc, PrecisionError):
+            raise
+        print(f"error: {exc}", file=sys.stderr)  # a --device or --dtype that cannot be used
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -306,13 +350,14 @@ def _quiet_hf() -> Iterator[None]:
 
 
 def _load(args: argparse.Namespace):
-    """The hypothesis and its model, loaded quietly."""
+    """The hypothesis and its model (on ``--device``, in ``--dtype``), loaded quietly."""
     from scrub._bind import load_model_for
     from scrub._hypothesis import load_hypothesis
 
+    precision = _precision(args)
     hyp = load_hypothesis(args.file)
-    with _quiet_hf():
-        model = load_model_for(hyp, args.model)  # the file's model is relative to the file
+    with _quiet_hf():  # the file's model is relative to the file
+        model = load_model_for(hyp, args.model, **precision)
     return hyp, model
 
 
@@ -326,9 +371,10 @@ def _check(args: argparse.Namespace) -> int:
     hyp = load_hypothesis(args.file)
     n, seed = hyp.spec.defaults.n, hyp.spec.defaults.seed
     dataset = make_dataset_for(hyp, seed=seed)  # before the (slower) model
-    with _quiet_hf():
-        # the file's model is relative to the file; without weights, check against its config
-        model = load_model_for(hyp, args.model, allow_config_only=True)
+    # The file's model is relative to the file. Binding and sampling need its shape and names
+    # only, so its config is read (transformers is not even imported for a local model) and its
+    # weights are not loaded.
+    model = load_model_for(hyp, args.model, weights=False)
     bound = bind(hyp, model, dataset)
     # A dry sampling on the defaults: what ``run`` would reject at sampling time is caught
     # here (n larger than the pool, ...), and what it would warn about is shown.
@@ -338,7 +384,7 @@ def _check(args: argparse.Namespace) -> int:
         f"({sum(1 for _ in tree.root.walk())} after treeifying), model {model.source!r}, "
         f"dataset {dataset.name!r} ({dataset.n_base} examples), sampled n={n} seed={seed}"
     )
-    if isinstance(model, ConfigOnlyModel):
+    if isinstance(model, ConfigOnlyModel) and model.weights_missing:
         print(
             f"note: model {model.source!r} checked against {model.origin} (shapes and names "
             "only): its weights are not in the Hugging Face cache, so 'scrub run' needs them "
@@ -515,6 +561,7 @@ def _patch(args: argparse.Namespace) -> int:
             seed=args.seed,
             max_batch_rows=args.max_batch_rows,
             max_memory=_max_memory(args),
+            **_precision(args),
         )
     print(format_patch(result))
     if args.out:
@@ -549,6 +596,7 @@ def _compare(args: argparse.Namespace) -> int:
             margin=args.margin,
             engine=args.engine,
             max_memory=_max_memory(args),
+            **_precision(args),
         )
     print(result.table())
     _write_json(result, args)
@@ -570,6 +618,7 @@ def _diagnose(args: argparse.Namespace) -> int:
             by=args.by,
             engine=args.engine,
             max_memory=_max_memory(args),
+            **_precision(args),
         )
     print(result.table())
     _write_json(result, args)
@@ -588,6 +637,7 @@ def _reproduce(args: argparse.Namespace) -> int:
             n=args.n,
             only=args.only,
             patches=not args.no_patches,
+            **_precision(args),
         )
     print((result.out / "results.md").read_text(), end="")
     for path in result.files:

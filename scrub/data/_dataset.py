@@ -19,12 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from scrub._errors import HypothesisError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: loading files needs none
+    import torch
 
 __all__ = [
     "MAX_POOL_SIZE",
@@ -35,6 +37,7 @@ __all__ = [
     "Generator",
     "check_pool_size",
     "check_pool_tokens",
+    "token_tensor",
 ]
 
 MAX_POOL_SIZE = 1_000_000
@@ -45,6 +48,13 @@ MAX_SEQ_LEN = 65_536
 
 MAX_POOL_TOKENS = 1 << 25
 """The most tokens (examples x sequence length) in a pool: 256 MiB of int64 token ids."""
+
+
+def token_tensor(values: np.ndarray) -> torch.Tensor:
+    """``values`` as a torch tensor sharing their memory (torch is imported on first use)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(values))
 
 
 def check_pool_size(size: int, *, param: str = "size") -> None:
@@ -186,6 +196,8 @@ class Dataset:
                 f"generated examples have length {new.seq_len}, the pool has {self.seq_len}"
             )
         start = len(self)
+        import torch
+
         self.tokens = torch.cat([self.tokens, new.tokens])
         for name in self.positions:
             self.positions[name] = np.concatenate([self.positions[name], new.positions[name]])
@@ -198,7 +210,7 @@ class Dataset:
         return Dataset(
             name=self.name,
             params=self.params,
-            tokens=self.tokens[torch.as_tensor(rows)],
+            tokens=self.tokens[token_tensor(np.asarray(rows))],
             positions={k: v[rows] for k, v in self.positions.items()},
             fields={k: v[rows] for k, v in self.fields.items()},
             features=self.features,

@@ -22,10 +22,9 @@ offsets and fresh random tokens elsewhere.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from scrub._imports import dataset_generator
-from scrub.data._dataset import Dataset, check_pool_size, check_pool_tokens
+from scrub.data._dataset import Dataset, check_pool_size, check_pool_tokens, token_tensor
 
 __all__ = ["BOS", "induction"]
 
@@ -84,7 +83,7 @@ def _build(
     return Dataset(
         name="induction",
         params=params,
-        tokens=torch.from_numpy(tokens),
+        tokens=token_tensor(tokens),
         positions=positions,
         fields=fields,
         generators={"segment": _same_segment},

@@ -67,10 +67,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
 
 from scrub._imports import dataset_generator
-from scrub.data._dataset import Dataset, Feature, check_pool_size
+from scrub.data._dataset import Dataset, Feature, check_pool_size, token_tensor
 from scrub.data.ioi_templates import (
     ABC_TEMPLATES,
     BAC_TEMPLATES,
@@ -262,7 +261,7 @@ def _build(p: _Prompts, *, name: str, params: dict) -> Dataset:
     return Dataset(
         name=name,
         params=params,
-        tokens=torch.from_numpy(tokens),
+        tokens=token_tensor(tokens),
         positions=positions,
         fields=fields,
         features=dict(IOI_FEATURES),

@@ -65,10 +65,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from scrub._imports import dataset_generator
-from scrub.data._dataset import Dataset, check_pool_size
+from scrub.data._dataset import Dataset, check_pool_size, token_tensor
 from scrub.data._words import (
     BOS,
     COPY_TEMPLATES,
@@ -233,7 +232,7 @@ def _build(
     return Dataset(
         name=name,
         params=params,
-        tokens=torch.from_numpy(tokens),
+        tokens=token_tensor(tokens),
         positions=positions,
         fields=fields,
         features={**IOI_FEATURES, "names": _names_feature},

@@ -68,12 +68,15 @@ Pitfalls:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from scrub._imports import dataset_generator
-from scrub.data._dataset import Dataset, check_pool_size, check_pool_tokens
+from scrub.data._dataset import Dataset, check_pool_size, check_pool_tokens, token_tensor
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: loading files needs none
+    import torch
 
 __all__ = [
     "BALANCED",
@@ -241,7 +244,7 @@ def _build(steps: np.ndarray, n: np.ndarray, *, seq_len: int, params: dict) -> D
     return Dataset(
         name="parens",
         params=params,
-        tokens=torch.from_numpy(tokens),
+        tokens=token_tensor(tokens),
         positions=positions,
         fields=fields,
         features={"kind_length": _kind_length_feature},

@@ -36,11 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from scrub._errors import HypothesisError
 from scrub._imports import dataset_generator
-from scrub.data._dataset import Dataset, check_pool_size
+from scrub.data._dataset import Dataset, check_pool_size, token_tensor
 
 __all__ = ["PROGRAMS", "program_info", "reference_output", "tracr"]
 
@@ -107,7 +106,7 @@ def _build(program: str, names: np.ndarray, params: dict[str, Any]) -> Dataset:
     return Dataset(
         name="tracr",
         params=params,
-        tokens=torch.from_numpy(tokens),
+        tokens=token_tensor(tokens),
         positions={
             "BOS": np.zeros((n, 1), dtype=np.int64),
             "OUT": np.broadcast_to(out_positions, (n, len(out_positions))).copy(),

@@ -95,9 +95,11 @@ class Ablation:
     ) -> Tensor:
         """``comp``'s ablation value at every position: ``(rows, pos, d)``."""
         if self.means is None:
-            return torch.zeros(*shape, model.output_width(comp), device=model.device)
+            width = model.output_width(comp)
+            return torch.zeros(*shape, width, device=model.device, dtype=model.dtype)
         assert classes is not None
-        return self.means.means[comp].to(model.device)[classes.to(model.device)]
+        means = self.means.means[comp].to(model.device, model.dtype)
+        return means[classes.to(model.device)]
 
 
 def ablated_in_reading(

@@ -15,7 +15,9 @@ Pitfall: this restates the model's arithmetic. :func:`kernels_for` therefore che
 against the model itself once, on random inputs, and returns ``None`` for any model where they
 disagree or that has what they do not restate (attention soft-capping, sliding windows,
 Gemma-2's query scale); the engine then falls back to output groups, which use only the model's
-own forward pass. :func:`kernel_status` says which, and the result records it.
+own forward pass. :func:`kernel_status` says which, and the result records it. The check runs
+in float32 even for a bfloat16 or float16 model (on a float32 copy of its weights: exact), so
+its 1e-4 tolerance means the same in every dtype; the kernels then compute in the model's dtype.
 """
 
 from __future__ import annotations
@@ -218,10 +220,22 @@ def _verified(model: ScrubModel) -> tuple[Kernels | None, str]:
     missing = [what for what, bad in unsupported.items() if bad]
     if missing:
         return None, f"output groups: the kernels do not restate {', '.join(missing)}"
-    try:
-        kernels = Kernels(model)
-    except (AttributeError, KeyError, StopIteration) as exc:
-        return None, f"output groups: the kernels cannot read this model's weights ({exc})"
+    with model.computing_in(torch.float32):  # exact for a bfloat16 / float16 model
+        try:
+            kernels = Kernels(model)
+        except (AttributeError, KeyError, StopIteration) as exc:
+            return None, f"output groups: the kernels cannot read this model's weights ({exc})"
+        mismatch = _mismatch(model, kernels)
+    if mismatch is not None:
+        return None, f"output groups: the kernels do not reproduce {mismatch.name} of this model"
+    if model.dtype != torch.float32:
+        kernels = Kernels(model)  # the restatement checked in float32, on the model's weights
+    return kernels, "kernels"
+
+
+def _mismatch(model: ScrubModel, kernels: Kernels) -> Component | None:
+    """The first of a last-layer head or MLP the kernels do not reproduce (``None``: all)."""
+    cfg = model.bridge.cfg
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, cfg.d_vocab, (2, min(8, cfg.n_ctx)), generator=generator)
     layer = model.shape.n_layers - 1
@@ -235,5 +249,5 @@ def _verified(model: ScrubModel) -> tuple[Kernels | None, str]:
     got[mlp] = kernels.mlp(mlp, inputs[mlp, "in"])
     for comp, value in got.items():
         if not torch.allclose(value, outputs[comp], atol=1e-4, rtol=1e-4):
-            return None, f"output groups: the kernels do not reproduce {comp.name} of this model"
-    return kernels, "kernels"
+            return comp
+    return None

@@ -199,7 +199,7 @@ class PermutedLabels:
             logits=ctx.clean_logits,
             rows=None,
             labels=ctx.reference[perm],
-            clean=ctx.clean_logits[torch.as_tensor(perm)],
+            clean=ctx.clean_logits[torch.as_tensor(perm, device=ctx.clean_logits.device)],
         )
 
 

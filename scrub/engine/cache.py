@@ -14,9 +14,10 @@ every row drawn in them): hypotheses that share a node share its draws, so a com
 a shared subtree once. And it memoises whole results by key (the clean logits and the baseline
 of a reference batch), which competing hypotheses share too.
 
-Pitfall: the cache belongs to one model and one dataset object. Handing it another resets it,
-so a stale activation is never served. Datasets only grow (generated examples are appended), so
-a row's tokens never change under the cache.
+Pitfall: the cache belongs to one model and one dataset object, on one device and in one dtype.
+Handing it another (or the same model cast to another dtype) resets it, so a stale activation, or
+a float32 one where the model now runs in bfloat16, is never served. Datasets only grow
+(generated examples are appended), so a row's tokens never change under the cache.
 """
 
 from __future__ import annotations
@@ -66,13 +67,14 @@ of 29 tokens), so by default passes are capped well below that; results do not d
 def pass_rows(model: ScrubModel, seq_len: int, *, max_memory: int | None = None) -> int:
     """The most rows of ``seq_len`` tokens one forward pass takes within ``max_memory`` bytes.
 
-    The estimate counts, per row, the float32 activations alive inside a block (residual
-    stream and its copies, the MLP's hidden layer, attention scores and pattern); it is an
-    estimate of the working set, not a bound on the process's memory.
+    The estimate counts, per row, the activations alive inside a block (residual stream and
+    its copies, the MLP's hidden layer, attention scores and pattern) in the model's dtype; it
+    is an estimate of the working set, not a bound on the process's memory.
     """
     cfg = model.bridge.cfg
     d_mlp = cfg.d_mlp or 0
-    per_row = seq_len * (4 * cfg.d_model + 2 * d_mlp + 2 * cfg.n_heads * seq_len) * 4
+    size = model.dtype.itemsize
+    per_row = seq_len * (4 * cfg.d_model + 2 * d_mlp + 2 * cfg.n_heads * seq_len) * size
     budget = PASS_MEMORY if max_memory is None else max_memory
     return max(1, budget // per_row)
 
@@ -96,7 +98,8 @@ class ActivationCache:
         self.max_batch_rows = max_batch_rows
         self.max_memory = max_memory
         self.subtrees = subtrees
-        self._owner: tuple[ScrubModel, Dataset] | None = None  # held, so ids cannot be reused
+        # held, so ids cannot be reused; with the model's device and dtype when bound
+        self._owner: tuple[ScrubModel, Dataset, torch.device, torch.dtype] | None = None
         self._values: dict[Key, Tensor] = {}
         self._slots: dict[Key, np.ndarray] = {}  # row -> slot in _values (-1: none)
         self._memo: dict[Any, Any] = {}
@@ -109,8 +112,14 @@ class ActivationCache:
         return f"ActivationCache(components={rows}, memo={len(self._memo)})"
 
     def _bind(self, model: ScrubModel, dataset: Dataset) -> None:
-        if self._owner is None or self._owner[0] is not model or self._owner[1] is not dataset:
-            self._owner = (model, dataset)
+        owner = self._owner
+        if (
+            owner is None
+            or owner[0] is not model
+            or owner[1] is not dataset
+            or owner[2:] != (model.device, model.dtype)
+        ):
+            self._owner = (model, dataset, model.device, model.dtype)
             self._values.clear()
             self._slots.clear()
             self._memo.clear()
@@ -195,7 +204,9 @@ class ActivationCache:
                     if isinstance(comp, Residual)
                     else model.output_width(comp)
                 )
-                self._values[comp] = torch.empty(0, dataset.seq_len, width, device=model.device)
+                self._values[comp] = torch.empty(
+                    0, dataset.seq_len, width, device=model.device, dtype=model.dtype
+                )
         return self._slots[comp]
 
     def _fill(self, model: ScrubModel, dataset: Dataset, keys: list[Key], rows: np.ndarray) -> None:
@@ -234,7 +245,10 @@ class ActivationCache:
                 new = slots[chunk] < 0
                 start_slot = len(self._values[comp])
                 slots[chunk[new]] = start_slot + np.arange(int(new.sum()))
-                fresh = outs[comp] if new.all() else outs[comp][torch.as_tensor(new)]
+                if new.all():
+                    fresh = outs[comp]
+                else:
+                    fresh = outs[comp][torch.as_tensor(new, device=model.device)]
                 if start_slot:
                     fresh = torch.cat([self._values[comp], fresh])
                 self._values[comp] = fresh
@@ -250,4 +264,4 @@ def _take(values: Tensor, slots: np.ndarray) -> Tensor:
     """``values[slots]``; a view, not a copy, when the slots are consecutive."""
     if len(slots) and slots[-1] - slots[0] == len(slots) - 1 and bool(np.all(np.diff(slots) == 1)):
         return values[int(slots[0]) : int(slots[-1]) + 1]
-    return values[torch.as_tensor(slots)]
+    return values[torch.as_tensor(slots, device=values.device)]

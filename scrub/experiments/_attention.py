@@ -56,6 +56,7 @@ class AttentionResult:
         clean, under: head → ``(examples, pos, pos)`` patterns (query × key).
         mean_abs_change: head → mean over all reference examples and causal (query, key)
             pairs of ``|under − clean|``.
+        device, dtype: where and in which type the model ran.
     """
 
     kind: str
@@ -78,6 +79,8 @@ class AttentionResult:
     mean_abs_change: dict[str, float]
     warnings: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
+    device: str = "cpu"
+    dtype: str = "float32"
 
     def __repr__(self) -> str:
         change = ", ".join(f"{h}: {v:.3f}" for h, v in self.mean_abs_change.items())
@@ -167,7 +170,7 @@ def attention(su, *, max_batch_rows: int, max_memory: int | None = None) -> Atte
         if head in found:
             rows = tree.root.name if owner is None else owner.name
             read_rows = tree.rows(tree.root) if owner is None else tree.rows(owner)
-            values = found[head]
+            values = found[head].float().cpu()
         else:
             assert owner is not None
             rows, read_rows = owner.name, tree.rows(owner)
@@ -208,6 +211,7 @@ def attention(su, *, max_batch_rows: int, max_memory: int | None = None) -> Atte
         mean_abs_change=change,
         warnings=sorted(set(messages)),
         versions=dict(_versions()),
+        **model.precision,
     )
 
 
@@ -275,4 +279,4 @@ def plain_patterns(
             model.bridge(tokens)
         else:
             model.bridge(tokens, stop_at_layer=stop)
-    return {h: store[h].cpu() for h in heads}
+    return {h: store[h].float().cpu() for h in heads}  # float32 in every model dtype

@@ -78,6 +78,7 @@ class KnockoutResult:
         completeness: with ``completeness: true``, per class K: ``circuit_without`` F(C \\ K),
             ``model_without`` F(M \\ K), ``incompleteness`` |difference| and its CI.
         ablation: how knocked-out outputs are replaced (kind, reference, classes, by).
+        device, dtype: where and in which type the model ran.
     """
 
     name: str
@@ -104,6 +105,8 @@ class KnockoutResult:
     kind: str = "knockout"
     warnings: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
+    device: str = "cpu"
+    dtype: str = "float32"
 
     def __repr__(self) -> str:
         return (
@@ -198,6 +201,8 @@ class KnockoutResult:
             },
             "warnings": list(self.warnings),
             "versions": dict(self.versions),
+            "device": self.device,
+            "dtype": self.dtype,
         }
         return _finite(out)
 
@@ -464,6 +469,7 @@ def knockout(su, *, max_batch_rows: int, cache: ActivationCache | None = None) -
         completeness=completeness,
         warnings=warnings,
         versions=dict(_versions()),
+        **model.precision,
     )
 
 

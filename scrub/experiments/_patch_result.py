@@ -79,6 +79,7 @@ class PatchResult:
         reference, base_rows, source_rows: the dataset rows used.
         tokens: the first reference example's tokens.
         cells: each cell's hypothesis ``nodes:`` (``None`` where not valid), in flat order.
+        device, dtype: where and in which type the model ran.
     """
 
     kind: str
@@ -112,6 +113,8 @@ class PatchResult:
     cells: list[Any] = field(default_factory=list, repr=False)
     warnings: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
+    device: str = "cpu"
+    dtype: str = "float32"
 
     @classmethod
     def build(
@@ -173,6 +176,7 @@ class PatchResult:
             cells=cells,
             warnings=list(setup.warnings),
             versions=versions,
+            **setup.model.precision,
         )
 
     def __repr__(self) -> str:
@@ -231,6 +235,8 @@ class PatchResult:
                 "tokens": self.tokens,
                 "warnings": self.warnings,
                 "versions": self.versions,
+                "device": self.device,
+                "dtype": self.dtype,
             }
         )
 

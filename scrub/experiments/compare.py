@@ -33,11 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from scrub._bind import load_model_for, make_dataset_for
 from scrub._errors import HypothesisError, ScrubWarning
 from scrub._hypothesis import Hypothesis, load_hypothesis
 from scrub._model import ScrubModel
+from scrub._precision import check_precision
 from scrub._result import ScrubResult, _clean_nan, bootstrap_ci, recovered_of
 from scrub._run import _count, run
 from scrub._tree import stream
@@ -104,7 +106,7 @@ class Comparison:
 
     Attributes:
         experiment: model, dataset, metric, baseline, ablation, n, seed, draw seeds, engine,
-            confidence, alpha, margin and the statistical methods.
+            device, dtype, confidence, alpha, margin and the statistical methods.
         clean, baseline: mean metrics shared by every hypothesis.
         reference: the reference rows.
         hypotheses: per-hypothesis scores, in the order given.
@@ -233,17 +235,23 @@ class Scorer:
         max_batch_rows: int,
         confidence: float,
         max_memory: int | None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
     ) -> Scorer:
         """A scorer on ``hyp``'s experiment: what is not given comes from ``hyp``'s file.
 
         ``n`` and ``seed`` default to the file's ``defaults``, the model and dataset are the
         file's (a relative ``model:`` is relative to the file), and ``draws`` draws of the tree
         use seeds ``seed``, ``seed + 1``, ... The callers have checked ``max_memory``.
+        ``device`` and ``dtype``: where and in which type to load the model (a loaded one must
+        match them).
         """
         n = hyp.spec.defaults.n if n is None else n
         seed = hyp.spec.defaults.seed if seed is None else seed
         if not isinstance(model, ScrubModel):
-            model = load_model_for(hyp, model)
+            model = load_model_for(hyp, model, device=device or "cpu", dtype=dtype or "float32")
+        else:
+            check_precision(model, device=device, dtype=dtype)
         if dataset is None:
             dataset = make_dataset_for(hyp, seed=seed)
         if cache is None:
@@ -459,6 +467,8 @@ def compare(
     alpha: float = 0.05,
     margin: float = 0.05,
     max_memory: int | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> Comparison:
     """Score rival hypotheses on one experiment and compare them pairwise.
 
@@ -480,6 +490,8 @@ def compare(
         margin: the equivalence margin ε of the TOST (recovered within 1 ± ε).
         max_memory: activation budget of one forward pass in bytes (fast engine), as in
             :func:`scrub.run` (``None``: its default). Results do not depend on it.
+        device, dtype: where and in which type to load ``model`` (default ``cpu``,
+            ``float32``), as in :func:`scrub.run`; a loaded ``model`` must match them.
 
     Raises:
         HypothesisError: a hypothesis is invalid, or two differ in their experiment.
@@ -512,6 +524,8 @@ def compare(
         max_batch_rows=max_batch_rows,
         confidence=confidence,
         max_memory=max_memory,
+        device=device,
+        dtype=dtype,
     )
     n, seed = scorer.n, scorer.seed
     names = _unique_names(hyps)
@@ -543,6 +557,7 @@ def compare(
         seed=seed,
         draw_seeds=scorer.draw_seeds,
         engine=engine,
+        **scorer.model.precision,
         confidence=confidence,
         alpha=alpha,
         margin=margin,

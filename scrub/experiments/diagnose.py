@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from scrub._bind import bind
 from scrub._errors import HypothesisError
@@ -245,6 +246,8 @@ def diagnose(
     max_batch_rows: int = 4096,
     confidence: float = 0.95,
     max_memory: int | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> Diagnosis:
     """Score every variant of a hypothesis against the hypothesis itself.
 
@@ -262,6 +265,8 @@ def diagnose(
         confidence: confidence level of the intervals.
         max_memory: activation budget of one forward pass in bytes (fast engine), as in
             :func:`scrub.run` (``None``: its default). Results do not depend on it.
+        device, dtype: where and in which type to load ``model`` (default ``cpu``,
+            ``float32``), as in :func:`scrub.run`; a loaded ``model`` must match them.
 
     Raises:
         HypothesisError: the hypothesis is invalid, or ``by`` names no dataset field.
@@ -282,6 +287,8 @@ def diagnose(
         max_batch_rows=max_batch_rows,
         confidence=confidence,
         max_memory=max_memory,
+        device=device,
+        dtype=dtype,
     )
     model, dataset, n, seed = scorer.model, scorer.dataset, scorer.n, scorer.seed
     if by is None:
@@ -336,6 +343,7 @@ def diagnose(
     rows += sorted(scored, key=lambda r: (r.difference, r.node, r.change))
     exp = experiment_of(hyp)
     exp.update(n=n, seed=seed, draw_seeds=[seed], engine=engine, confidence=confidence)
+    exp.update(model.precision)
     return Diagnosis(
         hypothesis=hyp.name,
         experiment=exp,

@@ -42,6 +42,7 @@ from scrub._hypothesis import _sampler
 from scrub._metrics import per_example_metric
 from scrub._model import ScrubModel, load_model
 from scrub._positions import resolve_positions
+from scrub._precision import check_precision
 from scrub._run import _clean, _count, _versions
 from scrub._samplers import CondSampler, SampleContext, Sampler
 from scrub._schema import MODEL_FORMS, CondSpec, GenerateSpec
@@ -219,23 +220,29 @@ def setup(
     dataset: Dataset | None = None,
     n: int | None = None,
     seed: int | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> Setup:
-    """Load the model, make the dataset and draw the reference, base and source rows."""
+    """Load the model (on ``device``, in ``dtype``), make the dataset and draw the reference,
+    base and source rows."""
     spec = experiment.spec
     n = spec.defaults.n if n is None else n
     seed = spec.defaults.seed if seed is None else seed
     if not isinstance(model, ScrubModel):
         # A file's relative 'model:' is relative to the file, as in hypothesis files.
         home = Path(experiment.file).parent if model is None and experiment.file else None
+        where, kind = device or "cpu", dtype or "float32"
         if model is not None:
-            model = load_model(model)
+            model = load_model(model, device=where, dtype=kind)
         else:
             try:
-                model = load_model_field(spec.model, relative_to=home)
+                model = load_model_field(spec.model, relative_to=home, device=where, dtype=kind)
             except HypothesisError as exc:
                 if exc.file is not None:  # located in a model spec file already
                     raise
                 raise exc.with_context(file=experiment.file, key_prefix=("model",)) from None
+    else:
+        check_precision(model, device=device, dtype=dtype)
     if dataset is None:
         try:
             dataset = make_dataset(
@@ -300,6 +307,8 @@ def patch(
     max_batch_rows: int = 4096,
     cache: ActivationCache | None = None,
     max_memory: int | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> PatchResult | AttentionResult | KnockoutResult:
     """Run a patching experiment and return its grid with per-cell statistics.
 
@@ -314,6 +323,8 @@ def patch(
         cache: activations to reuse across runs on the same model and dataset.
         max_memory: activation budget of one forward pass in bytes (fast engine), as in
             :func:`scrub.run` (``None``: its default). Results do not depend on it.
+        device, dtype: where and in which type to load ``model`` (default ``cpu``,
+            ``float32``), as in :func:`scrub.run`; a loaded ``model`` must match them.
 
     Returns:
         The :class:`PatchResult` (``.to_frame()``, ``.to_json()``, ``.save(dir)``); for
@@ -327,7 +338,7 @@ def patch(
     if max_memory is not None:
         max_memory = _count("max_memory", max_memory, minimum=1)
     exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
-    su = setup(exp, model=model, dataset=dataset, n=n, seed=seed)
+    su = setup(exp, model=model, dataset=dataset, n=n, seed=seed, device=device, dtype=dtype)
     if isinstance(exp.spec, AttentionSpec):
         return attention(su, max_batch_rows=max_batch_rows, max_memory=max_memory)
     if isinstance(exp.spec, KnockoutSpec):

@@ -41,10 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from scrub._errors import HypothesisError, ScrubWarning
 from scrub._hypothesis import Hypothesis
 from scrub._model import ScrubModel, load_model
+from scrub._precision import check_precision
 from scrub._result import bootstrap_ci
 from scrub._tree import stream
 from scrub.experiments._attention import AttentionResult
@@ -260,6 +262,8 @@ def reproduce(
     only: Sequence[str] | None = None,
     patches: bool = True,
     max_batch_rows: int = 1024,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> Reproduction:
     """Run every IOI claim and write ``results.md``, ``results.json`` and figures into ``out``.
 
@@ -274,6 +278,8 @@ def reproduce(
             patching grids run unless ``patches`` is False.
         patches: run the patching grids (ioi_names only).
         max_batch_rows: most rows in one forward pass.
+        device, dtype: where and in which type to load ``model`` (default ``cpu``,
+            ``float32``), as in :func:`scrub.run`; a loaded ``model`` must match them.
 
     Returns:
         the :class:`Reproduction` (its ``results`` are what ``results.json`` holds).
@@ -304,12 +310,15 @@ def reproduce(
     out = Path(out)
     (out / "patches").mkdir(parents=True, exist_ok=True)
     if not isinstance(model, ScrubModel):
-        model = load_model(source or "ioi_names")
+        model = load_model(source or "ioi_names", device=device or "cpu", dtype=dtype or "float32")
+    else:
+        check_precision(model, device=device, dtype=dtype)
     model_opt = (
         () if target == "ioi_names" and source in (None, "ioi_names") else ("--model", source)
     )
     n_opt = () if n is None else ("--n", n)
     results: dict[str, Any] = {"what": what, "target": target, "model": model.source, "n": n}
+    results.update(model.precision)
     md = [f"# IOI reproduced on `{model.source}`", ""]
     md += [f"Written by `{_command('reproduce', 'ioi', *model_opt, *n_opt, '--out', out)}`.", ""]
     files: list[Path] = []

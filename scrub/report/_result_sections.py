@@ -318,6 +318,7 @@ def provenance(ctx: Context) -> Markup:
             "n, seed, engine",
             f"{data.get('n', '—')}, {data.get('seed', '—')}, {data.get('engine', '—')}",
         ),
+        ("device, dtype", f"{data.get('device', 'cpu')}, {data.get('dtype', 'float32')}"),
         ("baseline", data.get("baseline_kind", "—")),
         (
             "methodology",
