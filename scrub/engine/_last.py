@@ -5,10 +5,14 @@ Context: after the last block only the final residual stream at the metric's pos
 are needed at every position, but the queries, the attention output, the MLP and the block's
 output only at the read positions: a third of an activation grid's row × layer block
 evaluations are last blocks, most of whose arithmetic goes. :class:`LastBlock` computes the
-block's output at given positions from its input (``blocks.{L}.hook_resid_pre``) with the
-engine's verified kernels (:mod:`scrub.engine._kernels`): the heads' ``z`` with queries at the
-read positions only (causal: query p sees keys 0..p), ``z @ W_O + b_O``, and the MLP on the
-block's input (parallel blocks) or on the residual after attention.
+block's output at given positions from its input (``blocks.{L}.hook_resid_pre``): the block's
+own first norm at every position, the heads' ``z`` by the engine's verified kernels'
+projections (:mod:`scrub.engine._kernels`) with queries at the read positions only (causal:
+query p sees keys 0..p), ``z @ W_O + b_O``, and the block's own second norm and MLP (modules
+that work position by position, so the same arithmetic on fewer rows) on the block's input
+(parallel blocks) or on the residual after attention. Using the model's own norm and MLP
+matters on compiled (tracr) models, whose steep MLPs turn the rounding differences of a
+restated LayerNorm into 1e-4 differences of the metric.
 
 The engine uses it only in a pass where nothing but the roots' final residual streams is read
 after block L's input (no hook of block L, no attention pattern read, every stacked group a
@@ -27,7 +31,6 @@ import re
 import torch
 from torch import Tensor
 
-from scrub._components import Component
 from scrub._model import ScrubModel
 from scrub.engine._kernels import Kernels, kernels_for
 
@@ -45,6 +48,7 @@ class LastBlock:
         self.attn_only = bool(getattr(model.bridge.cfg, "attn_only", False))
         w = kernels.w
         self.w = {name: None if w[name] is None else w[name][layer] for name in w}  # type: ignore[index]
+        self.block = model.bridge.blocks[layer]  # its own norms and MLP: position-wise
         self.W_O = model.W_O[layer]  # head d_head d_model
         try:
             self.b_O: Tensor | None = model.bridge.b_O[layer].detach()
@@ -75,7 +79,7 @@ class LastBlock:
         """Every head's ``z`` at ``pos``: ``batch head K d_head``."""
         kern = self.kernels
         batch = torch.arange(x.shape[0], device=x.device)[:, None]
-        normed = kern._ln(x)
+        normed = self.block.ln1(x)
         q = self._proj(normed[batch, pos], "W_Q", "b_Q")  # batch head K d_head
         k = self._proj(normed, "W_K", "b_K")  # batch kv_head pos d_head
         v = self._proj(normed, "W_V", "b_V")
@@ -110,7 +114,7 @@ class LastBlock:
         mid = pre + attn
         if self.attn_only:
             return mid
-        return mid + self.kernels.mlp(Component("mlp", self.layer), pre if self.parallel else mid)
+        return mid + self.block.mlp(self.block.ln2(pre if self.parallel else mid))
 
 
 _BLOCK = re.compile(r"blocks\.(\d+)\.")
