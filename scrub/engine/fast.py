@@ -12,7 +12,8 @@ groups that stopped sooner):
   assemble each target (residual + direct-path deltas), write it where the node's components are
   treeified (the fused group, or the output group);
 - the logits are computed from the root's final residual stream only at the positions the metric
-  reads (the unembedding is a large share of a small model's cost).
+  reads (the unembedding is a large share of a small model's cost), and where a final pass
+  reads nothing inside the last block, that block too (:mod:`scrub.engine._last`).
 
 What makes it fast, beyond batching: leaves come from an :class:`ActivationCache` (computed once
 per dataset row and shared across hypotheses and seeds), and so do subtrees that an earlier call
