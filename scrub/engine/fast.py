@@ -12,7 +12,8 @@ groups that stopped sooner):
   assemble each target (residual + direct-path deltas), write it where the node's components are
   treeified (the fused group, or the output group);
 - the logits are computed from the root's final residual stream only at the positions the metric
-  reads (the unembedding is a large share of a small model's cost).
+  reads (the unembedding is a large share of a small model's cost), and where a final pass
+  reads nothing inside the last block, that block too (:mod:`scrub.engine._last`).
 
 What makes it fast, beyond batching: leaves come from an :class:`ActivationCache` (computed once
 per dataset row and shared across hypotheses and seeds), and so do subtrees that an earlier call
@@ -45,6 +46,7 @@ from scrub._tree import SampledTree
 from scrub.data import Dataset
 from scrub.engine._ablation import Ablation
 from scrub.engine._kernels import Kernels, kernel_status, kernels_for
+from scrub.engine._last import LastBlock, last_block_for, reads_only_before
 from scrub.engine._plan import Group, Move, Plan, make_plan
 from scrub.engine._start import late_pass, late_start_works
 from scrub.engine.cache import ActivationCache, Key, Residual, pass_rows, split_qkv_inputs
@@ -76,6 +78,10 @@ class FastEngine:
         fuse: a parent's group takes over a child's group that coincides with it (same rows,
             nothing changed before the child; :mod:`scrub.engine._plan`, "fused children").
             Off while attention patterns are read.
+        last_block: in a final pass where nothing after the last block's input is read but
+            the roots' logits at the metric's positions, compute the last block at those
+            positions only, by the verified kernels (:mod:`scrub.engine._last`). Off while
+            attention patterns are read, without kernels, or when every position is read.
     """
 
     cache: ActivationCache | None = None
@@ -89,6 +95,7 @@ class FastEngine:
     # Levers that change no result (beyond float rounding): left out of the public repr.
     late_start: bool = field(default=True, repr=False)
     fuse: bool = field(default=True, repr=False)
+    last_block: bool = field(default=True, repr=False)
 
     def __post_init__(self) -> None:
         if self.max_batch_rows < 1:
@@ -249,6 +256,8 @@ class FastEngine:
             )
             run.start_from({key: v[rows] for key, v in early.items()})
             run.joint_qkv = self.joint_qkv
+            if self.last_block and kernels is not None and positions is not None:
+                run.last_block = last_block_for(model)
             pieces.append(run.evaluate(tick))
             read.append(run.patterns)
             for gid in plan.signatures if keep else ():
@@ -366,6 +375,7 @@ class _ChunkRun:
         self.head_kernels = kernels is not None and model.shape.kv_group == 1
         self.z_override: dict[tuple[int, Component], Tensor] = {}
         self.start_resid: dict[int, Tensor] = {}  # late group -> its residual at its start
+        self.last_block: LastBlock | None = None  # the last block at the read positions only
 
     def start_from(self, early: dict[tuple[int, Key], Tensor]) -> None:
         """Late groups' starting residual streams and served outputs, from the cache."""
@@ -437,6 +447,12 @@ class _ChunkRun:
                 continue
             final = stop >= n_layers
             hooks = self.hooks(groups, final=final)
+            if final and self._last_block_applies(groups, stacked, hooks):
+                layer = n_layers - 1
+                first = hooks.pop(f"blocks.{layer}.hook_resid_pre", None)  # the kernels' heads
+                hooks.pop(f"blocks.{layer}.attn.hook_z", None)  # their z: see the hook
+                del hooks["ln_final.hook_in"]
+                hooks[f"blocks.{layer}.hook_resid_pre"] = self._last_block_hook(groups, first)
             bridge = self.model.bridge
             needs_split = any(ch != "in" for g in groups for _, ch in g.targets)
             split = not self.head_kernels and (not self.joint_qkv or needs_split)
@@ -676,6 +692,59 @@ class _ChunkRun:
         if ch == "v":  # the bridge reads q, k, then v
             q, k = (self.pending.pop((group.gid, comp, c)) for c in ("q", "k"))
             self.store[group.gid, comp] = self.kernels.head(comp, q, k, value)
+
+    def _last_block_applies(self, groups: list[Group], stacked: list[Group], hooks: dict) -> bool:
+        """Whether this final pass reads nothing after the last block's input but the roots'
+        final residual streams at the metric's positions (:mod:`scrub.engine._last`): every
+        stacked group a root, no hook of the last block but the kernels' heads (computed from
+        the block's input; their ``z`` replaces the block's own), nothing patched, ablated or
+        recorded there but the kernels' heads (whose ``z`` is the kernels' value)."""
+        if self.last_block is None or self.positions is None:
+            return False
+        layer = self.model.shape.n_layers - 1
+        roots = set(self.plan.roots)
+        if not all(g.gid in roots for g in stacked):
+            return False
+        for group in stacked:
+            touched = [m.component for m in group.patches] + list(group.ablate)
+            own = {c for c, _ in group.targets if c.kind == "head"} if self.head_kernels else set()
+            touched += list(group.record - set(group.served) - own)
+            if any(c.kind in ("head", "mlp") and c.layer == layer for c in touched):
+                return False
+        kernel_heads = (f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.attn.hook_z")
+        names = [name for name in hooks if name not in kernel_heads]
+        return reads_only_before(names, layer)
+
+    def _last_block_hook(self, groups: list[Group], first: Callable | None) -> Callable:
+        """At the last block's input: the block at the read positions only, then the roots'
+        final residual streams. Other positions are NaN: nothing reads them (the logits are
+        unembedded at the read positions only; a splice adds there harmlessly). ``first``:
+        the block-input hook of the kernels' heads, whose ``z`` replaces the block's own."""
+        roots = [g for g in groups if g.gid in set(self.plan.roots)]
+        layer = self.model.shape.n_layers - 1
+
+        def hook(t: Tensor, hook=None) -> Tensor:
+            assert self.last_block is not None and self.positions is not None
+            if first is not None:
+                first(t)
+            pos = torch.as_tensor(self.positions, device=t.device).repeat(len(self.where), 1)
+            batch = torch.arange(t.shape[0], device=t.device)[:, None]
+            z = self.last_block.z(t, pos)
+            for gid, comp in [k for k in self.z_override if k[1].layer == layer]:
+                if gid not in self.where:
+                    continue
+                rows = self.where[gid]
+                own = self.z_override.pop((gid, comp))
+                z[rows, comp.head] = own[batch[: own.shape[0]], pos[rows]]
+                if comp in self.plan.groups[gid].record:  # as the output hook records it
+                    self.store[gid, comp] = own
+            resid = torch.full_like(t, float("nan"))
+            resid[batch, pos] = self.last_block.output(t, pos, z)
+            for root in roots:
+                self.finish(root, resid[self.where[root.gid]])
+            raise _Stop
+
+        return hook
 
     def _final_hook(self, groups: list[Group]) -> Callable:
         roots = [g for g in groups if g.gid in set(self.plan.roots)]
