@@ -23,7 +23,6 @@ model (``use_attn_result``), which multiplies memory and time on GPT-2 small.
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -166,22 +165,7 @@ def load_model(
     if torch_dtype != torch.float32:
         model.cast(torch_dtype)
         probe_precision(model)
-    _freeze_heap()
     return model
-
-
-def _freeze_heap() -> None:
-    """Move everything alive now (the loaded model) out of the cyclic GC's reach.
-
-    A loaded model is hundreds of thousands of tracked objects; every full collection that a
-    run's new lists set off walks all of them (0.1-0.3 s a time on the induction model at
-    n = 1000). ``gc.freeze`` (CPython) puts them in the permanent generation. Unfreezing and
-    collecting first lets the previous loads' garbage (a model dropped since) go, so a process
-    that loads many models frees all but those dropped since its last load.
-    """
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
 
 
 def _load_spec_file(
