@@ -17,6 +17,7 @@ from scrub._components import Component
 from scrub.engine import ActivationCache, FastEngine, evaluate_reference
 from scrub.engine._last import last_block_for, reads_only_before
 from scrub.experiments._cells import activation_cells
+from tests.conftest import keeping
 from tests.test_late_start import FAMILIES, _block_rows, _grid_trees, _path_trees, _random_tree
 from tests.test_late_start import models as late_start_models
 
@@ -34,12 +35,7 @@ def test_the_last_block_at_some_positions_reproduces_the_model(models, family):
     )
     seen = {}
 
-    def keep(name):
-        def hook(t, hook=None):
-            seen[name] = t.clone()
-            return t
-
-        return hook
+    keep = keeping(seen)
 
     names = [f"blocks.{layer}.hook_resid_pre", "ln_final.hook_in"]
     with torch.inference_mode(), model.bridge.hooks(fwd_hooks=[(n, keep(n)) for n in names]):

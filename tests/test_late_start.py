@@ -27,7 +27,7 @@ from scrub.engine._start import late_pass, late_start_works
 from scrub.engine.cache import Residual
 from scrub.experiments._cells import Cell
 from scrub.testing import save_random_model
-from tests.conftest import base_spec
+from tests.conftest import base_spec, keeping
 from tests.random_hypotheses import random_nodes
 
 FAMILIES = ("gpt2", "pythia", "llama")
@@ -76,12 +76,7 @@ def test_a_late_pass_reproduces_a_full_pass_and_skips_the_early_blocks(models, f
     )
     seen = {}
 
-    def keep(name):
-        def hook(t, hook=None):
-            seen[name] = t.clone()
-            return t
-
-        return hook
+    keep = keeping(seen)
 
     with torch.inference_mode():
         names = ["blocks.2.hook_resid_pre", "ln_final.hook_in"]
@@ -213,12 +208,7 @@ def test_the_engine_passes_softmax_equals_the_compatibility_mode_one(family, tmp
     tokens = torch.randint(0, 128, (3, 10), generator=torch.Generator().manual_seed(2))
     patterns = {}
 
-    def keep(name):
-        def hook(t, hook=None):
-            patterns[name] = t.clone()
-            return t
-
-        return hook
+    keep = keeping(patterns)
 
     with torch.inference_mode():
         with bridge.hooks(fwd_hooks=[("blocks.1.attn.hook_pattern", keep("guarded"))]):
