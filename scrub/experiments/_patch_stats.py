@@ -22,6 +22,7 @@ that is why the normalised effect is withheld when the scale is indistinguishabl
 from __future__ import annotations
 
 import itertools
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,7 +104,9 @@ def grid_stats(
     def interval(boot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # nanquantile costs three times quantile; the same numbers where nothing is NaN.
         quantile = np.nanquantile if np.isnan(boot).any() else np.quantile
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            # an all-NaN row (an undefined normalised effect) has a NaN interval, as intended
+            warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
             low, high = quantile(boot, [alpha, 1 - alpha], axis=-1)
         return low, high
 
