@@ -391,7 +391,9 @@ def _clean(
 
     As the engine computes its root's logits: the final residual stream read at
     ``ln_final.hook_in`` (which ends the pass), unembedded only at ``positions``, the softmax
-    without the fully-masked-row guards (unpadded causal rows have none).
+    without the fully-masked-row guards (unpadded causal rows have none). The whole last block
+    runs here; where the engine computes it at the metric's positions only
+    (:mod:`scrub.engine._last`) the two round differently, which :func:`_same_logits` allows.
     """
     got: list[Tensor] = []
 
