@@ -7,9 +7,27 @@ the same draws from the same generator, and differs only in how it gathers: ``np
 of fancy indexing (same values, about 3× faster on the 2000 × n resampled arrays), a paired
 resample's index array used as it is (scipy gathers it from ``arange(n)``, which is itself),
 and the jackknife's leave-one-out indices built arithmetically instead of through a boolean
-mask. At n = 1000 that is most of a run's bootstrap time. ``tests/test_bootstrap.py`` checks
-it against ``scipy.stats.bootstrap`` bit for bit (so a scipy that changes its algorithm fails
-there, not silently).
+mask. ``tests/test_bootstrap.py`` checks it against ``scipy.stats.bootstrap`` bit for bit (so a
+scipy that changes its algorithm fails there, not silently).
+
+:class:`MeanResamples` goes further for the intervals one ``scrub.run`` reports, which are all
+statistics of sample **means** over the same examples (each metric's mean, the fraction
+recovered, clean − baseline).
+
+Context: scipy draws its resamples as ``rng.integers(0, n, (n_resamples, n))``, the same index
+array for one sample and for several paired ones (it resamples ``arange(n)``). So every one of
+those intervals, computed from one such draw, is *exactly* ``scipy.stats.bootstrap`` called with
+a generator in that state; and a statistic of means needs each sample gathered and averaged
+once, however many intervals read it. At n = 1000 that is one 2000 × n draw and one gather per
+sample instead of one draw per interval and three gathers for the paired one: a run's five
+intervals cost a third of what they did.
+
+Pitfall: the intervals are then computed from common resamples (as a paired comparison's
+are), not from successive draws of the generator, so they differ from the earlier
+one-draw-per-interval numbers by bootstrap noise; each is still scipy's, bit for bit, for the
+generator's state (``tests/test_bootstrap.py``). The statistic must be computed from the means
+exactly as the original statistic computes it (:func:`scrub._result.recovered_of` is
+``recovered_from_means`` of ``np.mean``), or the bits differ.
 """
 
 from __future__ import annotations
@@ -19,7 +37,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import special, stats
 
-__all__ = ["interval"]
+__all__ = ["MeanResamples", "interval"]
 
 
 def interval(
@@ -50,9 +68,86 @@ def interval(
     # index sample arange(n)[..., i] is i itself
     i = rng.integers(0, n, (n_resamples, n), dtype="int64")
     theta_b = stat(i if paired else np.take(sample, i), axis=-1)
+    theta_hat = np.expand_dims(stat(sample, axis=-1), axis=-1)
+    leave_out = _leave_one_out(n) if method.lower() == "bca" else None
+    jackknife = None
+    if leave_out is not None:
+        jackknife = stat(leave_out if paired else np.take(sample, leave_out), axis=-1)
+    return _interval(theta_hat, theta_b, jackknife, confidence)
+
+
+class MeanResamples:
+    """One bootstrap draw over ``n`` examples, shared by intervals of statistics of means.
+
+    ``samples``: the 1-D per-example arrays (each ``n`` long) the intervals' statistics read.
+    The draw is made on the first interval asked for, with ``rng.integers(0, n,
+    (n_resamples, n))`` as scipy makes it; each sample's resampled means (and, for BCa, its
+    leave-one-out means) are computed once, when an interval first reads them.
+    """
+
+    def __init__(
+        self, samples: Sequence[np.ndarray], *, n_resamples: int, rng: np.random.Generator
+    ) -> None:
+        self.samples = [np.asarray(s) for s in samples]
+        self.n = self.samples[0].shape[-1]
+        self.n_resamples = n_resamples
+        self.rng = rng
+        self._index: np.ndarray | None = None
+        self._leave_out: np.ndarray | None = None
+        self._resampled: dict[int, np.ndarray] = {}
+        self._jackknife: dict[int, np.ndarray] = {}
+
+    def interval(
+        self,
+        statistic: Callable[..., np.ndarray],
+        which: Sequence[int],
+        *,
+        confidence: float,
+        method: str,
+    ) -> tuple[float, float]:
+        """``scipy.stats.bootstrap([samples[k] for k in which], s, paired=len(which) > 1,
+        vectorized=True, method=method, ...)``'s interval, for the generator's state at the
+        draw, where ``s(*arrays, axis) == statistic(*(np.mean(a, axis) for a in arrays))``."""
+        means = [np.mean(self.samples[k], axis=-1) for k in which]
+        theta_hat = np.expand_dims(statistic(*means), axis=-1)
+        theta_b = statistic(*(self._means(k) for k in which))
+        jackknife = None
+        if method.lower() == "bca":
+            jackknife = statistic(*(self._leave_one_out_means(k) for k in which))
+        return _interval(theta_hat, theta_b, jackknife, confidence)
+
+    def _means(self, k: int) -> np.ndarray:
+        if self._index is None:
+            self._index = self.rng.integers(0, self.n, (self.n_resamples, self.n), dtype="int64")
+        if k not in self._resampled:
+            self._resampled[k] = np.mean(np.take(self.samples[k], self._index), axis=-1)
+        return self._resampled[k]
+
+    def _leave_one_out_means(self, k: int) -> np.ndarray:
+        if self._leave_out is None:
+            self._leave_out = _leave_one_out(self.n)
+        if k not in self._jackknife:
+            self._jackknife[k] = np.mean(np.take(self.samples[k], self._leave_out), axis=-1)
+        return self._jackknife[k]
+
+
+def _leave_one_out(n: int) -> np.ndarray:
+    """Row r: ``0..n-1`` without r (scipy: ``arange(n)`` masked off the diagonal)."""
+    cols = np.arange(n - 1)
+    return cols + (cols[None, :] >= np.arange(n)[:, None])
+
+
+def _interval(
+    theta_hat: np.ndarray,
+    theta_b: np.ndarray,
+    jackknife: np.ndarray | None,
+    confidence: float,
+) -> tuple[float, float]:
+    """The interval from the statistic, its resampled values and, for BCa, its jackknife
+    values (``None``: percentile), as scipy's ``bootstrap`` computes it."""
     alpha = (1 - confidence) / 2
-    if method.lower() == "bca":
-        alpha_1, alpha_2 = _bca(sample, stat, theta_b, alpha, paired=paired)
+    if jackknife is not None:
+        alpha_1, alpha_2 = _bca(theta_hat, theta_b, jackknife, alpha)
         probabilities = np.stack((alpha_1, alpha_2), axis=-1)
     else:
         a = np.asarray(alpha, dtype=theta_b.dtype)
@@ -62,20 +157,14 @@ def interval(
 
 
 def _bca(
-    sample: np.ndarray, stat: Callable, theta_b: np.ndarray, alpha: float, *, paired: bool
+    theta_hat: np.ndarray, theta_b: np.ndarray, theta_hat_i: np.ndarray, alpha: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """scipy's ``_bca_interval`` for one (possibly index) sample and a batch of ``n``."""
-    theta_hat = np.expand_dims(stat(sample, axis=-1), axis=-1)
+    """scipy's ``_bca_interval`` from the statistic, its resamples and its jackknife."""
     count = np.count_nonzero(theta_b < theta_hat, axis=-1) + np.count_nonzero(
         theta_b <= theta_hat, axis=-1
     )
     percentile = np.asarray(count.astype(theta_hat.dtype) / (2 * theta_b.shape[-1]))
     z0_hat = special.ndtri(percentile.astype(theta_hat.dtype))
-    n = sample.shape[-1]
-    # leave-one-out: row r is 0..n-1 without r (scipy: arange(n) masked off the diagonal)
-    cols = np.arange(n - 1)
-    leave_out = cols + (cols[None, :] >= np.arange(n)[:, None])
-    theta_hat_i = stat(leave_out if paired else np.take(sample, leave_out), axis=-1)
     theta_hat_i = np.concatenate([theta_hat_i], axis=-1)
     n_j = float(theta_hat_i.shape[-1])
     theta_hat_dot = np.mean(theta_hat_i, axis=-1, keepdims=True)

@@ -38,6 +38,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from scrub._bind import bind, load_model_for, make_dataset_for
+from scrub._bootstrap import MeanResamples
 from scrub._errors import ScrubWarning
 from scrub._hooks import unmasked_rows_softmax
 from scrub._hypothesis import Hypothesis, load_hypothesis
@@ -45,7 +46,14 @@ from scrub._metrics import per_example_metric
 from scrub._model import ScrubModel
 from scrub._positions import resolve_positions
 from scrub._precision import check_precision
-from scrub._result import ScrubResult, bootstrap_ci, methodology, recovered_of
+from scrub._result import (
+    N_RESAMPLES,
+    ScrubResult,
+    methodology,
+    recovered_from_means,
+    recovered_of,
+    shared_ci,
+)
 from scrub._tree import MAX_TREE_NODES, SampledTree, sample_tree, stream
 from scrub.data import Dataset
 from scrub.engine import ActivationCache, FastEngine, baseline_for, evaluate_reference
@@ -237,18 +245,24 @@ def run(
                 "as null in JSON)"
             )
 
-    rng = stream(seed, "bootstrap")
+    # One bootstrap draw for every interval: each is scipy's for the stream's state (see
+    # scrub._bootstrap.MeanResamples); the samples: clean, baseline, scrubbed, clean - baseline
+    resamples = MeanResamples(
+        (clean, baseline_values, scrubbed, clean - baseline_values),
+        n_resamples=N_RESAMPLES,
+        rng=stream(seed, "bootstrap"),
+    )
 
-    def ci(values: np.ndarray) -> tuple[float, float]:
-        return bootstrap_ci((values,), np.mean, rng=rng, confidence=confidence)
+    def ci(statistic: Callable, *which: int) -> tuple[float, float]:
+        return shared_ci(resamples, statistic, which, confidence=confidence)
 
-    clean_ci, baseline_ci, scrubbed_ci = ci(clean), ci(baseline_values), ci(scrubbed)
-    reason = _undefined_reason(clean, baseline_values, scrubbed, seed=seed, confidence=confidence)
+    clean_ci, baseline_ci, scrubbed_ci = ci(_mean, 0), ci(_mean, 1), ci(_mean, 2)
+    reason = _undefined_reason(
+        clean, baseline_values, scrubbed, seed=seed, confidence=confidence, resamples=resamples
+    )
     if reason is None:
         recovered: float | None = float(recovered_of(clean, baseline_values, scrubbed))
-        recovered_ci = bootstrap_ci(
-            (clean, baseline_values, scrubbed), recovered_of, rng=rng, confidence=confidence
-        )
+        recovered_ci = ci(recovered_from_means, 0, 1, 2)
     else:
         recovered, recovered_ci = None, (math.nan, math.nan)
         messages.append(f"the fraction recovered is undefined: {reason}")
@@ -311,10 +325,25 @@ def _no_bar(progress: bool | None) -> bool | None:
     return None if progress is None else not progress
 
 
+def _mean(m: np.ndarray) -> np.ndarray:
+    """The statistic of a sample's mean, from its mean (:func:`scrub._result.shared_ci`)."""
+    return m
+
+
 def _undefined_reason(
-    clean: np.ndarray, baseline: np.ndarray, scrubbed: np.ndarray, *, seed: int, confidence: float
+    clean: np.ndarray,
+    baseline: np.ndarray,
+    scrubbed: np.ndarray,
+    *,
+    seed: int,
+    confidence: float,
+    resamples: MeanResamples | None = None,
 ) -> str | None:
-    """Why (scrubbed − baseline) / (clean − baseline) is not a meaningful number, if it is not."""
+    """Why (scrubbed − baseline) / (clean − baseline) is not a meaningful number, if it is not.
+
+    ``resamples``: the run's shared draw, whose sample 3 is clean − baseline (``None``: a draw
+    of ``stream(seed, "bootstrap")`` for this interval alone, the same numbers).
+    """
     means = {"clean": clean.mean(), "baseline": baseline.mean(), "scrubbed": scrubbed.mean()}
     bad = [name for name, value in means.items() if not math.isfinite(value)]
     if bad:
@@ -325,12 +354,13 @@ def _undefined_reason(
         return f"n = {len(clean)}: too few examples to tell clean from baseline"
     # the paired CI of mean(clean - baseline): one sample of differences resamples the same
     # rows and gives the same numbers, bit for bit, for less work
-    lo, hi = bootstrap_ci(
-        (clean - baseline,),
-        np.mean,
-        rng=stream(seed, "bootstrap", "clean-baseline"),
-        confidence=confidence,
-    )
+    if resamples is None:
+        resamples = MeanResamples(
+            (clean, baseline, scrubbed, clean - baseline),
+            n_resamples=N_RESAMPLES,
+            rng=stream(seed, "bootstrap"),
+        )
+    lo, hi = shared_ci(resamples, _mean, (3,), confidence=confidence)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return "the confidence interval of clean − baseline is undefined"
     if lo <= 0 <= hi:
