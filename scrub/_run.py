@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from scrub._bind import bind, load_model_for, make_dataset_for
 from scrub._bootstrap import MeanResamples
 from scrub._errors import ScrubWarning
+from scrub._gc import no_gc
 from scrub._hooks import unmasked_rows_softmax
 from scrub._hypothesis import Hypothesis, load_hypothesis
 from scrub._metrics import per_example_metric
@@ -68,6 +69,7 @@ ENGINES = ("fast", "reference")
 Evaluate = Callable[..., Tensor]
 
 
+@no_gc()  # a run's many small objects would set off full collections (scrub._gc)
 def run(
     hypothesis: Hypothesis | str | Path,
     *,
