@@ -60,6 +60,7 @@ from scrub.data import Dataset
 from scrub.engine import ActivationCache, FastEngine, baseline_for, evaluate_reference
 from scrub.engine._ablation import Ablation, ablation_for
 from scrub.engine.baseline import BaselineContext
+from scrub.engine.cache import balanced, pass_rows
 
 __all__ = ["ENGINES", "run"]
 
@@ -111,7 +112,7 @@ def run(
         confidence: confidence level of the bootstrap intervals.
         progress: show a progress bar on stderr (``None``: only if stderr is a terminal).
         max_memory: activation budget of one forward pass in bytes (fast engine): each pass
-            takes the most rows that fit, at most ``max_batch_rows`` (``None``: 128 MiB; see
+            takes the most rows that fit, at most ``max_batch_rows`` (``None``: 32 MiB; see
             :func:`scrub.engine.cache.pass_rows`). Results do not depend on it.
         device: where to load ``model`` (``cpu`` by default, ``cuda``, ``cuda:N``).
         dtype: the type to load ``model`` in (``float32`` by default, ``bfloat16``,
@@ -186,7 +187,13 @@ def run(
             model,
             dataset,
             ("clean", x.tobytes(), clean_pos.tobytes()),
-            lambda: _clean(model, dataset, x, clean_pos, max_batch_rows),
+            lambda: _clean(
+                model,
+                dataset,
+                x,
+                clean_pos,
+                _clean_rows(model, dataset, max_batch_rows, max_memory),
+            ),
         )
         bar.update()
         bar.set_postfix_str(stages[1])
@@ -411,6 +418,14 @@ def _generated_examples(tree: SampledTree) -> dict[str, dict[str, Any]]:
     }
 
 
+def _clean_rows(
+    model: ScrubModel, dataset: Dataset, max_batch_rows: int, max_memory: int | None
+) -> int:
+    """Most rows of one clean pass: as the engine's passes, within ``max_memory`` (a pass's
+    cost per row grows past the default budget, :data:`scrub.engine.cache.PASS_MEMORY`)."""
+    return min(max_batch_rows, pass_rows(model, dataset.seq_len, max_memory=max_memory))
+
+
 class _Final(Exception):
     """Raised at the final residual stream: the clean pass unembeds only at the positions."""
 
@@ -419,7 +434,8 @@ class _Final(Exception):
 def _clean(
     model: ScrubModel, dataset: Dataset, rows: np.ndarray, positions: np.ndarray, chunk: int
 ) -> Tensor:
-    """The clean model's logits on ``rows`` at ``positions``: ``(batch, K, vocab)``.
+    """The clean model's logits on ``rows`` at ``positions``: ``(batch, K, vocab)``, in
+    passes of at most ``chunk`` rows.
 
     As the engine computes its root's logits: the final residual stream read at
     ``ln_final.hook_in`` (which ends the pass), unembedded only at ``positions``, the softmax
@@ -436,8 +452,9 @@ def _clean(
     resids = []
     bridge = model.bridge
     with bridge.hooks(fwd_hooks=[("ln_final.hook_in", final)]), unmasked_rows_softmax(bridge):
-        for start in range(0, len(rows), chunk):
-            part = slice(start, start + chunk)
+        step = balanced(len(rows), chunk)  # pieces of about one size
+        for start in range(0, len(rows), step):
+            part = slice(start, start + step)
             got.clear()
             with contextlib.suppress(_Final):
                 model.run(dataset.tokens[torch.as_tensor(rows[part])])

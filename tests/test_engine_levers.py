@@ -18,7 +18,7 @@ import scrub
 from scrub.engine import ActivationCache, FastEngine, evaluate_reference
 from scrub.engine._kernels import kernels_for
 from scrub.engine._plan import make_plan
-from scrub.engine.cache import pass_rows
+from scrub.engine.cache import balanced, pass_rows
 from tests.test_fast_engine import MULTI_LAYER, logprobs, sampled
 
 FUSED = {  # a node of one layer's heads, fed through q and v: treeified in its reading group
@@ -81,6 +81,16 @@ def test_memory_budget_caps_every_pass_and_leaves_results_unchanged(tiny_model):
     assert sizes and max(sizes) <= 6
     whole = FastEngine()(tiny_model, tree)
     torch.testing.assert_close(capped, whole, atol=1e-5, rtol=0)
+
+
+def test_balanced_pieces_are_as_few_as_the_cap_allows_and_about_equal():
+    for n in range(1, 60):
+        for most in range(1, 25):
+            step = balanced(n, most)
+            sizes = [min(step, n - s) for s in range(0, n, step)]
+            assert max(sizes) <= most and len(sizes) == -(-n // most)
+            assert max(sizes) - min(sizes) <= len(sizes)  # no small last piece
+    assert balanced(1000, 296) == 250
 
 
 def test_gelu_new_is_torch_tanh_gelu_in_eval_mode(tiny_model):
