@@ -62,6 +62,15 @@ parent's group changes the residual stream at or before the child's components. 
 (sender → receiver → logits, all on the base run) becomes one group, as in TransformerLens.
 Refused under grouped-query attention, where a head's k/v input slot is shared by other heads.
 
+**Kernel heads stop at the block input**: with the head kernels (joint q/k/v passes, no
+grouped-query attention, no mean / zero ablation), a fused group whose targets are heads of
+one layer L gets their ``z`` from the kernels, computed from block L's input; when nothing
+else is read from the group at or after block L (its patches and its other recorded outputs
+are upstream of L), the group stops at block L's input (``stop = L``) instead of running block
+L for outputs nobody reads: kcomp's induction node, whose heads only the root reads. A group
+that would then start late exactly there (block L's input cached for its rows) runs block L
+after all, as it would have.
+
 **Dead patches** (``read_at``): the logits are often read at a few positions only (the
 metric's). A component's output at position p reaches the residual stream at positions >= p
 only (causal attention), and a last-layer component's only at p. A root's activation patch
@@ -358,6 +367,8 @@ def make_plan(
         roots.append(root)
     if fuse and ablation is None and model.shape.kv_group == 1:
         _fuse_children(model, groups)
+    if kernels and ablation is None and model.shape.kv_group == 1:
+        _stop_at_block_inputs(model, groups)
     _check_stops(groups, n_layers)
     if late_start:
         filled = {src.rows.tobytes() for src, _ in leaves if src.known is None}
@@ -377,6 +388,24 @@ def make_plan(
         signatures=signatures,
         outputs=outputs,
     )
+
+
+def _stop_at_block_inputs(model: ScrubModel, groups: list[Group]) -> None:
+    """Groups that read nothing at or after the block their node's heads are in stop at that
+    block's input (module docstring, "kernel heads stop at the block input")."""
+    for group in groups:
+        if not group.fused or group.virtual or group.sets or group.into is not None:
+            continue
+        comps = {c for c, _ in group.targets}
+        layers = {c.layer for c in comps}
+        if not comps or any(c.kind != "head" for c in comps) or len(layers) != 1:
+            continue
+        layer = layers.pop()
+        if layer < 1 or any(model.stop_layer(m.component) > layer for m in group.patches):
+            continue
+        if any(model.stop_layer(c) > layer for c in group.record - comps):
+            continue  # a later output of this group is read (e.g. subtracted by a splice)
+        group.stop = layer
 
 
 def _check_stops(groups: list[Group], n_layers: int) -> None:
@@ -417,6 +446,11 @@ def _set_starts(
     for late in on_rows.values():
         if len(late) == 1 and not cached(late[0].start, late[0].rows):
             late[0].start = 0
+    # A group stopped at a block's input that would start there (that residual stream cached)
+    # runs that block after all, as it would have without the early stop.
+    for group in groups:
+        if group.into is None and group.start >= group.stop < n_layers:
+            group.stop = group.start + 1
     # Groups of one stop that read each other run in one pass: they share the lowest start.
     parent = list(range(len(groups)))
 
