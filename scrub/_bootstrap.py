@@ -12,22 +12,18 @@ scipy that changes its algorithm fails there, not silently).
 
 :class:`MeanResamples` goes further for the intervals one ``scrub.run`` reports, which are all
 statistics of sample **means** over the same examples (each metric's mean, the fraction
-recovered, clean − baseline).
+recovered): each interval still takes its own draw from the generator, in turn, exactly as
+successive ``scipy.stats.bootstrap`` calls on it would (so every number is the one the
+one-call-per-interval code gave), but a paired statistic gathers each sample once, and each
+sample's jackknife (its n leave-one-out means, the BCa acceleration's input) is computed once
+for every interval that reads it (the mean's and the fraction's), with the leave-one-out
+index built once.
 
-Context: scipy draws its resamples as ``rng.integers(0, n, (n_resamples, n))``, the same index
-array for one sample and for several paired ones (it resamples ``arange(n)``). So every one of
-those intervals, computed from one such draw, is *exactly* ``scipy.stats.bootstrap`` called with
-a generator in that state; and a statistic of means needs each sample gathered and averaged
-once, however many intervals read it. At n = 1000 that is one 2000 × n draw and one gather per
-sample instead of one draw per interval and three gathers for the paired one: a run's five
-intervals cost a third of what they did.
-
-Pitfall: the intervals are then computed from common resamples (as a paired comparison's
-are), not from successive draws of the generator, so they differ from the earlier
-one-draw-per-interval numbers by bootstrap noise; each is still scipy's, bit for bit, for the
-generator's state (``tests/test_bootstrap.py``). The statistic must be computed from the means
-exactly as the original statistic computes it (:func:`scrub._result.recovered_of` is
-``recovered_from_means`` of ``np.mean``), or the bits differ.
+Pitfall: the statistic must be computed from the means exactly as the original statistic
+computes it (:func:`scrub._result.recovered_of` is ``recovered_from_means`` of ``np.mean``), or
+the bits differ; the draws cannot be shared between intervals without changing every interval
+the results and the README report (measured: five intervals at n = 1000 from one draw cost a
+third of five draws, but e.g. the parens table's CIs move in the third decimal).
 """
 
 from __future__ import annotations
@@ -77,12 +73,11 @@ def interval(
 
 
 class MeanResamples:
-    """One bootstrap draw over ``n`` examples, shared by intervals of statistics of means.
+    """Bootstrap intervals of statistics of means over ``n`` examples, one draw each.
 
     ``samples``: the 1-D per-example arrays (each ``n`` long) the intervals' statistics read.
-    The draw is made on the first interval asked for, with ``rng.integers(0, n,
-    (n_resamples, n))`` as scipy makes it; each sample's resampled means (and, for BCa, its
-    leave-one-out means) are computed once, when an interval first reads them.
+    Each :meth:`interval` draws ``rng.integers(0, n, (n_resamples, n))`` as scipy does; each
+    sample's leave-one-out means (BCa) are computed once, when an interval first reads them.
     """
 
     def __init__(
@@ -92,9 +87,7 @@ class MeanResamples:
         self.n = self.samples[0].shape[-1]
         self.n_resamples = n_resamples
         self.rng = rng
-        self._index: np.ndarray | None = None
         self._leave_out: np.ndarray | None = None
-        self._resampled: dict[int, np.ndarray] = {}
         self._jackknife: dict[int, np.ndarray] = {}
 
     def interval(
@@ -106,22 +99,17 @@ class MeanResamples:
         method: str,
     ) -> tuple[float, float]:
         """``scipy.stats.bootstrap([samples[k] for k in which], s, paired=len(which) > 1,
-        vectorized=True, method=method, ...)``'s interval, for the generator's state at the
-        draw, where ``s(*arrays, axis) == statistic(*(np.mean(a, axis) for a in arrays))``."""
+        vectorized=True, method=method, random_state=rng, ...)``'s interval, where
+        ``s(*arrays, axis) == statistic(*(np.mean(a, axis) for a in arrays))``."""
         means = [np.mean(self.samples[k], axis=-1) for k in which]
         theta_hat = np.expand_dims(statistic(*means), axis=-1)
-        theta_b = statistic(*(self._means(k) for k in which))
+        # scipy: one index array for one sample or several paired ones (arange(n)[..., i])
+        index = self.rng.integers(0, self.n, (self.n_resamples, self.n), dtype="int64")
+        theta_b = statistic(*(np.mean(np.take(self.samples[k], index), axis=-1) for k in which))
         jackknife = None
         if method.lower() == "bca":
             jackknife = statistic(*(self._leave_one_out_means(k) for k in which))
         return _interval(theta_hat, theta_b, jackknife, confidence)
-
-    def _means(self, k: int) -> np.ndarray:
-        if self._index is None:
-            self._index = self.rng.integers(0, self.n, (self.n_resamples, self.n), dtype="int64")
-        if k not in self._resampled:
-            self._resampled[k] = np.mean(np.take(self.samples[k], self._index), axis=-1)
-        return self._resampled[k]
 
     def _leave_one_out_means(self, k: int) -> np.ndarray:
         if self._leave_out is None:

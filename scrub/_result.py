@@ -34,10 +34,10 @@ __all__ = [
     "N_RESAMPLES",
     "ScrubResult",
     "bootstrap_ci",
+    "mean_ci",
     "methodology",
     "recovered_from_means",
     "recovered_of",
-    "shared_ci",
 ]
 
 
@@ -89,12 +89,12 @@ def bootstrap_ci(
     return (math.nan, math.nan)
 
 
-def shared_ci(
+def mean_ci(
     resamples: MeanResamples, statistic, which: tuple[int, ...], *, confidence: float = 0.95
 ) -> tuple[float, float]:
     """:func:`bootstrap_ci`'s interval of ``statistic`` of the means of ``resamples``'
-    samples ``which``, from their shared draw (:class:`scrub._bootstrap.MeanResamples`):
-    BCa, else percentile (the same resamples), else the point of constant data."""
+    samples ``which`` (:class:`scrub._bootstrap.MeanResamples`), the same numbers from the
+    same draws: BCa, else percentile (a draw of its own), else the point of constant data."""
     data = [resamples.samples[k] for k in which]
     if len(data[0]) < 2:
         return (math.nan, math.nan)

@@ -50,10 +50,10 @@ from scrub._precision import check_precision
 from scrub._result import (
     N_RESAMPLES,
     ScrubResult,
+    mean_ci,
     methodology,
     recovered_from_means,
     recovered_of,
-    shared_ci,
 )
 from scrub._tree import MAX_TREE_NODES, SampledTree, sample_tree, stream
 from scrub.data import Dataset
@@ -254,21 +254,17 @@ def run(
                 "as null in JSON)"
             )
 
-    # One bootstrap draw for every interval: each is scipy's for the stream's state (see
-    # scrub._bootstrap.MeanResamples); the samples: clean, baseline, scrubbed, clean - baseline
+    # each interval its own draw from the stream, in turn (scrub._bootstrap.MeanResamples:
+    # the numbers of one scipy.stats.bootstrap call each, for less work)
     resamples = MeanResamples(
-        (clean, baseline_values, scrubbed, clean - baseline_values),
-        n_resamples=N_RESAMPLES,
-        rng=stream(seed, "bootstrap"),
+        (clean, baseline_values, scrubbed), n_resamples=N_RESAMPLES, rng=stream(seed, "bootstrap")
     )
 
     def ci(statistic: Callable, *which: int) -> tuple[float, float]:
-        return shared_ci(resamples, statistic, which, confidence=confidence)
+        return mean_ci(resamples, statistic, which, confidence=confidence)
 
     clean_ci, baseline_ci, scrubbed_ci = ci(_mean, 0), ci(_mean, 1), ci(_mean, 2)
-    reason = _undefined_reason(
-        clean, baseline_values, scrubbed, seed=seed, confidence=confidence, resamples=resamples
-    )
+    reason = _undefined_reason(clean, baseline_values, scrubbed, seed=seed, confidence=confidence)
     if reason is None:
         recovered: float | None = float(recovered_of(clean, baseline_values, scrubbed))
         recovered_ci = ci(recovered_from_means, 0, 1, 2)
@@ -335,7 +331,7 @@ def _no_bar(progress: bool | None) -> bool | None:
 
 
 def _mean(m: np.ndarray) -> np.ndarray:
-    """The statistic of a sample's mean, from its mean (:func:`scrub._result.shared_ci`)."""
+    """The statistic of a sample's mean, from its mean (:func:`scrub._result.mean_ci`)."""
     return m
 
 
@@ -346,13 +342,8 @@ def _undefined_reason(
     *,
     seed: int,
     confidence: float,
-    resamples: MeanResamples | None = None,
 ) -> str | None:
-    """Why (scrubbed − baseline) / (clean − baseline) is not a meaningful number, if it is not.
-
-    ``resamples``: the run's shared draw, whose sample 3 is clean − baseline (``None``: a draw
-    of ``stream(seed, "bootstrap")`` for this interval alone, the same numbers).
-    """
+    """Why (scrubbed − baseline) / (clean − baseline) is not a meaningful number, if it is not."""
     means = {"clean": clean.mean(), "baseline": baseline.mean(), "scrubbed": scrubbed.mean()}
     bad = [name for name, value in means.items() if not math.isfinite(value)]
     if bad:
@@ -363,13 +354,12 @@ def _undefined_reason(
         return f"n = {len(clean)}: too few examples to tell clean from baseline"
     # the paired CI of mean(clean - baseline): one sample of differences resamples the same
     # rows and gives the same numbers, bit for bit, for less work
-    if resamples is None:
-        resamples = MeanResamples(
-            (clean, baseline, scrubbed, clean - baseline),
-            n_resamples=N_RESAMPLES,
-            rng=stream(seed, "bootstrap"),
-        )
-    lo, hi = shared_ci(resamples, _mean, (3,), confidence=confidence)
+    difference = MeanResamples(
+        (clean - baseline,),
+        n_resamples=N_RESAMPLES,
+        rng=stream(seed, "bootstrap", "clean-baseline"),
+    )
+    lo, hi = mean_ci(difference, _mean, (0,), confidence=confidence)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return "the confidence interval of clean − baseline is undefined"
     if lo <= 0 <= hi:

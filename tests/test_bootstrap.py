@@ -108,37 +108,42 @@ def test_several_unpaired_samples_are_refused():
 @pytest.mark.parametrize("method", ["BCa", "percentile"])
 @pytest.mark.parametrize("kind", ["normal", "ties"])
 @pytest.mark.parametrize("n", [2, 17, 400])
-def test_shared_resamples_give_each_interval_scipys_bit_for_bit(method, kind, n):
-    """One draw, several intervals: each is scipy's for the generator's state at the draw."""
+def test_mean_resamples_give_scipys_intervals_in_turn_bit_for_bit(method, kind, n):
+    """Several intervals on one generator: each is the scipy call that would come next."""
     x = _data(n, n, kind)
     c, b, s = x[0] + 3, x[1], x[2] + 1
-    resamples = MeanResamples((c, b, s, c - b), n_resamples=999, rng=np.random.default_rng(5))
+    resamples = MeanResamples((c, b, s), n_resamples=999, rng=np.random.default_rng(5))
+    ref = np.random.default_rng(5)
     cases = [
         ((c,), np.mean, lambda m: m, (0,)),
         ((b,), np.mean, lambda m: m, (1,)),
-        ((c - b,), np.mean, lambda m: m, (3,)),
         ((c, b, s), recovered_of, recovered_from_means, (0, 1, 2)),
         ((s,), np.mean, lambda m: m, (2,)),
+        ((c, b, s), recovered_of, recovered_from_means, (0, 1, 2)),
     ]
     for data, statistic, of_means, which in cases:
-        want = _scipy(
-            data,
-            statistic,
-            paired=len(data) > 1,
-            method=method,
-            seed=5,
-            confidence=0.9,
-            n_resamples=999,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = stats.bootstrap(
+                data,
+                statistic,
+                paired=len(data) > 1,
+                vectorized=True,
+                confidence_level=0.9,
+                n_resamples=999,
+                method=method,
+                random_state=ref,
+            )
+        want = (float(res.confidence_interval.low), float(res.confidence_interval.high))
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
             got = resamples.interval(of_means, which, confidence=0.9, method=method)
         np.testing.assert_array_equal(np.array(got), np.array(want))
 
 
-def test_a_runs_intervals_are_scipys_on_its_bootstrap_stream():
-    """``scrub.run``'s intervals share one draw of ``stream(seed, "bootstrap")``; each is
-    ``scipy.stats.bootstrap`` (BCa) with a generator in that state, bit for bit."""
+def test_a_runs_intervals_are_scipys_in_turn_on_its_bootstrap_stream():
+    """``scrub.run``'s intervals: scipy.stats.bootstrap (BCa) called on ``stream(seed,
+    "bootstrap")`` for clean, baseline, scrubbed, then the fraction, bit for bit."""
     import scrub
     from scrub._tree import stream
 
@@ -149,6 +154,7 @@ def test_a_runs_intervals_are_scipys_on_its_bootstrap_stream():
     c, b, s = (np.array(result.per_example_clean), np.array(result.per_example_baseline),
                np.array(result.per_example))  # fmt: skip
     assert result.recovered is not None
+    ref = stream(3, "bootstrap")
 
     def scipy_ci(data, statistic):
         with warnings.catch_warnings():
@@ -160,7 +166,7 @@ def test_a_runs_intervals_are_scipys_on_its_bootstrap_stream():
                 vectorized=True,
                 n_resamples=2000,
                 method="BCa",
-                random_state=stream(3, "bootstrap"),
+                random_state=ref,
             )
         return (float(res.confidence_interval.low), float(res.confidence_interval.high))
 
