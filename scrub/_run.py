@@ -170,6 +170,8 @@ def run(
     clean_pos = resolve_positions(spec.metric.positions, dataset, x)
     root_pos = resolve_positions(spec.metric.positions, dataset, o_root)
     stages = ("clean", "baseline", "scrubbed")
+    # the clean pass split as the engine's passes are (a pass's cost per row grows past them)
+    clean_rows = min(max_batch_rows, pass_rows(model, dataset.seq_len, max_memory=max_memory))
     bar = tqdm(  # cleared when closed, so it never shares a line with the table
         total=len(stages),
         desc=f"scrub {hyp.name}",
@@ -187,13 +189,7 @@ def run(
             model,
             dataset,
             ("clean", x.tobytes(), clean_pos.tobytes()),
-            lambda: _clean(
-                model,
-                dataset,
-                x,
-                clean_pos,
-                _clean_rows(model, dataset, max_batch_rows, max_memory),
-            ),
+            lambda: _clean(model, dataset, x, clean_pos, clean_rows),
         )
         bar.update()
         bar.set_postfix_str(stages[1])
@@ -336,12 +332,7 @@ def _mean(m: np.ndarray) -> np.ndarray:
 
 
 def _undefined_reason(
-    clean: np.ndarray,
-    baseline: np.ndarray,
-    scrubbed: np.ndarray,
-    *,
-    seed: int,
-    confidence: float,
+    clean: np.ndarray, baseline: np.ndarray, scrubbed: np.ndarray, *, seed: int, confidence: float
 ) -> str | None:
     """Why (scrubbed − baseline) / (clean − baseline) is not a meaningful number, if it is not."""
     means = {"clean": clean.mean(), "baseline": baseline.mean(), "scrubbed": scrubbed.mean()}
@@ -406,14 +397,6 @@ def _generated_examples(tree: SampledTree) -> dict[str, dict[str, Any]]:
         }
         for row, t, p, f in zip(rows, tokens, pos_rows, field_rows, strict=True)
     }
-
-
-def _clean_rows(
-    model: ScrubModel, dataset: Dataset, max_batch_rows: int, max_memory: int | None
-) -> int:
-    """Most rows of one clean pass: as the engine's passes, within ``max_memory`` (a pass's
-    cost per row grows past the default budget, :data:`scrub.engine.cache.PASS_MEMORY`)."""
-    return min(max_batch_rows, pass_rows(model, dataset.seq_len, max_memory=max_memory))
 
 
 class _Final(Exception):

@@ -62,14 +62,10 @@ parent's group changes the residual stream at or before the child's components. 
 (sender → receiver → logits, all on the base run) becomes one group, as in TransformerLens.
 Refused under grouped-query attention, where a head's k/v input slot is shared by other heads.
 
-**Kernel heads stop at the block input**: with the head kernels (joint q/k/v passes, no
-grouped-query attention, no mean / zero ablation), a fused group whose targets are heads of
-one layer L gets their ``z`` from the kernels, computed from block L's input; when nothing
-else is read from the group at or after block L (its patches and its other recorded outputs
-are upstream of L), the group stops at block L's input (``stop = L``) instead of running block
-L for outputs nobody reads: kcomp's induction node, whose heads only the root reads. A group
-that would then start late exactly there (block L's input cached for its rows) runs block L
-after all, as it would have.
+**Kernel heads stop at the block input**: a fused group of layer L's heads (head kernels, no
+mean / zero ablation) whose other reads are all before L stops at block L's input (``stop =
+L``): its heads' ``z`` come from the kernels there (kcomp's induction node). Starting late at
+L (cached there), it runs block L after all.
 
 **Dead patches** (``read_at``): the logits are often read at a few positions only (the
 metric's). A component's output at position p reaches the residual stream at positions >= p
@@ -391,21 +387,17 @@ def make_plan(
 
 
 def _stop_at_block_inputs(model: ScrubModel, groups: list[Group]) -> None:
-    """Groups that read nothing at or after the block their node's heads are in stop at that
-    block's input (module docstring, "kernel heads stop at the block input")."""
+    """Module docstring, "kernel heads stop at the block input"."""
     for group in groups:
-        if not group.fused or group.virtual or group.sets or group.into is not None:
-            continue
         comps = {c for c, _ in group.targets}
         layers = {c.layer for c in comps}
-        if not comps or any(c.kind != "head" for c in comps) or len(layers) != 1:
+        if not group.fused or group.virtual or group.into is not None or len(layers) != 1:
             continue
         layer = layers.pop()
-        if layer < 1 or any(model.stop_layer(m.component) > layer for m in group.patches):
-            continue
-        if any(model.stop_layer(c) > layer for c in group.record - comps):
-            continue  # a later output of this group is read (e.g. subtracted by a splice)
-        group.stop = layer
+        later = [m.component for m in group.patches] + list(group.record - comps)
+        heads = layer >= 1 and all(c.kind == "head" for c in comps)
+        if heads and all(model.stop_layer(c) <= layer for c in later):  # nothing read at L+
+            group.stop = layer
 
 
 def _check_stops(groups: list[Group], n_layers: int) -> None:
