@@ -125,7 +125,8 @@ class ActivationCache:
         self.subtrees = subtrees
         # held, so ids cannot be reused; with the model's device and dtype when bound
         self._owner: tuple[ScrubModel, Dataset, torch.device, torch.dtype] | None = None
-        self._values: dict[Key, Tensor] = {}
+        # each key's cached values, in pieces (one per filling pass) whose slots follow on
+        self._values: dict[Key, list[Tensor]] = {}
         self._slots: dict[Key, np.ndarray] = {}  # row -> slot in _values (-1: none)
         self._memo: dict[Any, Any] = {}
         self._subtrees: dict[str, dict[Component, Tensor]] = {}  # signature -> outputs
@@ -220,7 +221,22 @@ class ActivationCache:
             done.update(todo.tolist())
             if on_pass:
                 on_pass()
-        return [_take(self._values[comp], self._slots[comp][rows]) for comp, rows in needs]
+        return [self._serve(comp, self._slots[comp][rows]) for comp, rows in needs]
+
+    def _serve(self, key: Key, slots: np.ndarray) -> Tensor:
+        """The cached values at ``slots``: a view of one piece where they are consecutive slots
+        within it (one leaf's rows of one filling pass), else gathered (the pieces joined into
+        one first, once)."""
+        pieces = self._values[key]
+        if len(slots) and slots[-1] - slots[0] == len(slots) - 1 and np.all(np.diff(slots) == 1):
+            offset = 0
+            for piece in pieces:
+                if offset <= slots[0] and slots[-1] < offset + len(piece):
+                    return piece[int(slots[0]) - offset : int(slots[-1]) + 1 - offset]
+                offset += len(piece)
+        if len(pieces) > 1:
+            pieces[:] = [torch.cat(pieces)]
+        return _take(pieces[0], slots)
 
     def _grow(self, comp: Key, model: ScrubModel, dataset: Dataset) -> np.ndarray:
         """The row -> slot index of ``comp`` (``-1``: not cached), covering every row."""
@@ -237,9 +253,9 @@ class ActivationCache:
                     if isinstance(comp, Residual)
                     else model.output_width(comp)
                 )
-                self._values[comp] = torch.empty(
-                    0, dataset.seq_len, width, device=model.device, dtype=model.dtype
-                )
+                self._values[comp] = [
+                    torch.empty(0, dataset.seq_len, width, device=model.device, dtype=model.dtype)
+                ]
         return self._slots[comp]
 
     def _fill(
@@ -252,12 +268,12 @@ class ActivationCache:
         MLP or a residual stream, and nothing in the pass writes to it after the hook (the
         bridge's blocks add into new tensors, and a filling pass has no other hooks), so it is
         kept as it is; only a head's slice of ``z`` is copied (a strided view of every head's
-        ``z``). The pieces of each key are concatenated once, after the last pass. A pass that
-        stops before the first block (embeddings only) is not split by the blocks' budget.
+        ``z``). Each pass's values are kept as a piece of their own (:meth:`_serve` joins the
+        pieces only to gather across them). A pass that stops before the first block
+        (embeddings only) is not split by the blocks' budget.
 
-        Pitfall: appending each piece to the cached values as it comes would copy everything
-        cached so far once per piece (quadratic in the number of pieces); a piece that is the
-        only one is stored without any copy.
+        Pitfall: appending each piece to one cached tensor as it comes would copy everything
+        cached so far once per piece (quadratic in the number of pieces).
         """
         n_layers = model.shape.n_layers
         keys = list(record)
@@ -285,7 +301,8 @@ class ActivationCache:
             by_hook.setdefault(name, []).append(key)
         hooks = [(name, reader(read)) for name, read in by_hook.items()]
         pieces: dict[Key, list[Tensor]] = {key: [] for key in keys}
-        count = {key: len(self._values[key]) for key in keys}  # slots taken, pieces included
+        # slots taken, this pass's pieces included
+        count = {key: sum(len(p) for p in self._values[key]) for key in keys}
         for start in range(0, len(rows), step):
             chunk = rows[start : start + step]
             tokens = dataset.tokens[torch.as_tensor(chunk)]
@@ -311,11 +328,7 @@ class ActivationCache:
                 else:
                     pieces[key].append(outs[key][torch.as_tensor(mask, device=model.device)])
         for key in keys:
-            parts = pieces[key]
-            if len(self._values[key]):
-                parts = [self._values[key], *parts]
-            if parts:
-                self._values[key] = parts[0] if len(parts) == 1 else torch.cat(parts)
+            self._values[key].extend(pieces[key])
 
     def _pass_rows(self, model: ScrubModel, seq_len: int, stop: int) -> int:
         """The rows of one filling pass that stops at ``stop``: :func:`pass_rows`, or for the
