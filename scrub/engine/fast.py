@@ -47,6 +47,7 @@ from scrub.engine._kernels import Kernels, kernel_status, kernels_for
 from scrub.engine._last import last_block_for
 from scrub.engine._plan import Plan, make_plan
 from scrub.engine._start import late_start_works
+from scrub.engine._suffix import SuffixBlocks, suffix_blocks_for, suffix_roots
 from scrub.engine.cache import ActivationCache, Key, Residual, pass_rows
 
 __all__ = ["Evaluated", "FastEngine"]
@@ -76,6 +77,10 @@ class FastEngine:
             the roots' logits at the metric's positions, compute the last block at those
             positions only, by the verified kernels (:mod:`scrub.engine._last`). Off while
             attention patterns are read, without kernels, or when every position is read.
+        suffix: roots changed only by activation patches of heads and MLPs at positions >= s
+            compute their blocks at positions >= s only (the last one at the metric's), from
+            the plain stream there, by the verified suffix blocks (:mod:`scrub.engine._suffix`).
+            Off where :attr:`last_block` is, and under mean / zero ablation.
     """
 
     cache: ActivationCache | None = None
@@ -90,6 +95,7 @@ class FastEngine:
     late_start: bool = field(default=True, repr=False)
     fuse: bool = field(default=True, repr=False)
     last_block: bool = field(default=True, repr=False)
+    suffix: bool = field(default=True, repr=False)
 
     def __post_init__(self) -> None:
         if self.max_batch_rows < 1:
@@ -226,10 +232,22 @@ class FastEngine:
                 if not group.virtual and group.into is None:
                     wanted[group.gid, key] = (key, group.rows.tobytes())
                     unique.setdefault(wanted[group.gid, key], (key, group.rows))
-        needs = [(c, s.rows) for s, c in by_row] + list(unique.values())
+        blocks = self._suffix_blocks(model, kernels, positions, patterns)
+        suffix: dict[int, int] = {}
+        if blocks is not None:
+            suffix = suffix_roots(
+                model, plan, lambda layer, rows: cache.holds(model, dataset, Residual(layer), rows)
+            )
+        streams: dict[tuple[bytes, int], tuple[Key, np.ndarray]] = {}
+        for gid, begin in suffix.items():  # the plain streams the suffix blocks start from
+            rows = plan.groups[gid].rows
+            for layer in range(begin, model.shape.n_layers):
+                streams.setdefault((rows.tobytes(), layer), (Residual(layer), rows))
+        needs = [(c, s.rows) for s, c in by_row] + list(unique.values()) + list(streams.values())
         values = cache.outputs(model, dataset, needs, on_pass=tick)
         leaves = {src.leaf_key(comp): v for (src, comp), v in zip(by_row, values, strict=False)}
-        fetched = dict(zip(unique, values[len(by_row) :], strict=True))
+        fetched = dict(zip(unique, values[len(by_row) : len(by_row) + len(unique)], strict=True))
+        plain = dict(zip(streams, values[len(by_row) + len(unique) :], strict=True))
         early = {gk: fetched[u] for gk, u in wanted.items()}
         for src, comp in plan.leaves:
             if src.known is not None:
@@ -252,6 +270,9 @@ class FastEngine:
             run.joint_qkv = self.joint_qkv
             if self.last_block and kernels is not None and positions is not None:
                 run.last_block = last_block_for(model)
+            if suffix:
+                assert blocks is not None
+                run.use_suffix(blocks, suffix, {key: v[rows] for key, v in plain.items()})
             pieces.append(run.evaluate(tick))
             read.append(run.patterns)
             for gid in plan.signatures if keep else ():
@@ -271,6 +292,20 @@ class FastEngine:
             for wanted in reads
         ]
         return Evaluated(logits, found)
+
+    def _suffix_blocks(
+        self,
+        model: ScrubModel,
+        kernels: Kernels | None,
+        positions: np.ndarray | None,
+        patterns: Sequence[Component],
+    ) -> SuffixBlocks | None:
+        """The verified suffix blocks, where this call may use them (:attr:`suffix`)."""
+        if not (self.suffix and self.last_block) or kernels is None or positions is None:
+            return None
+        if patterns or self.ablation is not None:
+            return None
+        return suffix_blocks_for(model)
 
 
 @dataclass

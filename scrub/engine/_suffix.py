@@ -1,0 +1,450 @@
+"""Suffix blocks: a patched root's blocks computed only at the positions its patches reach.
+
+Context: attention is causal, so a row group whose every change is an activation patch at
+positions >= s (at layers >= L) has the residual stream of a plain pass on its rows at every
+position < s, at every layer. An activation-patching cell of head (L, h) at position p needs
+blocks ``L .. n-1`` at positions ``p ..`` only: the keys and values at positions < p are the
+plain pass's (computed once per rows and layer from the plain residual streams the
+:class:`~scrub.engine.cache.ActivationCache` holds, and shared by every cell on those rows),
+and the last block is needed at the metric's positions only (as :mod:`scrub.engine._last`
+does for the last block alone). Over a grid that is about half of the blocks' arithmetic.
+
+:class:`SuffixBlocks` restates a block at a suffix of positions from its input there: the
+block's own first norm, the q/k/v projections of the engine's verified kernels
+(:mod:`scrub.engine._kernels`, one joint matrix per layer; rotary angles at the absolute
+positions), causal softmax attention over the plain prefix's keys and the suffix's own, the
+patched heads' ``z`` replaced where the patches say (the exact value splice of ``hook_z``),
+``z @ W_O + b_O``, and the block's own second norm and MLP (position-wise modules, as
+:mod:`scrub.engine._last` uses them, for the same reason: compiled models' steep MLPs). The
+engine chains these blocks over layers ``L .. n-1`` for the roots :func:`suffix_roots` picks
+(checked per plan, like the last block per pass): roots of final passes whose only changes are
+all-paths patches of heads and MLPs, which record nothing in their pass (a direct splice into
+the logits of an output computed before L is served by the cache), read no attention pattern,
+and whose rows' plain streams are shared with another such root or already cached. Roots with
+the same suffix start ``s`` run together, each joining at its first changed layer (no padding:
+grouping by ``s`` keeps every tensor rectangular); ``s`` is the first position any patch
+writes on any row of the chunk, or the first read position if that is earlier.
+
+Pitfall: this restates the model's blocks. :func:`suffix_blocks_for` therefore checks a chain
+of them (patched heads and MLPs at several layers, reads at repeated positions) once per model
+against the model's own patched pass, and returns ``None`` where it disagrees or where the
+kernels do not reproduce the model: the engine then runs those roots' full bridge passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from scrub._model import ScrubModel
+from scrub._positions import PositionSpec
+from scrub.engine._kernels import Kernels, _rotate_half, kernels_for
+from scrub.engine._plan import Group, Move, Plan, first_layer
+
+__all__ = ["SuffixBlocks", "evaluate_suffix", "suffix_blocks_for", "suffix_roots"]
+
+Patch = Callable[[str, Tensor], None]  # ("z" | "mlp", the block's value) -> None, in place
+
+
+class SuffixBlocks:
+    """Blocks at a suffix of query positions, from their input there (module docstring)."""
+
+    def __init__(self, model: ScrubModel, kernels: Kernels) -> None:
+        shape, bridge = model.shape, model.bridge
+        self.n_layers = shape.n_layers
+        self.n_heads = shape.n_heads
+        self.group = shape.kv_group
+        self.n_kv = shape.n_heads // self.group
+        self.d_head = int(bridge.cfg.d_head)
+        self.parallel = model.architecture.parallel
+        self.attn_only = bool(getattr(bridge.cfg, "attn_only", False))
+        self.scale = kernels.scale
+        self.rotary = kernels.rotary
+        self.blocks = list(bridge.blocks)
+        w = kernels.w
+        self.w_q: list[tuple[Tensor, Tensor | None]] = []
+        self.w_kv: list[tuple[Tensor, Tensor | None]] = []
+        self.w_qkv: list[tuple[Tensor, Tensor | None]] = []
+        for layer in range(self.n_layers):
+            q, k, v = (self._joint(w[n], w[b], layer) for n, b in _PROJ)
+            self.w_q.append(q)
+            self.w_kv.append(_cat([k, v]))
+            self.w_qkv.append(_cat([q, k, v]))
+        self.W_O = model.W_O.flatten(1, 2)  # layer (head d_head) d_model
+        try:
+            self.b_O: Tensor | None = bridge.b_O.detach()
+        except AttributeError:  # bias-free projections
+            self.b_O = None
+        self._angles: dict[int, tuple[Tensor, Tensor]] = {}
+
+    @staticmethod
+    def _joint(weight: Tensor | None, bias: Tensor | None, layer: int) -> tuple[Tensor, Tensor]:
+        """One projection's heads side by side: ``d_model (head d_head)`` and its bias."""
+        assert weight is not None
+        joint = weight[layer].permute(1, 0, 2).flatten(1)
+        flat = torch.zeros_like(joint[0]) if bias is None else bias[layer].flatten()
+        return joint, flat
+
+    def angles(self, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """Rotary cos / sin at positions 0..n-1 (``n, dim``), from the model's rotary module."""
+        if n not in self._angles:
+            assert self.rotary is not None
+            probe = torch.zeros(1, n, 1, device=like.device, dtype=like.dtype)
+            cos, sin = self.rotary(probe, torch.arange(n, device=like.device)[None])
+            self._angles[n] = (cos[0].to(like.dtype), sin[0].to(like.dtype))
+        return self._angles[n]
+
+    def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        dim = cos.shape[-1]
+        rot, rest = x[..., :dim], x[..., dim:]
+        return torch.cat([rot * cos + _rotate_half(rot) * sin, rest], dim=-1)
+
+    def _heads(self, flat: Tensor, n: int) -> Tensor:
+        """``batch pos (n d_head)`` as ``batch n pos d_head``."""
+        return flat.unflatten(-1, (n, self.d_head)).transpose(1, 2)
+
+    def kv(self, layer: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Block ``layer``'s keys and values (``batch kv_head pos d_head``, rotated) from its
+        input at every position ``x`` (``batch pos d_model``)."""
+        weight, bias = self.w_kv[layer]
+        k, v = torch.addmm(bias, self.blocks[layer].ln1(x).flatten(0, 1), weight).chunk(2, -1)
+        k, v = (self._heads(t.unflatten(0, x.shape[:2]), self.n_kv) for t in (k, v))
+        if self.rotary is not None:
+            cos, sin = self.angles(x.shape[1], x)
+            k = self._rotate(k, cos, sin)
+        return k, v
+
+    def __call__(
+        self,
+        layer: int,
+        x: Tensor,
+        prefix: tuple[Tensor, Tensor] | None,
+        query: Tensor | None = None,
+        patch: Patch | None = None,
+    ) -> Tensor:
+        """Block ``layer``'s output from its input ``x`` (``batch S d_model``) at positions
+        ``T - S .. T - 1``, given the keys and values at positions ``0 .. T - S - 1``
+        (``prefix``, as :meth:`kv` gives them; ``None``: the suffix is every position).
+
+        ``query``: ``(batch, Q)`` absolute positions (>= ``T - S``) to compute the output at,
+        ``None``: every suffix position. ``patch`` overwrites, in place, the heads' ``z``
+        (``batch head Q d_head``) and the MLP's output (``batch Q d_model``) there.
+        """
+        n, size, _ = x.shape
+        offset = 0 if prefix is None else prefix[0].shape[2]
+        total = offset + size
+        block = self.blocks[layer]
+        normed = block.ln1(x)
+        h, kv = self.n_heads * self.d_head, self.n_kv * self.d_head
+        if query is None:
+            weight, bias = self.w_qkv[layer]
+            q, k, v = torch.addmm(bias, normed.flatten(0, 1), weight).split([h, kv, kv], -1)
+            q, k, v = (t.unflatten(0, (n, size)) for t in (q, k, v))
+            q_abs = torch.arange(offset, total, device=x.device)
+            pre = x
+        else:
+            weight, bias = self.w_kv[layer]
+            k, v = (
+                torch.addmm(bias, normed.flatten(0, 1), weight).unflatten(0, (n, size)).chunk(2, -1)
+            )
+            batch = torch.arange(n, device=x.device)[:, None]
+            rel = query - offset
+            weight, bias = self.w_q[layer]
+            q = normed[batch, rel] @ weight + bias
+            q_abs = query
+            pre = x[batch, rel]
+        q, k, v = self._heads(q, self.n_heads), self._heads(k, self.n_kv), self._heads(v, self.n_kv)
+        if self.rotary is not None:
+            cos, sin = self.angles(total, x)
+            k = self._rotate(k, cos[offset:], sin[offset:])
+            q_cos, q_sin = cos[q_abs], sin[q_abs]
+            if query is not None:
+                q_cos, q_sin = q_cos[:, None], q_sin[:, None]
+            q = self._rotate(q, q_cos, q_sin)
+        if prefix is not None:
+            k, v = torch.cat([prefix[0], k], dim=2), torch.cat([prefix[1], v], dim=2)
+        if self.group > 1:
+            k = k.repeat_interleave(self.group, dim=1)
+            v = v.repeat_interleave(self.group, dim=1)
+        keys = torch.arange(total, device=x.device)
+        mask = keys <= q_abs[..., None]  # (Q, T) or (batch, Q, T)
+        mask = mask if query is None else mask[:, None]
+        z = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=self.scale
+        )
+        if patch is not None:
+            patch("z", z)
+        attn = z.transpose(1, 2).flatten(2) @ self.W_O[layer]
+        if self.b_O is not None:
+            attn = attn + self.b_O[layer]
+        mid = pre + attn
+        if self.attn_only:
+            return mid
+        out = block.mlp(block.ln2(pre if self.parallel else mid))
+        if patch is not None:
+            patch("mlp", out)
+        return mid + out
+
+
+_PROJ = (("W_Q", "b_Q"), ("W_K", "b_K"), ("W_V", "b_V"))
+
+
+def _cat(parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    return torch.cat([w for w, _ in parts], dim=1), torch.cat([b for _, b in parts])
+
+
+def write_patch(
+    t: Tensor, head: int | None, dst: Tensor, value: Tensor, offset: int, read: Tensor | None
+) -> None:
+    """Overwrite, in place, a head's ``z`` (``head``; ``t``: ``batch head Q d_head``) or an
+    MLP's output (``head`` ``None``; ``t``: ``batch Q d``) at absolute positions ``dst``
+    (``batch, P``) with ``value`` (``batch, P, d``). ``t`` holds positions ``offset ..``
+    (``read`` ``None``) or the positions ``read`` (``batch, Q``): there a position not read is
+    not written (it changes nothing the logits see)."""
+    value = value.to(t.dtype)
+    if read is None:
+        batch = torch.arange(t.shape[0], device=t.device)[:, None]
+        if head is None:
+            t[batch, dst - offset] = value
+        else:
+            t[batch, head, dst - offset] = value
+        return
+    for j in range(dst.shape[1]):
+        rows, at = (read == dst[:, j : j + 1]).nonzero(as_tuple=True)
+        if head is None:
+            t[rows, at] = value[rows, j]
+        else:
+            t[rows, head, at] = value[rows, j]
+
+
+class _Run(Protocol):
+    """What :func:`evaluate_suffix` needs of the chunk's run (:class:`scrub.engine._chunk.ChunkRun`)."""
+
+    size: int
+    positions: np.ndarray | None
+    batch: Tensor
+
+    def resolve(self, spec: PositionSpec, rows: np.ndarray) -> Tensor: ...
+
+    def source_output(self, move: Move, live: Tensor | None) -> Tensor: ...
+
+    def finish(self, root: Group, resid: Tensor) -> None: ...
+
+
+def suffix_roots(
+    model: ScrubModel, plan: Plan, holds: Callable[[int, np.ndarray], bool]
+) -> dict[int, int]:
+    """The roots the suffix blocks evaluate, each with its first changed layer (module
+    docstring). ``holds``: whether the cache holds the plain residual stream entering this
+    layer on these rows."""
+    n_layers = model.shape.n_layers
+    found: dict[int, int] = {}
+    for gid in plan.roots:
+        group = plan.groups[gid]
+        if (
+            group.virtual
+            or group.sets
+            or group.into is not None
+            or group.ablate
+            or not group.patches
+            or group.stop != n_layers
+            or any(c.kind != "logits" for c, _ in group.targets)
+            or any(m.component.kind not in ("head", "mlp") for m in group.patches)
+            or not set(group.record) <= set(group.served)  # nothing recorded in its pass
+        ):
+            continue
+        found[gid] = min(first_layer(model, m.component) for m in group.patches)
+    # A pass left with nothing but virtual groups has no rows to run: keep its roots in it.
+    for _, gids in plan.passes:
+        rest = [g for g in gids if g not in found]
+        if rest and all(plan.groups[g].virtual for g in rest):
+            for g in gids:
+                found.pop(g, None)
+    # Worth it where the rows' plain streams are shared (a grid's base run) or already cached.
+    count: dict[bytes, int] = {}
+    for gid in found:
+        key = plan.groups[gid].rows.tobytes()
+        count[key] = count.get(key, 0) + 1
+    return {
+        gid: begin
+        for gid, begin in found.items()
+        if count[plan.groups[gid].rows.tobytes()] > 1
+        or all(holds(layer, plan.groups[gid].rows) for layer in range(begin, n_layers))
+    }
+
+
+def evaluate_suffix(
+    blocks: SuffixBlocks,
+    run: _Run,
+    roots: list[Group],
+    begins: dict[int, int],
+    streams: dict[tuple[bytes, int], Tensor],
+) -> None:
+    """The roots' final residual streams at the read positions (others NaN: nothing reads
+    them), handed to ``run.finish``. ``streams``: the plain residual stream entering each
+    layer from each root's first changed layer on, on the chunk's rows, by (rows, layer)."""
+    assert run.positions is not None
+    n_layers = blocks.n_layers
+    any_stream = next(iter(streams.values()))
+    read = torch.as_tensor(run.positions, device=any_stream.device)
+    by_start: dict[int, list[Group]] = {}
+    for root in roots:
+        start = min(
+            [int(read.min())] + [int(run.resolve(m.spec, root.rows).min()) for m in root.patches]
+        )
+        by_start.setdefault(start, []).append(root)
+    plain: dict[tuple[bytes, int], tuple[Tensor, Tensor]] = {}
+
+    def prefix(rows: np.ndarray, layer: int, start: int) -> tuple[Tensor, Tensor]:
+        key = (rows.tobytes(), layer)
+        if key not in plain:
+            plain[key] = blocks.kv(layer, streams[key])
+        k, v = plain[key]
+        return k[:, :, :start], v[:, :, :start]
+
+    size = run.size
+    for start, members in sorted(by_start.items()):
+        members.sort(key=lambda g: begins[g.gid])
+        x: Tensor | None = None
+        active: list[Group] = []
+        for layer in range(begins[members[0].gid], n_layers):
+            joining = [g for g in members if begins[g.gid] == layer]
+            if joining:
+                fresh = [streams[g.rows.tobytes(), layer][:, start:] for g in joining]
+                x = torch.cat(fresh if x is None else [x, *fresh])
+                active += joining
+            assert x is not None
+            kv = None
+            if start:
+                parts = [prefix(g.rows, layer, start) for g in active]
+                kv = (torch.cat([k for k, _ in parts]), torch.cat([v for _, v in parts]))
+            last = layer == n_layers - 1
+            query = read.repeat(len(active), 1) if last else None
+            patch = _patcher(run, active, layer, start, read if last else None)
+            x = blocks(layer, x, kv, query, patch)
+        assert x is not None
+        for i, root in enumerate(active):
+            resid = x.new_full((size, any_stream.shape[1], x.shape[-1]), float("nan"))
+            resid[run.batch, read] = x[i * size : (i + 1) * size]
+            run.finish(root, resid)
+
+
+def _patcher(
+    run: _Run, active: list[Group], layer: int, offset: int, read: Tensor | None
+) -> Patch | None:
+    """The patches of block ``layer`` in the stacked ``active`` roots (in each root's order)."""
+    size = run.size
+    todo = [
+        (slice(i * size, (i + 1) * size), group, move)
+        for i, group in enumerate(active)
+        for move in group.patches
+        if move.component.layer == layer
+    ]
+    if not todo:
+        return None
+
+    def patch(kind: str, t: Tensor) -> None:
+        for rows, group, move in todo:
+            comp = move.component
+            if (comp.kind == "head") != (kind == "z"):
+                continue
+            src = run.resolve(move.spec, move.source.rows)
+            dst = run.resolve(move.spec, group.rows)
+            value = run.source_output(move, None)[run.batch, src]
+            head = comp.head if comp.kind == "head" else None
+            write_patch(t[rows], head, dst, value, offset, read)
+
+    return patch
+
+
+def suffix_blocks_for(model: ScrubModel) -> SuffixBlocks | None:
+    """The suffix blocks of ``model`` if a patched chain of them reproduces the model's own
+    patched pass (checked once per model), else ``None``."""
+    if "suffix_blocks" not in model.memo:
+        model.memo["suffix_blocks"] = _verified(model)
+    return model.memo["suffix_blocks"]
+
+
+@torch.inference_mode()
+def _verified(model: ScrubModel) -> SuffixBlocks | None:
+    kernels = kernels_for(model)
+    cfg = model.bridge.cfg
+    n = min(9, cfg.n_ctx)
+    if kernels is None or n < 6:
+        return None
+    n_layers, n_heads = model.shape.n_layers, model.shape.n_heads
+    generator = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, cfg.d_vocab, (2, n), generator=generator).to(model.device)
+    first, last = min(1, n_layers - 1), n_layers - 1
+    attn_only = bool(getattr(cfg, "attn_only", False))
+    # (layer, head or None for the MLP, position): the suffix starts at 3; the last block's
+    # patches at a read position and at one that is not read.
+    patches = [(first, 0, 3), (last, n_heads - 1, n - 1), (last, 0, 4)]
+    if not attn_only:
+        patches.append((min(first + 1, last), None, 5))
+    values = [
+        torch.randn(2, 1, cfg.d_head if h is not None else cfg.d_model, generator=generator).to(
+            model.device, model.dtype
+        )
+        for _, h, _ in patches
+    ]
+    read = torch.tensor([[n - 1, 3, 5], [4, n - 1, n - 1]], device=model.device)
+    seen: dict[str, Tensor] = {}
+
+    def keep(name: str):
+        def hook(t: Tensor, hook=None) -> Tensor:
+            seen[name] = t.clone()
+            return t
+
+        return hook
+
+    def patching(layer: int, kind: str):
+        def hook(t: Tensor, hook=None) -> Tensor:
+            t = t.clone()
+            for (at, h, pos), value in zip(patches, values, strict=True):
+                if at == layer and (h is None) == (kind == "mlp"):
+                    if h is None:
+                        t[:, pos] = value[:, 0]
+                    else:
+                        t[:, pos, h] = value[:, 0]
+            return t
+
+        return hook
+
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
+    edits = [
+        (f"blocks.{layer}.attn.hook_z", patching(layer, "z")) for layer in {p[0] for p in patches}
+    ]
+    edits += [
+        (f"blocks.{layer}.hook_mlp_out", patching(layer, "mlp"))
+        for layer, h, _ in patches
+        if h is None
+    ]
+    try:
+        blocks = SuffixBlocks(model, kernels)
+        with model.bridge.hooks(fwd_hooks=[(name, keep(name)) for name in names]):
+            model.bridge(tokens)
+        with model.bridge.hooks(fwd_hooks=[*edits, ("ln_final.hook_in", keep("final"))]):
+            model.bridge(tokens)
+        start = 3
+        x = seen[names[first]][:, start:]
+        for layer in range(first, n_layers):
+            k, v = blocks.kv(layer, seen[names[layer]])
+            at_read = read if layer == last else None
+            mine = [(p, v) for p, v in zip(patches, values, strict=True) if p[0] == layer]
+
+            def patch(kind: str, t: Tensor, mine=mine, at_read=at_read) -> None:
+                for (_, h, pos), value in mine:
+                    if (h is None) == (kind == "mlp"):
+                        dst = torch.full((2, 1), pos, device=t.device)
+                        write_patch(t, h, dst, value, start, at_read)
+
+            x = blocks(layer, x, (k[:, :, :start], v[:, :, :start]), at_read, patch)
+    except Exception:  # anything the restatement does not cover: run the full passes
+        return None
+    want = seen["final"][torch.arange(2, device=model.device)[:, None], read]
+    return blocks if torch.allclose(x, want, atol=1e-4, rtol=1e-4) else None
