@@ -66,9 +66,9 @@ class SuffixBlocks:
         self.rotary = kernels.rotary
         self.blocks = list(bridge.blocks)
         w = kernels.w
-        self.w_q: list[tuple[Tensor, Tensor | None]] = []
-        self.w_kv: list[tuple[Tensor, Tensor | None]] = []
-        self.w_qkv: list[tuple[Tensor, Tensor | None]] = []
+        self.w_q: list[tuple[Tensor, Tensor]] = []  # per layer: weight, bias (zeros if none)
+        self.w_kv: list[tuple[Tensor, Tensor]] = []
+        self.w_qkv: list[tuple[Tensor, Tensor]] = []
         for layer in range(self.n_layers):
             q, k, v = (self._joint(w[n], w[b], layer) for n, b in _PROJ)
             self.w_q.append(q)
@@ -383,7 +383,11 @@ def _verified(model: ScrubModel) -> SuffixBlocks | None:
     attn_only = bool(getattr(cfg, "attn_only", False))
     # (layer, head or None for the MLP, position): the suffix starts at 3; the last block's
     # patches at a read position and at one that is not read.
-    patches = [(first, 0, 3), (last, n_heads - 1, n - 1), (last, 0, 4)]
+    patches: list[tuple[int, int | None, int]] = [
+        (first, 0, 3),
+        (last, n_heads - 1, n - 1),
+        (last, 0, 4),
+    ]
     if not attn_only:
         patches.append((min(first + 1, last), None, 5))
     values = [

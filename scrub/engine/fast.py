@@ -240,9 +240,9 @@ class FastEngine:
             )
         streams: dict[tuple[bytes, int], tuple[Key, np.ndarray]] = {}
         for gid, begin in suffix.items():  # the plain streams the suffix blocks start from
-            rows = plan.groups[gid].rows
+            on = plan.groups[gid].rows
             for layer in range(begin, model.shape.n_layers):
-                streams.setdefault((rows.tobytes(), layer), (Residual(layer), rows))
+                streams.setdefault((on.tobytes(), layer), (Residual(layer), on))
         needs = [(c, s.rows) for s, c in by_row] + list(unique.values()) + list(streams.values())
         values = cache.outputs(model, dataset, needs, on_pass=tick)
         leaves = {src.leaf_key(comp): v for (src, comp), v in zip(by_row, values, strict=False)}
