@@ -18,13 +18,12 @@ import pytest
 import torch
 
 from scrub._components import Component
-from scrub.engine import ActivationCache, FastEngine, evaluate_reference
-from scrub.engine import _chunk
+from scrub.engine import ActivationCache, FastEngine, _chunk, evaluate_reference
 from scrub.engine._plan import make_plan
 from scrub.engine._suffix import SuffixBlocks, suffix_blocks_for, suffix_roots, write_patch
 from scrub.experiments._cells import activation_cells
 from tests.conftest import keeping
-from tests.test_late_start import FAMILIES, _block_rows, _grid_trees, _random_tree
+from tests.test_late_start import FAMILIES, _block_rows, _grid_trees, _random_tree, sampled
 from tests.test_late_start import models as late_start_models
 
 models = late_start_models  # the same tiny random GPT-2-, Pythia- and Llama-shaped models
@@ -206,7 +205,6 @@ def test_only_roots_on_shared_or_cached_rows_changed_by_patches_alone(models):
         "p": {"components": ["a1.h2"], "sampler": "uncond"},
         "d": {"components": ["a1.h0"], "sampler": "uncond"},
     }
-    from tests.test_late_start import sampled
 
     tree = sampled(model, nodes)
     plan = make_plan(model, [tree, tree], kernels=True, late_start=True)
