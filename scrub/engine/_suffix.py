@@ -34,6 +34,7 @@ kernels do not reproduce the model: the engine then runs those roots' full bridg
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -130,6 +131,8 @@ class SuffixBlocks:
         ``T - S .. T - 1``, given the keys and values at positions ``0 .. T - S - 1``
         (``prefix``, as :meth:`kv` gives them; ``None``: the suffix is every position).
 
+        ``prefix`` may hold fewer rows than ``x`` (a divisor): ``x``'s rows are then so many
+        stacked copies of them (roots on the same rows share the plain prefix).
         ``query``: ``(batch, Q)`` absolute positions (>= ``T - S``) to compute the output at,
         ``None``: every suffix position. ``patch`` overwrites, in place, the heads' ``z``
         (``batch head Q d_head``) and the MLP's output (``batch Q d_model``) there.
@@ -137,8 +140,7 @@ class SuffixBlocks:
         n, size, _ = x.shape
         offset = 0 if prefix is None else prefix[0].shape[2]
         total = offset + size
-        block = self.blocks[layer]
-        normed = block.ln1(x)
+        normed = self.blocks[layer].ln1(x)
         h, kv = self.n_heads * self.d_head, self.n_kv * self.d_head
         if query is None:
             weight, bias = self.w_qkv[layer]
@@ -148,31 +150,59 @@ class SuffixBlocks:
             pre = x
         else:
             weight, bias = self.w_kv[layer]
-            k, v = (
-                torch.addmm(bias, normed.flatten(0, 1), weight).unflatten(0, (n, size)).chunk(2, -1)
-            )
+            k, v = torch.addmm(bias, normed.flatten(0, 1), weight).chunk(2, -1)
+            k, v = k.unflatten(0, (n, size)), v.unflatten(0, (n, size))
             batch = torch.arange(n, device=x.device)[:, None]
             rel = query - offset
             weight, bias = self.w_q[layer]
             q = normed[batch, rel] @ weight + bias
             q_abs = query
             pre = x[batch, rel]
-        q, k, v = self._heads(q, self.n_heads), self._heads(k, self.n_kv), self._heads(v, self.n_kv)
+        k, v = self._heads(k, self.n_kv), self._heads(v, self.n_kv)
         if self.rotary is not None:
             cos, sin = self.angles(total, x)
             k = self._rotate(k, cos[offset:], sin[offset:])
+        if prefix is not None:
+            k, v = _joined(prefix[0], k), _joined(prefix[1], v)
+        return self._finish(layer, q, q_abs, k, v, pre, patch)
+
+    def at(
+        self, layer: int, x: Tensor, query: Tensor, kv: tuple[Tensor, Tensor], patch: Patch | None
+    ) -> Tensor:
+        """Block ``layer``'s output at ``query`` (``batch, Q`` absolute positions) from its
+        input there (``x``: ``batch Q d_model``), given the keys and values at every position
+        (``kv``, as :meth:`kv` gives them: a block whose input is a plain pass's)."""
+        q = self.blocks[layer].ln1(x) @ self.w_q[layer][0] + self.w_q[layer][1]
+        return self._finish(layer, q, query, kv[0], kv[1], x, patch)
+
+    def _finish(
+        self,
+        layer: int,
+        q: Tensor,
+        q_abs: Tensor,
+        k: Tensor,
+        v: Tensor,
+        pre: Tensor,
+        patch: Patch | None,
+    ) -> Tensor:
+        """Attention of the queries ``q`` (``batch Q (head d_head)``, not rotated) at absolute
+        positions ``q_abs`` (``Q`` or ``batch, Q``) over keys and values at every position
+        (rotated), then ``W_O``, the MLP and the patches, on the block's input ``pre`` there."""
+        block = self.blocks[layer]
+        q = self._heads(q, self.n_heads)
+        total = k.shape[2]
+        if self.rotary is not None:
+            cos, sin = self.angles(total, q)
             q_cos, q_sin = cos[q_abs], sin[q_abs]
-            if query is not None:
+            if q_abs.dim() == 2:
                 q_cos, q_sin = q_cos[:, None], q_sin[:, None]
             q = self._rotate(q, q_cos, q_sin)
-        if prefix is not None:
-            k, v = torch.cat([prefix[0], k], dim=2), torch.cat([prefix[1], v], dim=2)
         if self.group > 1:
             k = k.repeat_interleave(self.group, dim=1)
             v = v.repeat_interleave(self.group, dim=1)
-        keys = torch.arange(total, device=x.device)
+        keys = torch.arange(total, device=q.device)
         mask = keys <= q_abs[..., None]  # (Q, T) or (batch, Q, T)
-        mask = mask if query is None else mask[:, None]
+        mask = mask if q_abs.dim() == 1 else mask[:, None]
         z = torch.nn.functional.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, scale=self.scale
         )
@@ -191,6 +221,16 @@ class SuffixBlocks:
 
 
 _PROJ = (("W_Q", "b_Q"), ("W_K", "b_K"), ("W_V", "b_V"))
+
+
+def _joined(prefix: Tensor, suffix: Tensor) -> Tensor:
+    """``prefix`` (``m head s d``, tiled over ``suffix``'s ``n`` rows) then ``suffix``
+    (``n head S d``) along the positions."""
+    n, m, upto = suffix.shape[0], prefix.shape[0], prefix.shape[2]
+    out = suffix.new_empty(n, suffix.shape[1], upto + suffix.shape[2], suffix.shape[3])
+    out[:, :, upto:] = suffix
+    out.view(n // m, m, *out.shape[1:])[:, :, :, :upto] = prefix
+    return out
 
 
 def _cat(parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
@@ -299,48 +339,100 @@ def evaluate_suffix(
         by_start.setdefault(start, []).append(root)
     plain: dict[tuple[bytes, int], tuple[Tensor, Tensor]] = {}
 
-    def prefix(rows: np.ndarray, layer: int, start: int) -> tuple[Tensor, Tensor]:
+    def plain_kv(rows: np.ndarray, layer: int) -> tuple[Tensor, Tensor]:
         key = (rows.tobytes(), layer)
         if key not in plain:
             plain[key] = blocks.kv(layer, streams[key])
-        k, v = plain[key]
-        return k[:, :, :start], v[:, :, :start]
+        return plain[key]
 
-    size = run.size
+    def stacked_kv(groups: list[Group], layer: int, upto: int) -> tuple[Tensor, Tensor]:
+        keys, values = zip(*(plain_kv(g.rows, layer) for g in groups), strict=True)
+        return torch.cat([k[:, :, :upto] for k in keys]), torch.cat(
+            [v[:, :, :upto] for v in values]
+        )
+
+    size, seq_len = run.size, any_stream.shape[1]
     for start, members in sorted(by_start.items()):
-        members.sort(key=lambda g: begins[g.gid])
-        x: Tensor | None = None
+        x: Tensor | None = None  # the active roots' stream at positions start.., stacked
         active: list[Group] = []
-        for layer in range(begins[members[0].gid], n_layers):
+        for layer in range(min(begins[g.gid] for g in members), n_layers):
+            last = layer == n_layers - 1
             joining = [g for g in members if begins[g.gid] == layer]
-            if joining:
+            if last and joining:  # they read the plain stream: the last block as for the others
                 fresh = [streams[g.rows.tobytes(), layer][:, start:] for g in joining]
                 x = torch.cat(fresh if x is None else [x, *fresh])
+                active, joining = active + joining, []
+            if active:
+                assert x is not None
+                kv = stacked_kv(active, layer, start) if start else None
+                query = read.repeat(len(active), 1) if last else None
+                placed = [
+                    (g, slice(i * size, (i + 1) * size), slice(None), read if last else None)
+                    for i, g in enumerate(active)
+                ]
+                x = blocks(layer, x, kv, query, _patcher(run, placed, layer, start))
+            if joining:  # their first changed block, at the positions it patches only
+                fresh = _first_block(blocks, run, joining, layer, start, streams, plain_kv)
+                x = torch.cat(fresh if x is None else [x, *fresh])
                 active += joining
-            assert x is not None
-            kv = None
-            if start:
-                parts = [prefix(g.rows, layer, start) for g in active]
-                kv = (torch.cat([k for k, _ in parts]), torch.cat([v for _, v in parts]))
-            last = layer == n_layers - 1
-            query = read.repeat(len(active), 1) if last else None
-            patch = _patcher(run, active, layer, start, read if last else None)
-            x = blocks(layer, x, kv, query, patch)
         assert x is not None
         for i, root in enumerate(active):
-            resid = x.new_full((size, any_stream.shape[1], x.shape[-1]), float("nan"))
+            resid = x.new_full((size, seq_len, x.shape[-1]), float("nan"))
             resid[run.batch, read] = x[i * size : (i + 1) * size]
             run.finish(root, resid)
 
 
+def _first_block(
+    blocks: SuffixBlocks,
+    run: _Run,
+    roots: list[Group],
+    layer: int,
+    start: int,
+    streams: dict[tuple[bytes, int], Tensor],
+    plain_kv: Callable[[np.ndarray, int], tuple[Tensor, Tensor]],
+) -> list[Tensor]:
+    """The stream entering block ``layer + 1`` at positions ``start ..`` of roots whose first
+    change is a patch in block ``layer``: their input there is a plain pass's, so the block's
+    output differs from the plain pass's only where the patches write (a head's ``z`` and an
+    MLP's output reach the residual stream at their own position in their block). The block
+    is computed there only (the patched positions), with the plain keys and values."""
+    where = [
+        torch.cat([run.resolve(m.spec, g.rows) for m in g.patches if m.component.layer == layer], 1)
+        for g in roots
+    ]
+    # Roots on the same rows share the plain keys: their queries are stacked along the
+    # positions (one attention over those keys), not along the rows.
+    shared: dict[tuple[bytes, int], list[int]] = {}
+    for i, pos in enumerate(where):
+        shared.setdefault((roots[i].rows.tobytes(), pos.shape[1]), []).append(i)
+    out: list[Tensor] = [torch.empty(0)] * len(roots)
+    for (_, width), members in shared.items():
+        rows = roots[members[0]].rows
+        stream = streams[rows.tobytes(), layer]
+        query = torch.cat([where[i] for i in members], 1)
+        cols = [slice(k * width, (k + 1) * width) for k in range(len(members))]
+        placed: list[tuple[Group, slice, slice, Tensor | None]] = [
+            (roots[i], slice(None), c, where[i]) for i, c in zip(members, cols, strict=True)
+        ]
+        patch = _patcher(run, placed, layer, 0)
+        done = blocks.at(layer, stream[run.batch, query], query, plain_kv(rows, layer), patch)
+        after = streams[rows.tobytes(), layer + 1][:, start:]
+        for i, c in zip(members, cols, strict=True):
+            fresh = after.clone()
+            fresh[run.batch, where[i] - start] = done[:, c]
+            out[i] = fresh
+    return out
+
+
 def _patcher(
-    run: _Run, active: list[Group], layer: int, offset: int, read: Tensor | None
+    run: _Run, placed: list[tuple[Group, slice, slice, Tensor | None]], layer: int, offset: int
 ) -> Patch | None:
-    """The patches of block ``layer`` in the stacked ``active`` roots (in each root's order)."""
-    size = run.size
+    """The patches of block ``layer`` of roots placed at (rows, query columns) of the block's
+    values, each at positions ``offset ..`` or at its own ``(rows, Q)`` absolute positions
+    (a root's patches in its order)."""
     todo = [
-        (slice(i * size, (i + 1) * size), group, move)
-        for i, group in enumerate(active)
+        (group, rows, cols, read, move)
+        for group, rows, cols, read in placed
         for move in group.patches
         if move.component.layer == layer
     ]
@@ -348,15 +440,17 @@ def _patcher(
         return None
 
     def patch(kind: str, t: Tensor) -> None:
-        for rows, group, move in todo:
+        for group, rows, cols, read, move in todo:
             comp = move.component
             if (comp.kind == "head") != (kind == "z"):
                 continue
             src = run.resolve(move.spec, move.source.rows)
             dst = run.resolve(move.spec, group.rows)
             value = run.source_output(move, None)[run.batch, src]
-            head = comp.head if comp.kind == "head" else None
-            write_patch(t[rows], head, dst, value, offset, read)
+            if comp.kind == "head":
+                write_patch(t[rows][:, :, cols], comp.head, dst, value, offset, read)
+            else:
+                write_patch(t[rows][:, cols], None, dst, value, offset, read)
 
     return patch
 
@@ -434,20 +528,28 @@ def _verified(model: ScrubModel) -> SuffixBlocks | None:
             model.bridge(tokens)
         with model.bridge.hooks(fwd_hooks=[*edits, ("ln_final.hook_in", keep("final"))]):
             model.bridge(tokens)
-        start = 3
-        x = seen[names[first]][:, start:]
+        start, x = 3, torch.empty(0)
         for layer in range(first, n_layers):
-            k, v = blocks.kv(layer, seen[names[layer]])
-            at_read = read if layer == last else None
-            mine = [(p, v) for p, v in zip(patches, values, strict=True) if p[0] == layer]
+            plain = blocks.kv(layer, seen[names[layer]])
+            here = [(p, value) for p, value in zip(patches, values, strict=True) if p[0] == layer]
 
-            def patch(kind: str, t: Tensor, mine=mine, at_read=at_read) -> None:
-                for (_, h, pos), value in mine:
+            def patch(kind: str, t: Tensor, read: Tensor | None, here=here) -> None:
+                for (_, h, pos), value in here:
                     if (h is None) == (kind == "mlp"):
                         dst = torch.full((2, 1), pos, device=t.device)
-                        write_patch(t, h, dst, value, start, at_read)
+                        write_patch(t, h, dst, value, start, read)
 
-            x = blocks(layer, x, (k[:, :, :start], v[:, :, :start]), at_read, patch)
+            if layer == first < last:  # the first changed block at its patched position only
+                query = torch.full((2, 1), start, device=model.device)
+                x_in = seen[names[layer]][:, start : start + 1]
+                out = blocks.at(layer, x_in, query, plain, partial(patch, read=query))
+                x = seen[names[layer + 1]][:, start:].clone()
+                x[:, :1] = out
+                continue
+            x = seen[names[layer]][:, start:] if layer == first else x
+            at_read = read if layer == last else None
+            prefix = (plain[0][:, :, :start], plain[1][:, :, :start])
+            x = blocks(layer, x, prefix, at_read, partial(patch, read=at_read))
     except Exception:  # anything the restatement does not cover: run the full passes
         return None
     want = seen["final"][torch.arange(2, device=model.device)[:, None], read]
