@@ -134,6 +134,41 @@ def _check(model, trees, read_at):
         torch.testing.assert_close(got.double().log_softmax(-1), ref, atol=1e-4, rtol=0)
 
 
+def _two_base_grids(model, cells, n=6):
+    """The cells on two base (and source) draws of one dataset: roots on different rows
+    share the suffix blocks' passes."""
+    import warnings
+
+    import scrub
+    from scrub._bind import make_dataset_for
+    from scrub.experiments._cells import trees_of
+    from tests.conftest import base_spec
+
+    spec = base_spec(model.path, nodes={"out": {"components": ["logits"]}})
+    dataset = make_dataset_for(scrub.hypothesis_from_dict(spec), seed=0)
+    base = {k: spec[k] for k in ("model", "dataset", "metric")} | {"name": "grid"}
+    trees = []
+    for seed in (1, 2):
+        rng = np.random.default_rng(seed)
+        rows = {"base": rng.choice(len(dataset), n), "source": rng.choice(len(dataset), n)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", scrub.ScrubWarning)
+            trees += trees_of(cells, base, model, dataset, rows, n=n, seed=0, file=None)
+    return trees
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_grids_on_two_base_draws_equal_the_plain_engine_and_the_reference(
+    models, family, monkeypatch
+):
+    model = models[family]
+    comps = [Component("head", 0, 1), Component("head", 1, 2), Component("mlp", 1)]
+    trees = _two_base_grids(model, activation_cells(comps, [(3,), (5,), ("FRESH",)]))
+    spy = _Spy(monkeypatch)
+    _check(model, trees, _read_at(len(trees[0].reference), 2))
+    assert spy.roots == len(trees)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_activation_grids_equal_the_plain_engine_and_the_reference(models, family, monkeypatch):
     model = models[family]

@@ -7,7 +7,8 @@ stream, :mod:`scrub.engine._start`) with the hooks :mod:`scrub.engine.fast`'s do
 describes: output hooks apply patches and record outputs, input hooks assemble each target's
 input (residual + direct-path deltas), the final hook hands the roots' residual streams to the
 unembedding at the metric's positions (or the last block at those positions only,
-:mod:`scrub.engine._last`).
+:mod:`scrub.engine._last`). Roots the suffix blocks take (:mod:`scrub.engine._suffix`) leave
+their passes and are evaluated after the last one, when every output they read is known.
 """
 
 from __future__ import annotations

@@ -346,6 +346,11 @@ def evaluate_suffix(
         return plain[key]
 
     def stacked_kv(groups: list[Group], layer: int, upto: int) -> tuple[Tensor, Tensor]:
+        """The plain keys and values before ``upto`` of the stacked roots: once for all of
+        them where they share their rows (:meth:`SuffixBlocks.__call__` tiles them)."""
+        if len({g.rows.tobytes() for g in groups}) == 1:
+            k, v = plain_kv(groups[0].rows, layer)
+            return k[:, :, :upto], v[:, :, :upto]
         keys, values = zip(*(plain_kv(g.rows, layer) for g in groups), strict=True)
         return torch.cat([k[:, :, :upto] for k in keys]), torch.cat(
             [v[:, :, :upto] for v in values]

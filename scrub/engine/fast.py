@@ -13,7 +13,11 @@ groups that stopped sooner):
   treeified (the fused group, or the output group);
 - the logits are computed from the root's final residual stream only at the positions the metric
   reads (the unembedding is a large share of a small model's cost), and where a final pass
-  reads nothing inside the last block, that block too (:mod:`scrub.engine._last`).
+  reads nothing inside the last block, that block too (:mod:`scrub.engine._last`);
+- roots changed only by activation patches at positions >= s (a grid's cells) skip the bridge:
+  their blocks are computed at positions >= s only, from the plain stream of their rows, the
+  first changed one at the patched positions only and the last at the metric's
+  (:mod:`scrub.engine._suffix`).
 
 What makes it fast, beyond batching: leaves come from an :class:`ActivationCache` (computed once
 per dataset row and shared across hypotheses and seeds), and so do subtrees that an earlier call
