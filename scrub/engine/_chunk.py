@@ -205,6 +205,7 @@ class ChunkRun:
             blocks, begins, streams = self.suffix
             suffixed = [self.plan.groups[g] for g in begins]
             evaluate_suffix(blocks, self, suffixed, begins, streams)
+            tick()
         roots = self.plan.roots
         assert set(self.final_resid) == set(roots)
         resid = torch.cat([self.final_resid[g] for g in roots])
