@@ -29,7 +29,8 @@ from scrub.engine._kernels import Kernels
 from scrub.engine._last import LastBlock, reads_only_before
 from scrub.engine._plan import Group, Move, Plan
 from scrub.engine._start import late_pass
-from scrub.engine._suffix import SuffixBlocks, evaluate_suffix
+from scrub.engine._suffix import SuffixBlocks
+from scrub.engine._suffix_pass import evaluate_suffix
 from scrub.engine.cache import Key, Residual, split_qkv_inputs
 
 __all__ = ["ChunkRun"]

@@ -1,52 +1,44 @@
-"""Suffix blocks: a patched root's blocks computed only at the positions its patches reach.
+"""Suffix blocks: a block restated at a suffix of query positions, from its input there.
 
 Context: attention is causal, so a row group whose every change is an activation patch at
 positions >= s (at layers >= L) has the residual stream of a plain pass on its rows at every
 position < s, at every layer. An activation-patching cell of head (L, h) at position p needs
-blocks ``L .. n-1`` at positions ``p ..`` only: the keys and values at positions < p are the
-plain pass's (computed once per rows and layer from the plain residual streams the
-:class:`~scrub.engine.cache.ActivationCache` holds, and shared by every cell on those rows),
-and the last block is needed at the metric's positions only (as :mod:`scrub.engine._last`
-does for the last block alone). Over a grid that is about half of the blocks' arithmetic.
+blocks ``L + 1 .. n-1`` at positions ``p ..`` only, block L at position p only (its input is
+the plain pass's everywhere, and a head's ``z`` or an MLP's output reaches the residual
+stream at its own position in its block), and the last block at the metric's positions only
+(as :mod:`scrub.engine._last` does for the last block alone); the keys and values at
+positions < p are the plain pass's. Which roots take this and how the chain over layers runs
+is :mod:`scrub.engine._suffix_pass`.
 
-:class:`SuffixBlocks` restates a block at a suffix of positions from its input there: the
-block's own first norm, the q/k/v projections of the engine's verified kernels
-(:mod:`scrub.engine._kernels`, one joint matrix per layer; rotary angles at the absolute
-positions), causal softmax attention over the plain prefix's keys and the suffix's own, the
-patched heads' ``z`` replaced where the patches say (the exact value splice of ``hook_z``),
-``z @ W_O + b_O``, and the block's own second norm and MLP (position-wise modules, as
-:mod:`scrub.engine._last` uses them, for the same reason: compiled models' steep MLPs). The
-engine chains these blocks over layers ``L .. n-1`` for the roots :func:`suffix_roots` picks
-(checked per plan, like the last block per pass): roots of final passes whose only changes are
-all-paths patches of heads and MLPs, which record nothing in their pass (a direct splice into
-the logits of an output computed before L is served by the cache), read no attention pattern,
-and whose rows' plain streams are shared with another such root or already cached. Roots with
-the same suffix start ``s`` run together, each joining at its first changed layer (no padding:
-grouping by ``s`` keeps every tensor rectangular); ``s`` is the first position any patch
-writes on any row of the chunk, or the first read position if that is earlier.
+:class:`SuffixBlocks` restates a block at given query positions: the block's own first norm,
+the q/k/v projections of the engine's verified kernels (:mod:`scrub.engine._kernels`, one
+joint matrix per layer; rotary angles at the absolute positions), causal softmax attention
+over the plain prefix's keys and values (:meth:`SuffixBlocks.kv`, from a plain residual
+stream) and the suffix's own, the patched heads' ``z`` replaced where the patches say (the
+exact value splice of ``hook_z``), ``z @ W_O + b_O``, and the block's own second norm and MLP
+(position-wise modules, as :mod:`scrub.engine._last` uses them, for the same reason: compiled
+models' steep MLPs turn a restated LayerNorm's rounding into 1e-4 differences of the metric).
 
 Pitfall: this restates the model's blocks. :func:`suffix_blocks_for` therefore checks a chain
-of them (patched heads and MLPs at several layers, reads at repeated positions) once per model
-against the model's own patched pass, and returns ``None`` where it disagrees or where the
-kernels do not reproduce the model: the engine then runs those roots' full bridge passes.
+of them (the first changed block at its patched position only, then suffix blocks, patched
+heads and MLPs at several layers, reads at repeated positions and a last-block patch off
+them) once per model against the model's own patched pass, and returns ``None`` where it
+disagrees or where the kernels do not reproduce the model: the engine then runs those roots'
+full bridge passes. The check runs in the model's dtype, so a bfloat16 model falls back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Protocol
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from scrub._model import ScrubModel
-from scrub._positions import PositionSpec
 from scrub.engine._kernels import Kernels, _rotate_half, kernels_for
-from scrub.engine._plan import Group, Move, Plan, first_layer
 
-__all__ = ["SuffixBlocks", "evaluate_suffix", "suffix_blocks_for", "suffix_roots"]
+__all__ = ["Patch", "SuffixBlocks", "suffix_blocks_for", "write_patch"]
 
 Patch = Callable[[str, Tensor], None]  # ("z" | "mlp", the block's value) -> None, in place
 
@@ -259,205 +251,6 @@ def write_patch(
             t[rows, at] = value[rows, j]
         else:
             t[rows, head, at] = value[rows, j]
-
-
-class _Run(Protocol):
-    """What :func:`evaluate_suffix` needs of the chunk's run (:class:`scrub.engine._chunk.ChunkRun`)."""
-
-    size: int
-    positions: np.ndarray | None
-    batch: Tensor
-
-    def resolve(self, spec: PositionSpec, rows: np.ndarray) -> Tensor: ...
-
-    def source_output(self, move: Move, live: Tensor | None) -> Tensor: ...
-
-    def finish(self, root: Group, resid: Tensor) -> None: ...
-
-
-def suffix_roots(
-    model: ScrubModel, plan: Plan, holds: Callable[[int, np.ndarray], bool]
-) -> dict[int, int]:
-    """The roots the suffix blocks evaluate, each with its first changed layer (module
-    docstring). ``holds``: whether the cache holds the plain residual stream entering this
-    layer on these rows."""
-    n_layers = model.shape.n_layers
-    found: dict[int, int] = {}
-    for gid in plan.roots:
-        group = plan.groups[gid]
-        if (
-            group.virtual
-            or group.sets
-            or group.into is not None
-            or group.ablate
-            or not group.patches
-            or group.stop != n_layers
-            or any(c.kind != "logits" for c, _ in group.targets)
-            or any(m.component.kind not in ("head", "mlp") for m in group.patches)
-            or not set(group.record) <= set(group.served)  # nothing recorded in its pass
-        ):
-            continue
-        found[gid] = min(first_layer(model, m.component) for m in group.patches)
-    # A pass left with nothing but virtual groups has no rows to run: keep its roots in it.
-    for _, gids in plan.passes:
-        rest = [g for g in gids if g not in found]
-        if rest and all(plan.groups[g].virtual for g in rest):
-            for g in gids:
-                found.pop(g, None)
-    # Worth it where the rows' plain streams are shared (a grid's base run) or already cached.
-    count: dict[bytes, int] = {}
-    for gid in found:
-        key = plan.groups[gid].rows.tobytes()
-        count[key] = count.get(key, 0) + 1
-    return {
-        gid: begin
-        for gid, begin in found.items()
-        if count[plan.groups[gid].rows.tobytes()] > 1
-        or all(holds(layer, plan.groups[gid].rows) for layer in range(begin, n_layers))
-    }
-
-
-def evaluate_suffix(
-    blocks: SuffixBlocks,
-    run: _Run,
-    roots: list[Group],
-    begins: dict[int, int],
-    streams: dict[tuple[bytes, int], Tensor],
-) -> None:
-    """The roots' final residual streams at the read positions (others NaN: nothing reads
-    them), handed to ``run.finish``. ``streams``: the plain residual stream entering each
-    layer from each root's first changed layer on, on the chunk's rows, by (rows, layer)."""
-    assert run.positions is not None
-    n_layers = blocks.n_layers
-    any_stream = next(iter(streams.values()))
-    read = torch.as_tensor(run.positions, device=any_stream.device)
-    by_start: dict[int, list[Group]] = {}
-    for root in roots:
-        start = min(
-            [int(read.min())] + [int(run.resolve(m.spec, root.rows).min()) for m in root.patches]
-        )
-        by_start.setdefault(start, []).append(root)
-    plain: dict[tuple[bytes, int], tuple[Tensor, Tensor]] = {}
-
-    def plain_kv(rows: np.ndarray, layer: int) -> tuple[Tensor, Tensor]:
-        key = (rows.tobytes(), layer)
-        if key not in plain:
-            plain[key] = blocks.kv(layer, streams[key])
-        return plain[key]
-
-    def stacked_kv(groups: list[Group], layer: int, upto: int) -> tuple[Tensor, Tensor]:
-        """The plain keys and values before ``upto`` of the stacked roots: once for all of
-        them where they share their rows (:meth:`SuffixBlocks.__call__` tiles them)."""
-        if len({g.rows.tobytes() for g in groups}) == 1:
-            k, v = plain_kv(groups[0].rows, layer)
-            return k[:, :, :upto], v[:, :, :upto]
-        keys, values = zip(*(plain_kv(g.rows, layer) for g in groups), strict=True)
-        return torch.cat([k[:, :, :upto] for k in keys]), torch.cat(
-            [v[:, :, :upto] for v in values]
-        )
-
-    size, seq_len = run.size, any_stream.shape[1]
-    for start, members in sorted(by_start.items()):
-        x: Tensor | None = None  # the active roots' stream at positions start.., stacked
-        active: list[Group] = []
-        for layer in range(min(begins[g.gid] for g in members), n_layers):
-            last = layer == n_layers - 1
-            joining = [g for g in members if begins[g.gid] == layer]
-            if last and joining:  # they read the plain stream: the last block as for the others
-                fresh = [streams[g.rows.tobytes(), layer][:, start:] for g in joining]
-                x = torch.cat(fresh if x is None else [x, *fresh])
-                active, joining = active + joining, []
-            if active:
-                assert x is not None
-                kv = stacked_kv(active, layer, start) if start else None
-                query = read.repeat(len(active), 1) if last else None
-                placed = [
-                    (g, slice(i * size, (i + 1) * size), slice(None), read if last else None)
-                    for i, g in enumerate(active)
-                ]
-                x = blocks(layer, x, kv, query, _patcher(run, placed, layer, start))
-            if joining:  # their first changed block, at the positions it patches only
-                fresh = _first_block(blocks, run, joining, layer, start, streams, plain_kv)
-                x = torch.cat(fresh if x is None else [x, *fresh])
-                active += joining
-        assert x is not None
-        for i, root in enumerate(active):
-            resid = x.new_full((size, seq_len, x.shape[-1]), float("nan"))
-            resid[run.batch, read] = x[i * size : (i + 1) * size]
-            run.finish(root, resid)
-
-
-def _first_block(
-    blocks: SuffixBlocks,
-    run: _Run,
-    roots: list[Group],
-    layer: int,
-    start: int,
-    streams: dict[tuple[bytes, int], Tensor],
-    plain_kv: Callable[[np.ndarray, int], tuple[Tensor, Tensor]],
-) -> list[Tensor]:
-    """The stream entering block ``layer + 1`` at positions ``start ..`` of roots whose first
-    change is a patch in block ``layer``: their input there is a plain pass's, so the block's
-    output differs from the plain pass's only where the patches write (a head's ``z`` and an
-    MLP's output reach the residual stream at their own position in their block). The block
-    is computed there only (the patched positions), with the plain keys and values."""
-    where = [
-        torch.cat([run.resolve(m.spec, g.rows) for m in g.patches if m.component.layer == layer], 1)
-        for g in roots
-    ]
-    # Roots on the same rows share the plain keys: their queries are stacked along the
-    # positions (one attention over those keys), not along the rows.
-    shared: dict[tuple[bytes, int], list[int]] = {}
-    for i, pos in enumerate(where):
-        shared.setdefault((roots[i].rows.tobytes(), pos.shape[1]), []).append(i)
-    out: list[Tensor] = [torch.empty(0)] * len(roots)
-    for (_, width), members in shared.items():
-        rows = roots[members[0]].rows
-        stream = streams[rows.tobytes(), layer]
-        query = torch.cat([where[i] for i in members], 1)
-        cols = [slice(k * width, (k + 1) * width) for k in range(len(members))]
-        placed: list[tuple[Group, slice, slice, Tensor | None]] = [
-            (roots[i], slice(None), c, where[i]) for i, c in zip(members, cols, strict=True)
-        ]
-        patch = _patcher(run, placed, layer, 0)
-        done = blocks.at(layer, stream[run.batch, query], query, plain_kv(rows, layer), patch)
-        after = streams[rows.tobytes(), layer + 1][:, start:]
-        for i, c in zip(members, cols, strict=True):
-            fresh = after.clone()
-            fresh[run.batch, where[i] - start] = done[:, c]
-            out[i] = fresh
-    return out
-
-
-def _patcher(
-    run: _Run, placed: list[tuple[Group, slice, slice, Tensor | None]], layer: int, offset: int
-) -> Patch | None:
-    """The patches of block ``layer`` of roots placed at (rows, query columns) of the block's
-    values, each at positions ``offset ..`` or at its own ``(rows, Q)`` absolute positions
-    (a root's patches in its order)."""
-    todo = [
-        (group, rows, cols, read, move)
-        for group, rows, cols, read in placed
-        for move in group.patches
-        if move.component.layer == layer
-    ]
-    if not todo:
-        return None
-
-    def patch(kind: str, t: Tensor) -> None:
-        for group, rows, cols, read, move in todo:
-            comp = move.component
-            if (comp.kind == "head") != (kind == "z"):
-                continue
-            src = run.resolve(move.spec, move.source.rows)
-            dst = run.resolve(move.spec, group.rows)
-            value = run.source_output(move, None)[run.batch, src]
-            if comp.kind == "head":
-                write_patch(t[rows][:, :, cols], comp.head, dst, value, offset, read)
-            else:
-                write_patch(t[rows][:, cols], None, dst, value, offset, read)
-
-    return patch
 
 
 def suffix_blocks_for(model: ScrubModel) -> SuffixBlocks | None:

@@ -51,7 +51,8 @@ from scrub.engine._kernels import Kernels, kernel_status, kernels_for
 from scrub.engine._last import last_block_for
 from scrub.engine._plan import Plan, make_plan
 from scrub.engine._start import late_start_works
-from scrub.engine._suffix import SuffixBlocks, suffix_blocks_for, suffix_roots
+from scrub.engine._suffix import SuffixBlocks, suffix_blocks_for
+from scrub.engine._suffix_pass import suffix_roots
 from scrub.engine.cache import ActivationCache, Key, Residual, pass_rows
 
 __all__ = ["Evaluated", "FastEngine"]
