@@ -24,7 +24,14 @@ from scrub.engine._suffix import SuffixBlocks, suffix_blocks_for, write_patch
 from scrub.engine._suffix_pass import suffix_roots
 from scrub.experiments._cells import activation_cells
 from tests.conftest import keeping
-from tests.test_late_start import FAMILIES, _block_rows, _grid_trees, _random_tree, sampled
+from tests.test_late_start import (
+    FAMILIES,
+    _block_rows,
+    _grid_trees,
+    _path_trees,
+    _random_tree,
+    sampled,
+)
 from tests.test_late_start import models as late_start_models
 
 models = late_start_models  # the same tiny random GPT-2-, Pythia- and Llama-shaped models
@@ -112,11 +119,12 @@ class _Spy:
     """Counts the roots the engine hands to the suffix blocks, and their suffix starts."""
 
     def __init__(self, monkeypatch):
-        self.roots = 0
+        self.roots = self.receivers = 0
         real = _chunk.evaluate_suffix
 
         def spy(blocks, run, roots, begins, streams):
             self.roots += len(roots)
+            self.receivers += sum(any(c.kind == "head" for c, _ in g.targets) for g in roots)
             return real(blocks, run, roots, begins, streams)
 
         monkeypatch.setattr(_chunk, "evaluate_suffix", spy)
@@ -192,6 +200,33 @@ def test_activation_grids_equal_the_plain_engine_and_the_reference(models, famil
     )  # fmt: skip
     n = len(trees[0].reference)
     assert sum(with_suffix) <= 2 * n < sum(without)  # the base and source rows' plain passes
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_path_grids_equal_the_plain_engine_and_the_reference(models, family, monkeypatch):
+    """Direct-path receivers (their z recomputed by the kernels from the assembled inputs)
+    take the lever too, in the roots they are fused into (not under grouped-query attention,
+    Llama-shaped here)."""
+    model = models[family]
+    receivers = [Component("head", 1, 2), Component("head", 2, 0), Component("mlp", 1)]
+    spy = _Spy(monkeypatch)
+    # Receivers' outputs reaching the logits at one position too (a path cell's ``at``).
+    _check(
+        model, (at := _path_trees(model, receivers[:1], at=[4])), _read_at(len(at[0].reference), 4)
+    )
+    trees = _path_trees(model, receivers)
+    cache = ActivationCache()
+    read_at = _read_at(len(trees[0].reference), 1)
+    _check(model, trees, read_at)
+    # Under grouped-query attention a receiver keeps its own group (not fused into the root),
+    # which the bridge runs; the root then only patches its output in.
+    assert spy.roots > 0 and (spy.receivers > 0) == (model.shape.kv_group == 1)
+    # The receivers' outputs the engine keeps (from the suffix blocks' pass) serve a second
+    # call, whose roots then patch them in: the same logits.
+    first = FastEngine(cache=cache).evaluate_many(model, trees, positions=read_at).logits
+    again = FastEngine(cache=cache).evaluate_many(model, trees, positions=read_at).logits
+    for a, b in zip(first, again, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
 RANDOM_SEEDS = (0, 2, 8, 10)  # 2, 8 and 10 give roots the lever takes (the test below)

@@ -3,20 +3,24 @@
 Context: :mod:`scrub.engine._suffix` restates a block at a suffix of query positions. Here
 the engine picks the roots it evaluates that way (:func:`suffix_roots`, once per plan, as
 :mod:`scrub.engine._chunk` checks the last block's lever per pass): roots of final passes
-whose only changes are all-paths patches of heads and MLPs (an activation-patching cell),
-which record nothing in their pass (a direct splice into the logits of an output computed
-before their first changed layer is served by the cache), read no attention pattern, and
+whose only changes are all-paths patches of heads and MLPs (an activation-patching cell) or,
+without grouped-query attention, the assembled q/k/v inputs of heads of one layer, patched
+there or later only (a direct-path cell's receivers, fused into the root; their ``z`` at every
+position by the kernels, as the chunk's block-input hook computes it, then written like a
+patch), which record nothing else in their pass (a direct splice of an output computed before
+their first changed layer is served by the cache), read no attention pattern, and
 whose rows' plain residual streams are shared with another such root (a grid's base run) or
 already cached: the cache holds those streams at every layer from the root's first changed
 one, and the plain keys and values are computed from them once per rows and layer.
 
 :func:`evaluate_suffix` runs them after the chunk's other passes, when every output they
-read is known. The suffix start ``s`` of a root is the first position any of its patches
-writes on any row of the chunk, or the first read position if that is earlier. Roots with the
+read is known. The suffix start ``s`` of a root is the first position any of its patches or
+receivers' splices writes on any row of the chunk, or the first read position if that is
+earlier. Roots with the
 same ``s`` run together (grouping by ``s`` keeps every tensor rectangular: measured on the
 IOI-toy activation grid, coarser buckets, i.e. padding, save nothing and one bucket from 0
 costs 1.5x), each joining at its first changed layer, where the block is computed at its
-patched positions only (queries of roots on the same rows stacked along the positions over
+patched positions only (at positions ``s ..`` for receivers, whose ``z`` changes there) (queries of roots on the same rows stacked along the positions over
 their shared plain keys); from the next layer on at positions ``s ..`` with the plain keys and
 values before ``s`` (shared, tiled), the last block at the metric's positions only. The final
 residual stream is NaN elsewhere: nothing reads it (the logits are unembedded at the read
@@ -35,9 +39,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from scrub._components import Component
 from scrub._model import ScrubModel
 from scrub._positions import PositionSpec
-from scrub.engine._plan import Group, Move, Plan, first_layer
+from scrub.engine._kernels import Kernels
+from scrub.engine._plan import Group, Move, Plan, Target, first_layer
 from scrub.engine._suffix import Patch, SuffixBlocks, write_patch
 
 __all__ = ["evaluate_suffix", "suffix_roots"]
@@ -56,30 +62,53 @@ class _Run(Protocol):
 
     def finish(self, root: Group, resid: Tensor) -> None: ...
 
+    kernels: Kernels | None
+    store: dict[tuple[int, Component], Tensor]
+
+    def assemble_shared(
+        self, memo: dict[tuple, Tensor], group: Group, target: Target, resid: Tensor
+    ) -> Tensor: ...
+
 
 def suffix_roots(
-    model: ScrubModel, plan: Plan, holds: Callable[[int, np.ndarray], bool]
+    model: ScrubModel,
+    plan: Plan,
+    holds: Callable[[int, np.ndarray], bool],
+    *,
+    receivers: bool = False,
 ) -> dict[int, int]:
     """The roots the suffix blocks evaluate, each with its first changed layer (module
     docstring). ``holds``: whether the cache holds the plain residual stream entering this
-    layer on these rows."""
+    layer on these rows. ``receivers``: also roots that assemble the q/k/v inputs of heads of
+    one layer (direct-path receivers, recomputed by the kernels; not under grouped-query
+    attention), patched at that layer or later only."""
     n_layers = model.shape.n_layers
     found: dict[int, int] = {}
     for gid in plan.roots:
         group = plan.groups[gid]
+        heads = {c for c, _ in group.targets if c.kind == "head"}
+        layers = {c.layer for c in heads}
         if (
             group.virtual
             or group.sets
+            or not group.fused
             or group.into is not None
             or group.ablate
-            or not group.patches
+            or not (group.patches or heads)
             or group.stop != n_layers
-            or any(c.kind != "logits" for c, _ in group.targets)
+            or any(c.kind not in ("logits", "head") for c, _ in group.targets)
+            or (heads and not receivers)
+            or len(layers) > 1
+            or any({(c, ch) for ch in ("q", "k", "v")} - set(group.targets) for c in heads)
             or any(m.component.kind not in ("head", "mlp") for m in group.patches)
-            or not set(group.record) <= set(group.served)  # nothing recorded in its pass
+            or any(m.component in heads for m in group.patches)  # recorded after the patch
+            or not set(group.record) <= set(group.served) | heads  # nothing else recorded
         ):
             continue
-        found[gid] = min(first_layer(model, m.component) for m in group.patches)
+        begin = min([first_layer(model, m.component) for m in group.patches] + list(layers))
+        if layers and begin < min(layers):
+            continue  # the receivers' inputs would not be a plain pass's
+        found[gid] = begin
     # A pass left with nothing but virtual groups has no rows to run: keep its roots in it.
     for _, gids in plan.passes:
         rest = [g for g in gids if g not in found]
@@ -115,9 +144,9 @@ def evaluate_suffix(
     read = torch.as_tensor(run.positions, device=any_stream.device)
     by_start: dict[int, list[Group]] = {}
     for root in roots:
-        start = min(
-            [int(read.min())] + [int(run.resolve(m.spec, root.rows).min()) for m in root.patches]
-        )
+        moves = list(root.patches)
+        moves += [m for (c, _), ms in root.splices.items() if c.kind == "head" for m in ms]
+        start = min([int(read.min())] + [int(run.resolve(m.spec, root.rows).min()) for m in moves])
         by_start.setdefault(start, []).append(root)
     plain: dict[tuple[bytes, int], tuple[Tensor, Tensor]] = {}
 
@@ -145,10 +174,14 @@ def evaluate_suffix(
         for layer in range(min(begins[g.gid] for g in members), n_layers):
             last = layer == n_layers - 1
             joining = [g for g in members if begins[g.gid] == layer]
-            if last and joining:  # they read the plain stream: the last block as for the others
-                fresh = [streams[g.rows.tobytes(), layer][:, start:] for g in joining]
+            # In the last block, or with receivers (whose z changes at every position from
+            # ``start``), the first changed block is computed as the others are.
+            whole = [g for g in joining if last or _receives(g, layer)]
+            if whole:
+                fresh = [streams[g.rows.tobytes(), layer][:, start:] for g in whole]
                 x = torch.cat(fresh if x is None else [x, *fresh])
-                active, joining = active + joining, []
+                active += whole
+                joining = [g for g in joining if g not in whole]
             if active:
                 assert x is not None
                 kv = stacked_kv(active, layer, start) if start else None
@@ -157,7 +190,12 @@ def evaluate_suffix(
                     (g, slice(i * size, (i + 1) * size), slice(None), read if last else None)
                     for i, g in enumerate(active)
                 ]
-                x = blocks(layer, x, kv, query, _patcher(run, placed, layer, start))
+                z = {
+                    g.gid: _receivers(run, g, layer, streams[g.rows.tobytes(), layer])
+                    for g in whole
+                }
+                patch = _patcher(run, placed, layer, start, z)
+                x = blocks(layer, x, kv, query, patch)
             if joining:  # their first changed block, at the positions it patches only
                 fresh = _first_block(blocks, run, joining, layer, start, streams, plain_kv)
                 x = torch.cat(fresh if x is None else [x, *fresh])
@@ -211,22 +249,61 @@ def _first_block(
     return out
 
 
+def _receives(root: Group, layer: int) -> bool:
+    """Whether ``root`` assembles the inputs of heads of block ``layer`` (receivers)."""
+    return any(c.kind == "head" and c.layer == layer for c, _ in root.targets)
+
+
+def _receivers(run: _Run, root: Group, layer: int, stream: Tensor) -> dict[Component, Tensor]:
+    """The ``z`` of ``root``'s receivers in block ``layer`` (every position), by the kernels
+    from their assembled inputs (the plain stream plus the direct-path deltas), as the chunk's
+    block-input hook computes them; recorded where the root records them."""
+    if not _receives(root, layer):
+        return {}
+    assert run.kernels is not None
+    memo: dict[tuple, Tensor] = {}
+    inputs: dict[Component, dict] = {}
+    for target in root.targets:
+        comp, ch = target
+        if comp.kind == "head" and comp.layer == layer:
+            inputs.setdefault(comp, {})[ch] = run.assemble_shared(memo, root, target, stream)
+    z = run.kernels.heads(inputs)
+    for comp, value in z.items():
+        if comp in root.record:
+            run.store[root.gid, comp] = value
+    return z
+
+
 def _patcher(
-    run: _Run, placed: list[tuple[Group, slice, slice, Tensor | None]], layer: int, offset: int
+    run: _Run,
+    placed: list[tuple[Group, slice, slice, Tensor | None]],
+    layer: int,
+    offset: int,
+    z: dict[int, dict[Component, Tensor]] | None = None,
 ) -> Patch | None:
     """The patches of block ``layer`` of roots placed at (rows, query columns) of the block's
     values, each at positions ``offset ..`` or at its own ``(rows, Q)`` absolute positions
-    (a root's patches in its order)."""
+    (a root's patches in its order), after the receivers' ``z`` (by root, every position),
+    as the chunk's output hook writes them."""
+    z = z or {}
     todo = [
         (group, rows, cols, read, move)
         for group, rows, cols, read in placed
         for move in group.patches
         if move.component.layer == layer
     ]
-    if not todo:
+    own = [
+        (rows, read, comp, value)
+        for g, rows, _, read in placed
+        for comp, value in z.get(g.gid, {}).items()
+    ]
+    if not todo and not own:
         return None
 
     def patch(kind: str, t: Tensor) -> None:
+        for rows, read, comp, value in own if kind == "z" else ():
+            at = value[:, offset:] if read is None else value[run.batch, read]
+            t[rows][:, comp.head] = at.to(t.dtype)
         for group, rows, cols, read, move in todo:
             comp = move.component
             if (comp.kind == "head") != (kind == "z"):

@@ -82,9 +82,10 @@ class FastEngine:
             the roots' logits at the metric's positions, compute the last block at those
             positions only, by the verified kernels (:mod:`scrub.engine._last`). Off while
             attention patterns are read, without kernels, or when every position is read.
-        suffix: roots changed only by activation patches of heads and MLPs at positions >= s
-            compute their blocks at positions >= s only (the last one at the metric's), from
-            the plain stream there, by the verified suffix blocks (:mod:`scrub.engine._suffix`).
+        suffix: roots changed only by activation patches of heads and MLPs (or direct-path
+            receivers' inputs) at positions >= s compute their blocks at positions >= s only
+            (the first at the patched positions, the last at the metric's), from the plain
+            stream there, by the verified suffix blocks (:mod:`scrub.engine._suffix_pass`).
             Off where :attr:`last_block` is, and under mean / zero ablation.
     """
 
@@ -241,7 +242,10 @@ class FastEngine:
         suffix: dict[int, int] = {}
         if blocks is not None:
             suffix = suffix_roots(
-                model, plan, lambda layer, rows: cache.holds(model, dataset, Residual(layer), rows)
+                model,
+                plan,
+                lambda layer, rows: cache.holds(model, dataset, Residual(layer), rows),
+                receivers=model.shape.kv_group == 1,  # the chunk's head kernels (_chunk.py)
             )
         streams: dict[tuple[bytes, int], tuple[Key, np.ndarray]] = {}
         for gid, begin in suffix.items():  # the plain streams the suffix blocks start from
