@@ -92,10 +92,10 @@ class ChunkRun:
         self.suffix: tuple[SuffixBlocks, dict[int, int], dict] | None = None
 
     def use_suffix(
-        self, blocks: SuffixBlocks, begins: dict[int, int], streams: dict[tuple[bytes, int], Tensor]
+        self, blocks: SuffixBlocks, begins: dict[int, int], streams: dict[tuple[bytes, Key], Tensor]
     ) -> None:
-        """Roots (gid -> first changed layer) evaluated by suffix blocks from the plain
-        streams of their rows (:mod:`scrub.engine._suffix`), after every pass."""
+        """Roots (gid -> first changed layer) evaluated by suffix blocks from a plain pass on
+        their rows (:mod:`scrub.engine._suffix_pass`), after every pass."""
         self.suffix = (blocks, begins, streams)
 
     def start_from(self, early: dict[tuple[int, Key], Tensor]) -> None:

@@ -19,18 +19,21 @@ exact value splice of ``hook_z``), ``z @ W_O + b_O``, and the block's own second
 (position-wise modules, as :mod:`scrub.engine._last` uses them, for the same reason: compiled
 models' steep MLPs turn a restated LayerNorm's rounding into 1e-4 differences of the metric).
 
+:meth:`SuffixBlocks.out` is the block's tail (``W_O``, MLP) from given ``z``: a block whose
+input is a plain pass's takes the plain pass's ``z`` (patched) and skips its attention.
+
 Pitfall: this restates the model's blocks. :func:`suffix_blocks_for` therefore checks a chain
-of them (the first changed block at its patched position only, then suffix blocks, patched
-heads and MLPs at several layers, reads at repeated positions and a last-block patch off
-them) once per model against the model's own patched pass, and returns ``None`` where it
-disagrees or where the kernels do not reproduce the model: the engine then runs those roots'
-full bridge passes. The check runs in the model's dtype, so a bfloat16 model falls back.
+of them (the first changed block at its patched position only, from the plain pass's ``z``,
+then suffix blocks, patched heads and MLPs at several layers, reads at repeated positions,
+last-block patches at a read position and off them) once per model against the model's own
+patched pass, and returns ``None`` where it disagrees or where the kernels do not reproduce
+the model: the engine then runs those roots' full bridge passes. The check runs in the
+model's dtype, so a bfloat16 model falls back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 
 import torch
 from torch import Tensor
@@ -158,14 +161,23 @@ class SuffixBlocks:
             k, v = _joined(prefix[0], k), _joined(prefix[1], v)
         return self._finish(layer, q, q_abs, k, v, pre, patch)
 
-    def at(
-        self, layer: int, x: Tensor, query: Tensor, kv: tuple[Tensor, Tensor], patch: Patch | None
-    ) -> Tensor:
-        """Block ``layer``'s output at ``query`` (``batch, Q`` absolute positions) from its
-        input there (``x``: ``batch Q d_model``), given the keys and values at every position
-        (``kv``, as :meth:`kv` gives them: a block whose input is a plain pass's)."""
-        q = self.blocks[layer].ln1(x) @ self.w_q[layer][0] + self.w_q[layer][1]
-        return self._finish(layer, q, query, kv[0], kv[1], x, patch)
+    def out(self, layer: int, z: Tensor, pre: Tensor, patch: Patch | None = None) -> Tensor:
+        """Block ``layer``'s output at some positions from its heads' ``z`` there (``batch head
+        Q d_head``, already patched) and its input there (``pre``: ``batch Q d_model``):
+        ``z @ W_O + b_O``, the MLP (its output patched by ``patch``), the residual sums. A
+        block whose input is a plain pass's has the plain pass's ``z`` wherever its own heads
+        are not patched (the activation cache holds them), so its attention need not run."""
+        block = self.blocks[layer]
+        attn = z.transpose(1, 2).flatten(2) @ self.W_O[layer]
+        if self.b_O is not None:
+            attn = attn + self.b_O[layer]
+        mid = pre + attn
+        if self.attn_only:
+            return mid
+        out = block.mlp(block.ln2(pre if self.parallel else mid))
+        if patch is not None:
+            patch("mlp", out)
+        return mid + out
 
     def _finish(
         self,
@@ -180,7 +192,6 @@ class SuffixBlocks:
         """Attention of the queries ``q`` (``batch Q (head d_head)``, not rotated) at absolute
         positions ``q_abs`` (``Q`` or ``batch, Q``) over keys and values at every position
         (rotated), then ``W_O``, the MLP and the patches, on the block's input ``pre`` there."""
-        block = self.blocks[layer]
         q = self._heads(q, self.n_heads)
         total = k.shape[2]
         if self.rotary is not None:
@@ -200,16 +211,7 @@ class SuffixBlocks:
         )
         if patch is not None:
             patch("z", z)
-        attn = z.transpose(1, 2).flatten(2) @ self.W_O[layer]
-        if self.b_O is not None:
-            attn = attn + self.b_O[layer]
-        mid = pre + attn
-        if self.attn_only:
-            return mid
-        out = block.mlp(block.ln2(pre if self.parallel else mid))
-        if patch is not None:
-            patch("mlp", out)
-        return mid + out
+        return self.out(layer, z, pre, patch)
 
 
 _PROJ = (("W_Q", "b_Q"), ("W_K", "b_K"), ("W_V", "b_V"))
@@ -274,14 +276,14 @@ def _verified(model: ScrubModel) -> SuffixBlocks | None:
     first, last = min(1, n_layers - 1), n_layers - 1
     attn_only = bool(getattr(cfg, "attn_only", False))
     # (layer, head or None for the MLP, position): the suffix starts at 3; the last block's
-    # patches at a read position and at one that is not read.
+    # patches at a read position and at one that is not read, and its MLP's at a read one.
     patches: list[tuple[int, int | None, int]] = [
         (first, 0, 3),
         (last, n_heads - 1, n - 1),
         (last, 0, 4),
     ]
     if not attn_only:
-        patches.append((min(first + 1, last), None, 5))
+        patches += [(min(first + 1, last), None, 5), (last, None, n - 1)]
     values = [
         torch.randn(2, 1, cfg.d_head if h is not None else cfg.d_model, generator=generator).to(
             model.device, model.dtype
@@ -289,6 +291,7 @@ def _verified(model: ScrubModel) -> SuffixBlocks | None:
         for _, h, _ in patches
     ]
     read = torch.tensor([[n - 1, 3, 5], [4, n - 1, n - 1]], device=model.device)
+    batch = torch.arange(2, device=model.device)[:, None]
     seen: dict[str, Tensor] = {}
 
     def keep(name: str):
@@ -298,57 +301,64 @@ def _verified(model: ScrubModel) -> SuffixBlocks | None:
 
         return hook
 
-    def patching(layer: int, kind: str):
-        def hook(t: Tensor, hook=None) -> Tensor:
-            t = t.clone()
-            for (at, h, pos), value in zip(patches, values, strict=True):
-                if at == layer and (h is None) == (kind == "mlp"):
-                    if h is None:
-                        t[:, pos] = value[:, 0]
-                    else:
-                        t[:, pos, h] = value[:, 0]
-            return t
+    def patched_pass(patches: list[tuple[int, int | None, int]], values: list[Tensor]) -> Tensor:
+        """The model's own final residual stream with ``patches``."""
 
-        return hook
+        def patching(layer: int, kind: str):
+            def hook(t: Tensor, hook=None) -> Tensor:
+                t = t.clone()
+                for (at, h, pos), value in zip(patches, values, strict=True):
+                    if at == layer and (h is None) == (kind == "mlp"):
+                        if h is None:
+                            t[:, pos] = value[:, 0]
+                        else:
+                            t[:, pos, h] = value[:, 0]
+                return t
 
-    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
-    edits = [
-        (f"blocks.{layer}.attn.hook_z", patching(layer, "z")) for layer in {p[0] for p in patches}
-    ]
-    edits += [
-        (f"blocks.{layer}.hook_mlp_out", patching(layer, "mlp"))
-        for layer, h, _ in patches
-        if h is None
-    ]
-    try:
-        blocks = SuffixBlocks(model, kernels)
-        with model.bridge.hooks(fwd_hooks=[(name, keep(name)) for name in names]):
-            model.bridge(tokens)
+            return hook
+
+        layers = sorted({p[0] for p in patches})
+        edits = [(f"blocks.{layer}.attn.hook_z", patching(layer, "z")) for layer in layers]
+        edits += [(f"blocks.{layer}.hook_mlp_out", patching(layer, "mlp")) for layer in layers]
         with model.bridge.hooks(fwd_hooks=[*edits, ("ln_final.hook_in", keep("final"))]):
             model.bridge(tokens)
+        return seen.pop("final")[batch, read]
+
+    def patcher(here: list, start: int, read: Tensor | None) -> Patch:
+        def patch(kind: str, t: Tensor) -> None:
+            for (_, h, pos), value in here:
+                if (h is None) == (kind == "mlp"):
+                    dst = torch.full((2, 1), pos, device=t.device)
+                    write_patch(t, h, dst, value, start, read)
+
+        return patch
+
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
+    zs = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
+    try:
+        blocks = SuffixBlocks(model, kernels)
+        with model.bridge.hooks(fwd_hooks=[(name, keep(name)) for name in names + zs]):
+            model.bridge(tokens)
+        # A chain: the first changed block at its patched position only (from the plain
+        # pass's z), then suffix blocks from position 3, the last one at the read positions.
+        want = patched_pass(patches, values)
         start, x = 3, torch.empty(0)
         for layer in range(first, n_layers):
-            plain = blocks.kv(layer, seen[names[layer]])
             here = [(p, value) for p, value in zip(patches, values, strict=True) if p[0] == layer]
-
-            def patch(kind: str, t: Tensor, read: Tensor | None, here=here) -> None:
-                for (_, h, pos), value in here:
-                    if (h is None) == (kind == "mlp"):
-                        dst = torch.full((2, 1), pos, device=t.device)
-                        write_patch(t, h, dst, value, start, read)
-
-            if layer == first < last:  # the first changed block at its patched position only
+            if layer == first < last:
                 query = torch.full((2, 1), start, device=model.device)
-                x_in = seen[names[layer]][:, start : start + 1]
-                out = blocks.at(layer, x_in, query, plain, partial(patch, read=query))
+                z = seen[zs[layer]][batch, query].transpose(1, 2)  # batch head 1 d_head
+                patcher(here, start, query)("z", z)
+                x_in = seen[names[layer]][batch, query]
+                out = blocks.out(layer, z, x_in, patcher(here, start, query))
                 x = seen[names[layer + 1]][:, start:].clone()
                 x[:, :1] = out
                 continue
             x = seen[names[layer]][:, start:] if layer == first else x
+            plain = blocks.kv(layer, seen[names[layer]])
             at_read = read if layer == last else None
             prefix = (plain[0][:, :, :start], plain[1][:, :, :start])
-            x = blocks(layer, x, prefix, at_read, partial(patch, read=at_read))
+            x = blocks(layer, x, prefix, at_read, patcher(here, start, at_read))
     except Exception:  # anything the restatement does not cover: run the full passes
         return None
-    want = seen["final"][torch.arange(2, device=model.device)[:, None], read]
     return blocks if torch.allclose(x, want, atol=1e-4, rtol=1e-4) else None

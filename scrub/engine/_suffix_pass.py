@@ -5,26 +5,31 @@ the engine picks the roots it evaluates that way (:func:`suffix_roots`, once per
 :mod:`scrub.engine._chunk` checks the last block's lever per pass): roots of final passes
 whose only changes are all-paths patches of heads and MLPs (an activation-patching cell) or,
 without grouped-query attention, the assembled q/k/v inputs of heads of one layer, patched
-there or later only (a direct-path cell's receivers, fused into the root; their ``z`` at every
+there or later only (a direct-path cell's receivers, fused into the root: their ``z`` at every
 position by the kernels, as the chunk's block-input hook computes it, then written like a
 patch), which record nothing else in their pass (a direct splice of an output computed before
-their first changed layer is served by the cache), read no attention pattern, and
-whose rows' plain residual streams are shared with another such root (a grid's base run) or
-already cached: the cache holds those streams at every layer from the root's first changed
-one, and the plain keys and values are computed from them once per rows and layer.
+their first changed layer is served by the cache), read no attention pattern, and whose rows'
+plain pass is shared with another such root (a grid's base run) or already cached. The cache
+serves that plain pass (:func:`plain_keys`): the residual stream entering every block from
+the root's first changed one, and every head's ``z`` in that block; the plain keys and values
+are computed from those streams once per rows and layer.
 
 :func:`evaluate_suffix` runs them after the chunk's other passes, when every output they
 read is known. The suffix start ``s`` of a root is the first position any of its patches or
 receivers' splices writes on any row of the chunk, or the first read position if that is
-earlier. Roots with the
-same ``s`` run together (grouping by ``s`` keeps every tensor rectangular: measured on the
-IOI-toy activation grid, coarser buckets, i.e. padding, save nothing and one bucket from 0
-costs 1.5x), each joining at its first changed layer, where the block is computed at its
-patched positions only (at positions ``s ..`` for receivers, whose ``z`` changes there) (queries of roots on the same rows stacked along the positions over
-their shared plain keys); from the next layer on at positions ``s ..`` with the plain keys and
-values before ``s`` (shared, tiled), the last block at the metric's positions only. The final
-residual stream is NaN elsewhere: nothing reads it (the logits are unembedded at the read
-positions; a root's direct splices into the logits add there harmlessly).
+earlier. Roots with the same ``s`` run together, each joining at its first changed layer L.
+Block L's input is the plain pass's, so its attention is too but for the patched heads and
+the receivers: it is computed from the plain ``z`` (patched, receivers' written), through
+``W_O`` and the MLP, only where it changes (an activation cell's patched positions: a head's
+``z`` and an MLP's output reach the residual stream at their own position in their block;
+a receiver's positions ``s ..``); the plain stream elsewhere. From block L + 1 on, positions
+``s ..`` with the plain keys and values before ``s`` (once per rows, tiled over the roots on
+them); the last block at the metric's positions only (a root first changed there joins with
+the plain stream). The final residual stream is NaN elsewhere: nothing reads it (the logits
+are unembedded at the read positions; a root's direct splices into the logits add there
+harmlessly). Grouping by ``s`` keeps every tensor rectangular; measured on the IOI-toy
+activation grid, coarser buckets (padding: some roots start before their ``s``) save nothing,
+and one bucket from position 0 costs 1.5x the suffix blocks' time.
 
 Pitfall: causality is what makes positions < s plain; bidirectional models never get here
 (the kernels refuse them, so there are no suffix blocks).
@@ -45,8 +50,9 @@ from scrub._positions import PositionSpec
 from scrub.engine._kernels import Kernels
 from scrub.engine._plan import Group, Move, Plan, Target, first_layer
 from scrub.engine._suffix import Patch, SuffixBlocks, write_patch
+from scrub.engine.cache import Key, Residual
 
-__all__ = ["evaluate_suffix", "suffix_roots"]
+__all__ = ["evaluate_suffix", "plain_keys", "suffix_roots"]
 
 
 class _Run(Protocol):
@@ -128,16 +134,28 @@ def suffix_roots(
     }
 
 
+def plain_keys(model: ScrubModel, begin: int) -> list[Key]:
+    """What :func:`evaluate_suffix` reads of a plain pass on a root's rows: the residual
+    stream entering each block from ``begin`` on, and every head's ``z`` in block ``begin``
+    if that is not the last (the last block is computed at the read positions from its input,
+    so the cache's plain pass need not run it)."""
+    n_layers, n_heads = model.shape.n_layers, model.shape.n_heads
+    streams: list[Key] = [Residual(layer) for layer in range(begin, n_layers)]
+    if begin == n_layers - 1:
+        return streams
+    return streams + [Component("head", begin, h) for h in range(n_heads)]
+
+
 def evaluate_suffix(
     blocks: SuffixBlocks,
     run: _Run,
     roots: list[Group],
     begins: dict[int, int],
-    streams: dict[tuple[bytes, int], Tensor],
+    streams: dict[tuple[bytes, Key], Tensor],
 ) -> None:
     """The roots' final residual streams at the read positions (others NaN: nothing reads
-    them), handed to ``run.finish``. ``streams``: the plain residual stream entering each
-    layer from each root's first changed layer on, on the chunk's rows, by (rows, layer)."""
+    them), handed to ``run.finish``. ``streams``: what :func:`plain_keys` names of a plain
+    pass on each root's rows, on the chunk's rows, by (rows, key)."""
     assert run.positions is not None
     n_layers = blocks.n_layers
     any_stream = next(iter(streams.values()))
@@ -153,7 +171,7 @@ def evaluate_suffix(
     def plain_kv(rows: np.ndarray, layer: int) -> tuple[Tensor, Tensor]:
         key = (rows.tobytes(), layer)
         if key not in plain:
-            plain[key] = blocks.kv(layer, streams[key])
+            plain[key] = blocks.kv(layer, streams[rows.tobytes(), Residual(layer)])
         return plain[key]
 
     def stacked_kv(groups: list[Group], layer: int, upto: int) -> tuple[Tensor, Tensor]:
@@ -174,14 +192,14 @@ def evaluate_suffix(
         for layer in range(min(begins[g.gid] for g in members), n_layers):
             last = layer == n_layers - 1
             joining = [g for g in members if begins[g.gid] == layer]
-            # In the last block, or with receivers (whose z changes at every position from
-            # ``start``), the first changed block is computed as the others are.
-            whole = [g for g in joining if last or _receives(g, layer)]
-            if whole:
-                fresh = [streams[g.rows.tobytes(), layer][:, start:] for g in whole]
+            own: dict[int, dict[Component, Tensor]] = {}
+            if last and joining:  # the last block, from the plain stream, as for the others
+                for g in joining:
+                    stream = streams[g.rows.tobytes(), Residual(layer)]
+                    own[g.gid] = _receivers(run, g, layer, stream)
+                fresh = [streams[g.rows.tobytes(), Residual(layer)][:, start:] for g in joining]
                 x = torch.cat(fresh if x is None else [x, *fresh])
-                active += whole
-                joining = [g for g in joining if g not in whole]
+                active, joining = active + joining, []
             if active:
                 assert x is not None
                 kv = stacked_kv(active, layer, start) if start else None
@@ -190,14 +208,9 @@ def evaluate_suffix(
                     (g, slice(i * size, (i + 1) * size), slice(None), read if last else None)
                     for i, g in enumerate(active)
                 ]
-                z = {
-                    g.gid: _receivers(run, g, layer, streams[g.rows.tobytes(), layer])
-                    for g in whole
-                }
-                patch = _patcher(run, placed, layer, start, z)
-                x = blocks(layer, x, kv, query, patch)
-            if joining:  # their first changed block, at the positions it patches only
-                fresh = _first_block(blocks, run, joining, layer, start, streams, plain_kv)
+                x = blocks(layer, x, kv, query, _patcher(run, placed, layer, start, own))
+            if joining:
+                fresh = _first_block(blocks, run, joining, layer, start, streams)
                 x = torch.cat(fresh if x is None else [x, *fresh])
                 active += joining
         assert x is not None
@@ -213,38 +226,60 @@ def _first_block(
     roots: list[Group],
     layer: int,
     start: int,
-    streams: dict[tuple[bytes, int], Tensor],
-    plain_kv: Callable[[np.ndarray, int], tuple[Tensor, Tensor]],
+    streams: dict[tuple[bytes, Key], Tensor],
 ) -> list[Tensor]:
-    """The stream entering block ``layer + 1`` at positions ``start ..`` of roots whose first
-    change is a patch in block ``layer``: their input there is a plain pass's, so the block's
-    output differs from the plain pass's only where the patches write (a head's ``z`` and an
-    MLP's output reach the residual stream at their own position in their block). The block
-    is computed there only (the patched positions), with the plain keys and values."""
-    where = [
-        torch.cat([run.resolve(m.spec, g.rows) for m in g.patches if m.component.layer == layer], 1)
-        for g in roots
-    ]
-    # Roots on the same rows share the plain keys: their queries are stacked along the
-    # positions (one attention over those keys), not along the rows.
-    shared: dict[tuple[bytes, int], list[int]] = {}
-    for i, pos in enumerate(where):
-        shared.setdefault((roots[i].rows.tobytes(), pos.shape[1]), []).append(i)
+    """Block ``layer`` (not the last), the first that ``roots`` change, from the plain pass's
+    ``z`` of every head there (:meth:`SuffixBlocks.out`): its input is a plain pass's, so its
+    attention is too but for the patched heads and the receivers. Each root's stream entering
+    block ``layer + 1`` at positions ``start ..``. Patched roots need the block only where
+    their patches write (a head's ``z`` and an MLP's output reach the residual stream at their
+    own position in their block); receivers (whose ``z`` changes at every position from
+    ``start``) at every position from ``start``."""
+    seq_len = next(iter(streams.values())).shape[1]
+    suffix = torch.arange(start, seq_len, device=run.batch.device).expand(run.size, -1)
+    where: list[Tensor] = []
+    for g in roots:
+        if _receives(g, layer):
+            where.append(suffix)
+        else:
+            at = [run.resolve(m.spec, g.rows) for m in g.patches if m.component.layer == layer]
+            where.append(torch.cat(at, 1))
+    batches: dict[tuple[bool, int], list[int]] = {}
+    for i, (g, pos) in enumerate(zip(roots, where, strict=True)):
+        batches.setdefault((_receives(g, layer), pos.shape[1]), []).append(i)
     out: list[Tensor] = [torch.empty(0)] * len(roots)
-    for (_, width), members in shared.items():
-        rows = roots[members[0]].rows
-        stream = streams[rows.tobytes(), layer]
-        query = torch.cat([where[i] for i in members], 1)
-        cols = [slice(k * width, (k + 1) * width) for k in range(len(members))]
+    size = run.size
+    plain: dict[bytes, Tensor] = {}  # rows -> every head's plain z, batch pos head d_head
+    for (receives, _), members in batches.items():
+        z_parts, pre_parts = [], []
+        own: dict[int, dict[Component, Tensor]] = {}
+        for i in members:
+            key = roots[i].rows.tobytes()
+            if key not in plain:
+                heads = range(blocks.n_heads)
+                plain[key] = torch.stack(
+                    [streams[key, Component("head", layer, h)] for h in heads], 2
+                )
+            z_parts.append(plain[key][run.batch, where[i]].transpose(1, 2))
+            pre_parts.append(streams[key, Residual(layer)][run.batch, where[i]])
+            own[roots[i].gid] = _receivers(run, roots[i], layer, streams[key, Residual(layer)])
+        z, pre = torch.cat(z_parts), torch.cat(pre_parts)  # batch head Q d_head; batch Q d
+        # Receivers' values are at positions ``start ..``; patches map onto their positions.
         placed: list[tuple[Group, slice, slice, Tensor | None]] = [
-            (roots[i], slice(None), c, where[i]) for i, c in zip(members, cols, strict=True)
+            (roots[i], slice(k * size, (k + 1) * size), slice(None), None if receives else where[i])
+            for k, i in enumerate(members)
         ]
-        patch = _patcher(run, placed, layer, 0)
-        done = blocks.at(layer, stream[run.batch, query], query, plain_kv(rows, layer), patch)
-        after = streams[rows.tobytes(), layer + 1][:, start:]
-        for i, c in zip(members, cols, strict=True):
-            fresh = after.clone()
-            fresh[run.batch, where[i] - start] = done[:, c]
+        patch = _patcher(run, placed, layer, start, own)
+        if patch is not None:
+            patch("z", z)
+        result = blocks.out(layer, z, pre, patch)
+        for k, i in enumerate(members):
+            mine = result[k * size : (k + 1) * size]
+            if receives:
+                out[i] = mine
+                continue
+            fresh = streams[roots[i].rows.tobytes(), Residual(layer + 1)][:, start:].clone()
+            fresh[run.batch, where[i] - start] = mine
             out[i] = fresh
     return out
 

@@ -52,7 +52,7 @@ from scrub.engine._last import last_block_for
 from scrub.engine._plan import Plan, make_plan
 from scrub.engine._start import late_start_works
 from scrub.engine._suffix import SuffixBlocks, suffix_blocks_for
-from scrub.engine._suffix_pass import suffix_roots
+from scrub.engine._suffix_pass import plain_keys, suffix_roots
 from scrub.engine.cache import ActivationCache, Key, Residual, pass_rows
 
 __all__ = ["Evaluated", "FastEngine"]
@@ -247,11 +247,11 @@ class FastEngine:
                 lambda layer, rows: cache.holds(model, dataset, Residual(layer), rows),
                 receivers=model.shape.kv_group == 1,  # the chunk's head kernels (_chunk.py)
             )
-        streams: dict[tuple[bytes, int], tuple[Key, np.ndarray]] = {}
-        for gid, begin in suffix.items():  # the plain streams the suffix blocks start from
+        streams: dict[tuple[bytes, Key], tuple[Key, np.ndarray]] = {}
+        for gid, begin in suffix.items():  # the plain pass the suffix blocks start from
             on = plan.groups[gid].rows
-            for layer in range(begin, model.shape.n_layers):
-                streams.setdefault((on.tobytes(), layer), (Residual(layer), on))
+            for key in plain_keys(model, begin):
+                streams.setdefault((on.tobytes(), key), (key, on))
         needs = [(c, s.rows) for s, c in by_row] + list(unique.values()) + list(streams.values())
         values = cache.outputs(model, dataset, needs, on_pass=tick)
         leaves = {src.leaf_key(comp): v for (src, comp), v in zip(by_row, values, strict=False)}
