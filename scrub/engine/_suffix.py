@@ -38,6 +38,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from scrub._components import Component
 from scrub._model import ScrubModel
 from scrub.engine._kernels import Kernels, _rotate_half, kernels_for
 
@@ -60,6 +61,7 @@ class SuffixBlocks:
         self.attn_only = bool(getattr(bridge.cfg, "attn_only", False))
         self.scale = kernels.scale
         self.rotary = kernels.rotary
+        self.kernels = kernels
         self.blocks = list(bridge.blocks)
         w = kernels.w
         self.w_q: list[tuple[Tensor, Tensor]] = []  # per layer: weight, bias (zeros if none)
@@ -160,6 +162,30 @@ class SuffixBlocks:
         if prefix is not None:
             k, v = _joined(prefix[0], k), _joined(prefix[1], v)
         return self._finish(layer, q, q_abs, k, v, pre, patch)
+
+    def head_z(
+        self, layer: int, heads: list[int], q_in: Tensor, k_in: Tensor, v_in: Tensor
+    ) -> Tensor:
+        """``z`` of head ``heads[g]`` of block ``layer`` from its own q/k/v inputs ``q_in[g]``
+        (``g batch pos d_model``), for several heads at once, as
+        :meth:`scrub.engine._kernels.Kernels.head` computes them one by one: ``g batch pos
+        d_head`` (no grouped-query attention)."""
+        kern = self.kernels
+        assert self.group == 1
+
+        def proj(x: Tensor, w: str, b: str) -> Tensor:
+            weight, bias = kern.w[w], kern.w[b]
+            assert weight is not None
+            out = torch.matmul(kern._ln(x).flatten(1, 2), weight[layer, heads])
+            if bias is not None:
+                out = out + bias[layer, heads][:, None]
+            return out.unflatten(1, x.shape[1:3])
+
+        q, k, v = proj(q_in, "W_Q", "b_Q"), proj(k_in, "W_K", "b_K"), proj(v_in, "W_V", "b_V")
+        if self.rotary is not None:
+            q, k = kern._rotate(q), kern._rotate(k)
+        z = kern._attend(*(t.flatten(0, 1)[:, None] for t in (q, k, v)))
+        return z[:, 0].unflatten(0, q.shape[:2])
 
     def out(self, layer: int, z: Tensor, pre: Tensor, patch: Patch | None = None) -> Tensor:
         """Block ``layer``'s output at some positions from its heads' ``z`` there (``batch head
@@ -359,6 +385,18 @@ def _verified(model: ScrubModel) -> SuffixBlocks | None:
             at_read = read if layer == last else None
             prefix = (plain[0][:, :, :start], plain[1][:, :, :start])
             x = blocks(layer, x, prefix, at_read, patcher(here, start, at_read))
+        if model.shape.kv_group == 1:  # direct-path receivers' z, several heads at once
+            noisy = seen[names[first]] + torch.randn(
+                seen[names[first]].shape, generator=generator
+            ).to(model.device, model.dtype)
+            plain_in = seen[names[first]]
+            heads = sorted({0, n_heads - 1})
+            ins = [(noisy, plain_in, plain_in), (plain_in, noisy, noisy)][: len(heads)]
+            got = blocks.head_z(first, heads, *(torch.stack([t[c] for t in ins]) for c in range(3)))
+            for g, h in enumerate(heads):
+                one = kernels.head(Component("head", first, h), *ins[g])
+                if not torch.allclose(got[g], one, atol=1e-5, rtol=1e-5):
+                    return None
     except Exception:  # anything the restatement does not cover: run the full passes
         return None
     return blocks if torch.allclose(x, want, atol=1e-4, rtol=1e-4) else None

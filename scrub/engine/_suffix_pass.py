@@ -194,9 +194,7 @@ def evaluate_suffix(
             joining = [g for g in members if begins[g.gid] == layer]
             own: dict[int, dict[Component, Tensor]] = {}
             if last and joining:  # the last block, from the plain stream, as for the others
-                for g in joining:
-                    stream = streams[g.rows.tobytes(), Residual(layer)]
-                    own[g.gid] = _receivers(run, g, layer, stream)
+                own = _receivers(blocks, run, joining, layer, streams)
                 fresh = [streams[g.rows.tobytes(), Residual(layer)][:, start:] for g in joining]
                 x = torch.cat(fresh if x is None else [x, *fresh])
                 active, joining = active + joining, []
@@ -252,7 +250,7 @@ def _first_block(
     plain: dict[bytes, Tensor] = {}  # rows -> every head's plain z, batch pos head d_head
     for (receives, _), members in batches.items():
         z_parts, pre_parts = [], []
-        own: dict[int, dict[Component, Tensor]] = {}
+        own = _receivers(blocks, run, [roots[i] for i in members], layer, streams)
         for i in members:
             key = roots[i].rows.tobytes()
             if key not in plain:
@@ -262,7 +260,6 @@ def _first_block(
                 )
             z_parts.append(plain[key][run.batch, where[i]].transpose(1, 2))
             pre_parts.append(streams[key, Residual(layer)][run.batch, where[i]])
-            own[roots[i].gid] = _receivers(run, roots[i], layer, streams[key, Residual(layer)])
         z, pre = torch.cat(z_parts), torch.cat(pre_parts)  # batch head Q d_head; batch Q d
         # Receivers' values are at positions ``start ..``; patches map onto their positions.
         placed: list[tuple[Group, slice, slice, Tensor | None]] = [
@@ -289,24 +286,33 @@ def _receives(root: Group, layer: int) -> bool:
     return any(c.kind == "head" and c.layer == layer for c, _ in root.targets)
 
 
-def _receivers(run: _Run, root: Group, layer: int, stream: Tensor) -> dict[Component, Tensor]:
-    """The ``z`` of ``root``'s receivers in block ``layer`` (every position), by the kernels
-    from their assembled inputs (the plain stream plus the direct-path deltas), as the chunk's
-    block-input hook computes them; recorded where the root records them."""
-    if not _receives(root, layer):
-        return {}
-    assert run.kernels is not None
-    memo: dict[tuple, Tensor] = {}
-    inputs: dict[Component, dict] = {}
-    for target in root.targets:
-        comp, ch = target
-        if comp.kind == "head" and comp.layer == layer:
-            inputs.setdefault(comp, {})[ch] = run.assemble_shared(memo, root, target, stream)
-    z = run.kernels.heads(inputs)
-    for comp, value in z.items():
+def _receivers(
+    blocks: SuffixBlocks, run: _Run, roots: list[Group], layer: int, streams: dict
+) -> dict[int, dict[Component, Tensor]]:
+    """The ``z`` of each root's receivers in block ``layer`` (every position), from their
+    assembled inputs (the plain stream plus the direct-path deltas, as the chunk's block-input
+    hook assembles them), all roots' heads at once (:meth:`SuffixBlocks.head_z`); recorded
+    where the roots record them."""
+    todo: list[tuple[Group, Component, list[Tensor]]] = []
+    for root in roots:
+        memo: dict[tuple, Tensor] = {}
+        stream = streams[root.rows.tobytes(), Residual(layer)]
+        inputs: dict[Component, dict[str, Tensor]] = {}
+        for target in root.targets:
+            comp, ch = target
+            if comp.kind == "head" and comp.layer == layer:
+                inputs.setdefault(comp, {})[ch] = run.assemble_shared(memo, root, target, stream)
+        todo += [(root, c, [ins[ch] for ch in ("q", "k", "v")]) for c, ins in inputs.items()]
+    out: dict[int, dict[Component, Tensor]] = {root.gid: {} for root in roots}
+    if not todo:
+        return out
+    heads = [c.head for _, c, _ in todo]
+    q, k, v = (torch.stack([ins[i] for _, _, ins in todo]) for i in range(3))
+    for (root, comp, _), z in zip(todo, blocks.head_z(layer, heads, q, k, v), strict=True):
+        out[root.gid][comp] = z
         if comp in root.record:
-            run.store[root.gid, comp] = value
-    return z
+            run.store[root.gid, comp] = z
+    return out
 
 
 def _patcher(
