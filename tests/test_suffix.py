@@ -250,7 +250,7 @@ def test_random_hypotheses_do_use_the_lever(models):
         for seed in RANDOM_SEEDS:
             tree = _random_tree(model, seed)
             plan = make_plan(model, [tree, tree], kernels=True, late_start=True, fuse=True)
-            taken.append(len(suffix_roots(model, plan, lambda layer, rows: False)))
+            taken.append(len(suffix_roots(model, plan, lambda key, rows: False)))
         assert sum(t > 0 for t in taken) >= 3, (family, taken)
 
 
@@ -259,10 +259,10 @@ def test_only_roots_on_shared_or_cached_rows_changed_by_patches_alone(models):
     cell = activation_cells([Component("head", 1, 2)], [(4,)])
     trees = _grid_trees(model, cell)
     alone = make_plan(model, trees, kernels=True, late_start=True)
-    assert suffix_roots(model, alone, lambda layer, rows: False) == {}
-    assert suffix_roots(model, alone, lambda layer, rows: True) == {alone.root: 1}
+    assert suffix_roots(model, alone, lambda key, rows: False) == {}
+    assert suffix_roots(model, alone, lambda key, rows: True) == {alone.root: 1}
     shared = make_plan(model, trees * 2, kernels=True, late_start=True)
-    assert suffix_roots(model, shared, lambda layer, rows: False) == {r: 1 for r in shared.roots}
+    assert suffix_roots(model, shared, lambda key, rows: False) == {r: 1 for r in shared.roots}
     # A root that records an output in its pass (a direct splice of a layer-1 head into the
     # logits, beside its layer-1 patch: the "this pass" value it subtracts) keeps its full pass.
     nodes = {
@@ -279,7 +279,7 @@ def test_only_roots_on_shared_or_cached_rows_changed_by_patches_alone(models):
 
     tree = sampled(model, nodes)
     plan = make_plan(model, [tree, tree], kernels=True, late_start=True)
-    assert suffix_roots(model, plan, lambda layer, rows: True) == {}
+    assert suffix_roots(model, plan, lambda key, rows: True) == {}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -79,13 +79,13 @@ class _Run(Protocol):
 def suffix_roots(
     model: ScrubModel,
     plan: Plan,
-    holds: Callable[[int, np.ndarray], bool],
+    holds: Callable[[Key, np.ndarray], bool],
     *,
     receivers: bool = False,
 ) -> dict[int, int]:
     """The roots the suffix blocks evaluate, each with its first changed layer (module
-    docstring). ``holds``: whether the cache holds the plain residual stream entering this
-    layer on these rows. ``receivers``: also roots that assemble the q/k/v inputs of heads of
+    docstring). ``holds``: whether the cache holds this plain output or residual stream on
+    these rows. ``receivers``: also roots that assemble the q/k/v inputs of heads of
     one layer (direct-path receivers, recomputed by the kernels; not under grouped-query
     attention), patched at that layer or later only."""
     n_layers = model.shape.n_layers
@@ -130,7 +130,7 @@ def suffix_roots(
         gid: begin
         for gid, begin in found.items()
         if count[plan.groups[gid].rows.tobytes()] > 1
-        or all(holds(layer, plan.groups[gid].rows) for layer in range(begin, n_layers))
+        or all(holds(key, plan.groups[gid].rows) for key in plain_keys(model, begin))
     }
 
 

@@ -244,7 +244,7 @@ class FastEngine:
             suffix = suffix_roots(
                 model,
                 plan,
-                lambda layer, rows: cache.holds(model, dataset, Residual(layer), rows),
+                lambda key, rows: cache.holds(model, dataset, key, rows),
                 receivers=model.shape.kv_group == 1,  # the chunk's head kernels (_chunk.py)
             )
         streams: dict[tuple[bytes, Key], tuple[Key, np.ndarray]] = {}
