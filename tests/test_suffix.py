@@ -174,8 +174,20 @@ def test_grids_on_two_base_draws_equal_the_plain_engine_and_the_reference(
     comps = [Component("head", 0, 1), Component("head", 1, 2), Component("mlp", 1)]
     trees = _two_base_grids(model, activation_cells(comps, [(3,), (5,), ("FRESH",)]))
     spy = _Spy(monkeypatch)
-    _check(model, trees, _read_at(len(trees[0].reference), 2))
+    read_at = _read_at(len(trees[0].reference), 2)
+    _check(model, trees, read_at)
     assert spy.roots == len(trees)
+    # Chunked (4 + 2 reference rows) and one tree per plan: each root alone on its rows in
+    # its plan takes the lever once the cache holds the plain pass (from the first plan on).
+    spy.roots = 0
+    small = FastEngine(cache=ActivationCache(), max_batch_rows=4)
+    got = small.evaluate_many(model, trees, positions=read_at).logits
+    want = FastEngine(cache=ActivationCache(), suffix=False).evaluate_many(
+        model, trees, positions=read_at
+    )
+    for a, b in zip(got, want.logits, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert spy.roots > 0
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -9,7 +9,8 @@ there or later only (a direct-path cell's receivers, fused into the root: their 
 position by the kernels, as the chunk's block-input hook computes it, then written like a
 patch), which record nothing else in their pass (a direct splice of an output computed before
 their first changed layer is served by the cache), read no attention pattern, and whose rows'
-plain pass is shared with another such root (a grid's base run) or already cached. The cache
+plain pass is shared with another root (a grid's base run, in this plan or in another of
+the same call) or already cached. The cache
 serves that plain pass (:func:`plain_keys`): the residual stream entering every block from
 the root's first changed one, and every head's ``z`` in that block; the plain keys and values
 are computed from those streams once per rows and layer.
@@ -82,12 +83,14 @@ def suffix_roots(
     holds: Callable[[Key, np.ndarray], bool],
     *,
     receivers: bool = False,
+    shared: frozenset[bytes] = frozenset(),
 ) -> dict[int, int]:
     """The roots the suffix blocks evaluate, each with its first changed layer (module
     docstring). ``holds``: whether the cache holds this plain output or residual stream on
     these rows. ``receivers``: also roots that assemble the q/k/v inputs of heads of
     one layer (direct-path receivers, recomputed by the kernels; not under grouped-query
-    attention), patched at that layer or later only."""
+    attention), patched at that layer or later only. ``shared``: rows (``tobytes``) whose
+    plain pass is worth filling anyway (other plans' roots share them)."""
     n_layers = model.shape.n_layers
     found: dict[int, int] = {}
     for gid in plan.roots:
@@ -121,7 +124,7 @@ def suffix_roots(
         if rest and all(plan.groups[g].virtual for g in rest):
             for g in gids:
                 found.pop(g, None)
-    # Worth it where the rows' plain streams are shared (a grid's base run) or already cached.
+    # Worth it where the rows' plain pass is shared (a grid's base run) or already cached.
     count: dict[bytes, int] = {}
     for gid in found:
         key = plan.groups[gid].rows.tobytes()
@@ -130,6 +133,7 @@ def suffix_roots(
         gid: begin
         for gid, begin in found.items()
         if count[plan.groups[gid].rows.tobytes()] > 1
+        or plan.groups[gid].rows.tobytes() in shared
         or all(holds(key, plan.groups[gid].rows) for key in plain_keys(model, begin))
     }
 

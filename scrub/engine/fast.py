@@ -205,13 +205,19 @@ class FastEngine:
                 read_at=positions,
             )
 
+        # Root rows several trees share (a grid's base run): the suffix blocks' plain pass on
+        # them is worth filling even for a plan that holds one of those trees only.
+        roots = [t.rows(t.root).tobytes() for t in trees]
+        shared = frozenset(r for r in set(roots) if roots.count(r) > 1)
         first = plan_of(trees[:1])
         per_batch = max(1, self.rows_per_pass(model, dataset.seq_len) // (_widest(first) * n))
         out = Evaluated([], [])
         for start in range(0, len(trees), per_batch):
             batch = trees[start : start + per_batch]
             plan = first if start == 0 and len(batch) == 1 else plan_of(batch)
-            done = self._evaluate(model, batch, plan, cache, positions, patterns, kernels, tick)
+            done = self._evaluate(
+                model, batch, plan, cache, positions, patterns, kernels, tick, shared
+            )
             for logits in done.logits:
                 out.logits.append(logits if reduce is None else reduce(logits))
             out.patterns.extend(done.patterns)
@@ -227,6 +233,7 @@ class FastEngine:
         patterns: Sequence[Component],
         kernels: Kernels | None,
         tick: Callable[[], None],
+        shared: frozenset[bytes] = frozenset(),
     ) -> Evaluated:
         dataset = trees[0].dataset
         by_row = [(src, comp) for src, comp in plan.leaves if src.known is None]
@@ -246,6 +253,7 @@ class FastEngine:
                 plan,
                 lambda key, rows: cache.holds(model, dataset, key, rows),
                 receivers=model.shape.kv_group == 1,  # the chunk's head kernels (_chunk.py)
+                shared=shared,
             )
         streams: dict[tuple[bytes, Key], tuple[Key, np.ndarray]] = {}
         for gid, begin in suffix.items():  # the plain pass the suffix blocks start from
