@@ -27,6 +27,11 @@ config is there, else from transformers' defaults for the names in :data:`KNOWN_
 (``GPT2Config()`` is GPT-2 small). Such a model has no weights: anything that would run it
 raises an error that says how to get them.
 
+**Load-time swaps** (every model, verified on a probe when loaded): HF's Python ``gelu_new``
+becomes torch's tanh GELU (:func:`torch_gelu`), and each norm skips the work of its unhooked
+``hook_scale`` / ``hook_normalized`` (:func:`fused_norms`; the bridge's own path runs whenever
+something hooks them).
+
 Pitfalls: a checkpoint whose LayerNorms are *not* disabled (epsilon 1e-5) is refused under
 ``layernorm: identity`` (dropping a working LayerNorm changes every output); and the loader
 measures that the identity model reproduces the checkpoint's own outputs before returning it.
