@@ -60,6 +60,7 @@ from scrub._model_source import (
 from scrub._model_variants import (
     WEIGHTS_HINT,
     LayerNormOption,
+    fused_norms,
     hf_config_for,
     load_lnfree_hf_model,
     make_norms_identity,
@@ -159,6 +160,7 @@ def load_model(
             f"the shipped models: {', '.join(shipped_names())}",
         ) from None
     torch_gelu(bridge)  # after eval(): the new modules take the old ones' mode
+    fused_norms(bridge)  # after the identity swap: identity norms are not on the Python path
     model = ScrubModel(
         bridge, source=source, kind=kind, path=path, architecture=arch, layernorm=layernorm
     )

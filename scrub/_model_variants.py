@@ -27,6 +27,11 @@ config is there, else from transformers' defaults for the names in :data:`KNOWN_
 (``GPT2Config()`` is GPT-2 small). Such a model has no weights: anything that would run it
 raises an error that says how to get them.
 
+**Load-time swaps** (every model, verified on a probe when loaded): HF's Python ``gelu_new``
+becomes torch's tanh GELU (:func:`torch_gelu`), and each norm skips the work of its unhooked
+``hook_scale`` / ``hook_normalized`` (:func:`fused_norms`; the bridge's own path runs whenever
+something hooks them).
+
 Pitfalls: a checkpoint whose LayerNorms are *not* disabled (epsilon 1e-5) is refused under
 ``layernorm: identity`` (dropping a working LayerNorm changes every output); and the loader
 measures that the identity model reproduces the checkpoint's own outputs before returning it.
@@ -35,6 +40,7 @@ measures that the identity model reproduces the checkpoint's own outputs before 
 from __future__ import annotations
 
 import math
+import types
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +52,7 @@ __all__ = [
     "KNOWN_CONFIGS",
     "LAYERNORM_OPTIONS",
     "ModelSpecFile",
+    "fused_norms",
     "hf_config_for",
     "load_lnfree_hf_model",
     "make_norms_identity",
@@ -257,3 +264,154 @@ def torch_gelu(bridge: Any) -> None:
         for name, child in module.named_children():
             if isinstance(child, NewGELUActivation):
                 setattr(module, name, torch.nn.GELU(approximate="tanh").train(child.training))
+
+
+FUSED_NORM_TOLERANCE = 1e-5
+"""Most a fused norm may differ from the bridge's Python one on the load-time probe, relative to
+the largest output (float32 rounding of the same formula is ~1e-7)."""
+
+
+def fused_norms(bridge: Any) -> int:
+    """Skip the work of ``hook_scale`` / ``hook_normalized`` while nothing hooks them.
+
+    TransformerBridge's ``NormalizationBridge`` computes every LayerNorm / RMSNorm so that its
+    ``hook_scale`` and ``hook_normalized`` can fire: on its Python path (GPT-2) it spells the
+    norm out in about six tensor ops; on its native path (GPT-NeoX, Llama, Gemma) it computes
+    the hooks' values and then runs the wrapped Hugging Face module anyway. Each norm gets, on
+    the path it takes, a forward that does only the needed work while **no hook of any kind**
+    is on its ``hook_scale`` / ``hook_normalized`` (TransformerLens hooks,
+    ``register_forward_hook``, global module hooks) and its wrapped module is the one checked:
+
+    - Python path: ``F.layer_norm`` / ``F.rms_norm``, the same formula in one kernel (3-10x
+      faster; same upcast, epsilon, ``1 + weight`` offset, bias and cast back), kept only if it
+      agrees within :data:`FUSED_NORM_TOLERANCE` on a probe with that norm's own weights;
+    - native path: the wrapped module alone, which is what the native path returns unhooked
+      (kept only if bit-identical on the probe).
+
+    Otherwise (a hook is on, or the module was replaced) the bridge's own method runs, so a
+    user hooking them gets them, edits included.
+
+    Returns:
+        How many norms were swapped.
+    """
+    from transformer_lens.model_bridge.generalized_components.normalization import (
+        NormalizationBridge as Norm,
+    )
+
+    swapped = 0
+    for norm in bridge.modules():
+        inner = norm._modules.get("_original_component") if isinstance(norm, Norm) else None
+        if inner is None or isinstance(inner, torch.nn.Identity):
+            continue
+        norm._scrub_checked = inner
+        done = False
+        if _plain(norm, "_python_norm_forward", "_apply_weight_and_bias") and _agrees(
+            norm, Norm._python_norm_forward, _fused_norm, exact=False
+        ):
+            norm._python_norm_forward = types.MethodType(_python_or_fused, norm)
+            done = True
+        if _plain(norm, "_hf_autograd_forward_with_hooks") and _agrees(
+            norm, Norm._hf_autograd_forward_with_hooks, _inner_norm, exact=True
+        ):
+            norm._hf_autograd_forward_with_hooks = types.MethodType(_native_or_inner, norm)
+            done = True
+        swapped += done
+    return swapped
+
+
+def _plain(norm: Any, *methods: str) -> bool:
+    """``norm``'s class computes these as ``NormalizationBridge`` does (no subclass override)."""
+    from transformer_lens.model_bridge.generalized_components.normalization import (
+        NormalizationBridge as Norm,
+    )
+
+    return all(getattr(type(norm), m) is getattr(Norm, m) for m in methods)
+
+
+def _unhooked(norm: Any) -> bool:
+    """No hook would see ``hook_scale`` / ``hook_normalized``, and the module is the checked one."""
+    from torch.nn.modules import module as torch_module
+
+    if norm._modules.get("_original_component") is not norm._scrub_checked:
+        return False
+    for point in (norm.hook_scale, norm.hook_normalized):
+        if point.fwd_hooks or point.bwd_hooks or point._forward_hooks or point._forward_pre_hooks:
+            return False
+        if point._backward_hooks or point._backward_pre_hooks:
+            return False
+    return not any(
+        getattr(torch_module, name, None)
+        for name in ("_global_forward_hooks", "_global_forward_pre_hooks",
+                     "_global_backward_hooks", "_global_backward_pre_hooks")
+    )  # fmt: skip
+
+
+def _python_or_fused(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
+    from transformer_lens.model_bridge.generalized_components.normalization import (
+        NormalizationBridge as Norm,
+    )
+
+    if _unhooked(self):
+        return _fused_norm(self, hidden_states)
+    return Norm._python_norm_forward(self, hidden_states)
+
+
+def _native_or_inner(self: Any, x: torch.Tensor) -> torch.Tensor:
+    from transformer_lens.model_bridge.generalized_components.normalization import (
+        NormalizationBridge as Norm,
+    )
+
+    if _unhooked(self):
+        return _inner_norm(self, x)
+    return Norm._hf_autograd_forward_with_hooks(self, x)
+
+
+def _inner_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
+    """What the native path returns when no hook edits: the wrapped module, in x's dtype."""
+    result = norm.original_component(x)
+    return result if result.dtype == x.dtype else result.to(x.dtype)
+
+
+def _fused_norm(norm: Any, hidden_states: torch.Tensor) -> torch.Tensor:
+    """The Python path's formula in one kernel."""
+    input_dtype = hidden_states.dtype
+    if input_dtype not in (torch.float32, torch.float64):
+        hidden_states = hidden_states.float()
+    compute = hidden_states.dtype
+    eps = getattr(norm.config, "eps", 1e-05)
+    inner = norm.original_component
+    weight = inner.weight.to(compute)
+    if norm.uses_weight_offset:
+        weight = 1.0 + weight
+    shape = (hidden_states.shape[-1],)
+    if norm.uses_rms_norm:
+        out = torch.nn.functional.rms_norm(hidden_states, shape, weight, eps)
+    else:
+        bias = getattr(inner, "bias", None)
+        bias = None if bias is None else bias.to(compute)
+        out = torch.nn.functional.layer_norm(hidden_states, shape, weight, bias, eps)
+    return out.to(input_dtype)
+
+
+def _agrees(norm: Any, original: Any, replacement: Any, *, exact: bool) -> bool:
+    """``replacement`` matches ``original`` on a probe with this norm's weights (scales 1e-3
+    to 1e3, offsets up to 4 standard deviations)."""
+    weight = getattr(norm.original_component, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 1:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(4, 9, weight.shape[0], generator=generator)
+    probe = (probe + torch.linspace(-4, 4, 9)[:, None]) * torch.logspace(-3, 3, 4)[:, None, None]
+    probe = probe.to(device=weight.device, dtype=weight.dtype)
+    try:
+        with torch.inference_mode():
+            expected = original(norm, probe)
+            got = replacement(norm, probe)
+    except (RuntimeError, TypeError, ValueError, AttributeError):
+        return False
+    if got.shape != expected.shape or got.dtype != expected.dtype:
+        return False
+    if exact:
+        return torch.equal(got, expected)
+    scale = max(1.0, float(expected.abs().max()))
+    return bool((got - expected).abs().max() <= FUSED_NORM_TOLERANCE * scale)

@@ -7,7 +7,8 @@ stream, :mod:`scrub.engine._start`) with the hooks :mod:`scrub.engine.fast`'s do
 describes: output hooks apply patches and record outputs, input hooks assemble each target's
 input (residual + direct-path deltas), the final hook hands the roots' residual streams to the
 unembedding at the metric's positions (or the last block at those positions only,
-:mod:`scrub.engine._last`).
+:mod:`scrub.engine._last`). Roots the suffix blocks take (:mod:`scrub.engine._suffix`) leave
+their passes and are evaluated after the last one, when every output they read is known.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from scrub.engine._kernels import Kernels
 from scrub.engine._last import LastBlock, reads_only_before
 from scrub.engine._plan import Group, Move, Plan
 from scrub.engine._start import late_pass
+from scrub.engine._suffix import SuffixBlocks
+from scrub.engine._suffix_pass import evaluate_suffix
 from scrub.engine.cache import Key, Residual, split_qkv_inputs
 
 __all__ = ["ChunkRun"]
@@ -86,6 +89,14 @@ class ChunkRun:
         self.z_override: dict[tuple[int, Component], Tensor] = {}
         self.start_resid: dict[int, Tensor] = {}  # late group -> its residual at its start
         self.last_block: LastBlock | None = None  # the last block at the read positions only
+        self.suffix: tuple[SuffixBlocks, dict[int, int], dict] | None = None
+
+    def use_suffix(
+        self, blocks: SuffixBlocks, begins: dict[int, int], streams: dict[tuple[bytes, Key], Tensor]
+    ) -> None:
+        """Roots (gid -> first changed layer) evaluated by suffix blocks from a plain pass on
+        their rows (:mod:`scrub.engine._suffix_pass`), after every pass."""
+        self.suffix = (blocks, begins, streams)
 
     def start_from(self, early: dict[tuple[int, Key], Tensor]) -> None:
         """Late groups' starting residual streams and served outputs, from the cache."""
@@ -143,8 +154,11 @@ class ChunkRun:
     def evaluate(self, tick: Callable[[], None]) -> list[Tensor]:
         """Every pass of this chunk; each tree's logits, in the order of ``plan.roots``."""
         n_layers = self.model.shape.n_layers
+        by_suffix = {} if self.suffix is None else self.suffix[1]
         for stop, gids in self.plan.passes:
-            groups = [self.plan.groups[g] for g in gids]
+            groups = [self.plan.groups[g] for g in gids if g not in by_suffix]
+            if not groups:
+                continue
             stacked = [g for g in groups if not g.virtual]
             self.where = {
                 g.gid: slice(i * self.size, (i + 1) * self.size) for i, g in enumerate(stacked)
@@ -187,6 +201,11 @@ class ChunkRun:
                         raise AssertionError("the final pass did not reach ln_final")
             except _Stop:
                 pass
+            tick()
+        if self.suffix is not None:
+            blocks, begins, streams = self.suffix
+            suffixed = [self.plan.groups[g] for g in begins]
+            evaluate_suffix(blocks, self, suffixed, begins, streams)
             tick()
         roots = self.plan.roots
         assert set(self.final_resid) == set(roots)

@@ -13,7 +13,11 @@ groups that stopped sooner):
   treeified (the fused group, or the output group);
 - the logits are computed from the root's final residual stream only at the positions the metric
   reads (the unembedding is a large share of a small model's cost), and where a final pass
-  reads nothing inside the last block, that block too (:mod:`scrub.engine._last`).
+  reads nothing inside the last block, that block too (:mod:`scrub.engine._last`);
+- roots changed only by activation patches at positions >= s (a grid's cells) skip the bridge:
+  their blocks are computed at positions >= s only, from the plain stream of their rows, the
+  first changed one at the patched positions only and the last at the metric's
+  (:mod:`scrub.engine._suffix`).
 
 What makes it fast, beyond batching: leaves come from an :class:`ActivationCache` (computed once
 per dataset row and shared across hypotheses and seeds), and so do subtrees that an earlier call
@@ -47,6 +51,8 @@ from scrub.engine._kernels import Kernels, kernel_status, kernels_for
 from scrub.engine._last import last_block_for
 from scrub.engine._plan import Plan, make_plan
 from scrub.engine._start import late_start_works
+from scrub.engine._suffix import SuffixBlocks, suffix_blocks_for
+from scrub.engine._suffix_pass import plain_keys, suffix_roots
 from scrub.engine.cache import ActivationCache, Key, Residual, balanced, pass_rows
 
 __all__ = ["Evaluated", "FastEngine"]
@@ -76,6 +82,11 @@ class FastEngine:
             the roots' logits at the metric's positions, compute the last block at those
             positions only, by the verified kernels (:mod:`scrub.engine._last`). Off while
             attention patterns are read, without kernels, or when every position is read.
+        suffix: roots changed only by activation patches of heads and MLPs (or direct-path
+            receivers' inputs) at positions >= s compute their blocks at positions >= s only
+            (the first at the patched positions, the last at the metric's), from the plain
+            stream there, by the verified suffix blocks (:mod:`scrub.engine._suffix_pass`).
+            Off where :attr:`last_block` is, and under mean / zero ablation.
     """
 
     cache: ActivationCache | None = None
@@ -90,6 +101,7 @@ class FastEngine:
     late_start: bool = field(default=True, repr=False)
     fuse: bool = field(default=True, repr=False)
     last_block: bool = field(default=True, repr=False)
+    suffix: bool = field(default=True, repr=False)
 
     def __post_init__(self) -> None:
         if self.max_batch_rows < 1:
@@ -193,13 +205,19 @@ class FastEngine:
                 read_at=positions,
             )
 
+        # Root rows several trees share (a grid's base run): the suffix blocks' plain pass on
+        # them is worth filling even for a plan that holds one of those trees only.
+        roots = [t.rows(t.root).tobytes() for t in trees]
+        shared = frozenset(r for r in set(roots) if roots.count(r) > 1)
         first = plan_of(trees[:1])
         per_batch = max(1, self.rows_per_pass(model, dataset.seq_len) // (_widest(first) * n))
         out = Evaluated([], [])
         for start in range(0, len(trees), per_batch):
             batch = trees[start : start + per_batch]
             plan = first if start == 0 and len(batch) == 1 else plan_of(batch)
-            done = self._evaluate(model, batch, plan, cache, positions, patterns, kernels, tick)
+            done = self._evaluate(
+                model, batch, plan, cache, positions, patterns, kernels, tick, shared
+            )
             for logits in done.logits:
                 out.logits.append(logits if reduce is None else reduce(logits))
             out.patterns.extend(done.patterns)
@@ -215,6 +233,7 @@ class FastEngine:
         patterns: Sequence[Component],
         kernels: Kernels | None,
         tick: Callable[[], None],
+        shared: frozenset[bytes] = frozenset(),
     ) -> Evaluated:
         dataset = trees[0].dataset
         by_row = [(src, comp) for src, comp in plan.leaves if src.known is None]
@@ -226,10 +245,26 @@ class FastEngine:
                 if not group.virtual and group.into is None:
                     wanted[group.gid, key] = (key, group.rows.tobytes())
                     unique.setdefault(wanted[group.gid, key], (key, group.rows))
-        needs = [(c, s.rows) for s, c in by_row] + list(unique.values())
+        blocks = self._suffix_blocks(model, kernels, positions, patterns)
+        suffix: dict[int, int] = {}
+        if blocks is not None:
+            suffix = suffix_roots(
+                model,
+                plan,
+                lambda key, rows: cache.holds(model, dataset, key, rows),
+                receivers=model.shape.kv_group == 1,  # the chunk's head kernels (_chunk.py)
+                shared=shared,
+            )
+        streams: dict[tuple[bytes, Key], tuple[Key, np.ndarray]] = {}
+        for gid, begin in suffix.items():  # the plain pass the suffix blocks start from
+            on = plan.groups[gid].rows
+            for key in plain_keys(model, begin):
+                streams.setdefault((on.tobytes(), key), (key, on))
+        needs = [(c, s.rows) for s, c in by_row] + list(unique.values()) + list(streams.values())
         values = cache.outputs(model, dataset, needs, on_pass=tick)
         leaves = {src.leaf_key(comp): v for (src, comp), v in zip(by_row, values, strict=False)}
-        fetched = dict(zip(unique, values[len(by_row) :], strict=True))
+        fetched = dict(zip(unique, values[len(by_row) : len(by_row) + len(unique)], strict=True))
+        plain = dict(zip(streams, values[len(by_row) + len(unique) :], strict=True))
         early = {gk: fetched[u] for gk, u in wanted.items()}
         for src, comp in plan.leaves:
             if src.known is not None:
@@ -253,6 +288,9 @@ class FastEngine:
             run.joint_qkv = self.joint_qkv
             if self.last_block and kernels is not None and positions is not None:
                 run.last_block = last_block_for(model)
+            if suffix:
+                assert blocks is not None
+                run.use_suffix(blocks, suffix, {key: v[rows] for key, v in plain.items()})
             pieces.append(run.evaluate(tick))
             read.append(run.patterns)
             for gid in plan.signatures if keep else ():
@@ -272,6 +310,20 @@ class FastEngine:
             for wanted in reads
         ]
         return Evaluated(logits, found)
+
+    def _suffix_blocks(
+        self,
+        model: ScrubModel,
+        kernels: Kernels | None,
+        positions: np.ndarray | None,
+        patterns: Sequence[Component],
+    ) -> SuffixBlocks | None:
+        """The verified suffix blocks, where this call may use them (:attr:`suffix`)."""
+        if not (self.suffix and self.last_block) or kernels is None or positions is None:
+            return None
+        if patterns or self.ablation is not None:
+            return None
+        return suffix_blocks_for(model)
 
 
 @dataclass

@@ -18,6 +18,12 @@ Each cell is built as a hypothesis dict (``nodes:``) validated by :func:`scrub.h
 and sampled by :func:`scrub.sample_tree`; the base and source rows are drawn once per experiment
 and handed to every cell's nodes by :class:`GivenRows`, so all cells share the reference batch,
 the base run and the source examples (their comparisons are paired).
+
+A grid's cells differ only in components, positions and channels, so their draws are the same:
+:func:`trees_of` samples the first cell of each tree shape with :func:`scrub.sample_tree` and
+gives every later cell of that shape a copy of those draws on its own treeified hypothesis
+(:func:`draw_key` says when two trees' draws must be equal). Every cell is still validated on
+its own.
 """
 
 from __future__ import annotations
@@ -37,8 +43,8 @@ from scrub._errors import HypothesisError
 from scrub._hypothesis import hypothesis_from_dict
 from scrub._model import ScrubModel
 from scrub._positions import format_positions
-from scrub._samplers import SampleContext
-from scrub._tree import SampledTree, sample_tree
+from scrub._samplers import ExactSampler, SampleContext
+from scrub._tree import SampledTree, TreeNode, sample_tree, treeify
 from scrub.data import Dataset
 
 __all__ = [
@@ -46,15 +52,19 @@ __all__ = [
     "GivenRows",
     "activation_cells",
     "components_of",
+    "draw_key",
     "no_gc",
     "path_cells",
     "trees_of",
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class GivenRows:
-    """A sampler that returns rows drawn once for the whole experiment (base or source)."""
+    """A sampler that returns rows drawn once for the whole experiment (base or source).
+
+    Two are equal only if they are the same object (the rows are not compared).
+    """
 
     rows: np.ndarray
     role: str
@@ -202,13 +212,68 @@ def trees_of(
     seed: int,
     file: str | None,
 ) -> list[SampledTree]:
-    """Each cell's hypothesis, validated, given the experiment's rows and sampled."""
+    """Each cell's hypothesis, validated, given the experiment's rows and sampled.
+
+    Cells whose trees have the same :func:`draw_key` share one :func:`scrub.sample_tree` call:
+    later ones get copies of the first one's draws.
+    """
     samplers = {role: GivenRows(r, role) for role, r in rows.items()}
+    drawn: dict[tuple, SampledTree] = {}
     trees = []
     with no_gc():
         for cell in cells:
-            trees.append(_tree_of(cell, base, model, dataset, samplers, n=n, seed=seed, file=file))
+            bound = _bound(cell, base, model, dataset, samplers, file=file)
+            trees.append(_sampled(bound, drawn, n=n, seed=seed))
     return trees
+
+
+_PURE_SAMPLERS = (GivenRows, ExactSampler)
+"""Samplers whose draw is a function of the parent's rows alone (no stream, no dataset change)."""
+
+
+def draw_key(root: TreeNode) -> tuple | None:
+    """What a tree's draws depend on beyond the dataset, ``n`` and ``seed``, or ``None``.
+
+    With only :data:`_PURE_SAMPLERS` (the root's data is the reference batch, every other draw
+    a function of its parent's rows), :func:`scrub.sample_tree`'s draws are fixed by each
+    node's name, path and samplers in walk order; they make no warnings and no self-draw
+    records. ``None`` when some drawn sampler is another kind (its draws are not shared).
+    """
+    key = []
+    for node in root.walk():
+        sampler = node.interp.sampler
+        other = node.interp.other if (not node.is_leaf or node is root) else None
+        for s in (sampler, other):
+            if s is not None and type(s) not in _PURE_SAMPLERS:
+                return None
+        key.append((node.name, node.path, sampler, other))
+    return tuple(key)
+
+
+def _sampled(
+    bound: BoundHypothesis, drawn: dict[tuple, SampledTree], *, n: int, seed: int
+) -> SampledTree:
+    """``sample_tree(bound)``, or the same draws copied from an earlier tree of its shape."""
+    try:
+        root = treeify(bound.hypothesis)
+    except HypothesisError as exc:
+        raise exc.with_context(file=bound.hypothesis.file) from None
+    key = draw_key(root)
+    first = None if key is None else drawn.get(key)
+    if first is None:
+        tree = sample_tree(bound, n=n, seed=seed)
+        if key is not None:
+            drawn[key] = tree
+        return tree
+    assert not first.warnings and not first.self_draws, "pure samplers neither warn nor self-draw"
+    return SampledTree(
+        root,
+        {k: v.copy() for k, v in first.data.items()},
+        {k: v.copy() for k, v in first.other.items()},
+        first.dataset,
+        [],
+        {},
+    )
 
 
 @contextlib.contextmanager
@@ -229,17 +294,16 @@ def no_gc():
             gc.enable()
 
 
-def _tree_of(
+def _bound(
     cell: Cell,
     base: dict[str, Any],
     model: ScrubModel,
     dataset: Dataset,
     samplers: dict[str, GivenRows],
     *,
-    n: int,
-    seed: int,
     file: str | None,
-) -> SampledTree:
+) -> BoundHypothesis:
+    """The cell's hypothesis, validated, its nodes given the experiment's rows."""
     try:
         hyp = hypothesis_from_dict({**base, "nodes": cell.nodes}, file=file)
     except HypothesisError as exc:
@@ -251,4 +315,4 @@ def _tree_of(
     for name, slot, role in cell.roles:
         interp = hyp.graph.nodes[name]["interp"]
         hyp.graph.nodes[name]["interp"] = dataclasses.replace(interp, **{slot: samplers[role]})
-    return sample_tree(BoundHypothesis(hyp, model, dataset), n=n, seed=seed)
+    return BoundHypothesis(hyp, model, dataset)
