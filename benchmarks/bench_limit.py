@@ -14,9 +14,11 @@ Rows, each timed round-robin in one process (``time.process_time`` and wall time
 - ``limit``: the same model running only the rows x layers the fast engine's plan needs (each
   pass's stacked groups up to the pass's last layer, each leaf row up to the last layer read
   from it: rows read only at the embeddings run no block),
-  no hooks, unembedding only at the metric's positions: what any evaluator of this schedule
-  must compute;
-- ``ideal run``: ``limit`` plus the clean and the baseline passes of ``scrub.run``;
+  no hooks, unembedding only at the metric's positions, each pass split into pieces as the
+  engine splits its own (a pass's cost per row grows with its size): what any evaluator of
+  this schedule must compute;
+- ``ideal run``: ``limit`` plus the clean and the baseline passes of ``scrub.run`` (split
+  as ``scrub.run`` splits its clean pass);
 - ``fast cold``: ``FastEngine`` with a fresh cache;
 - ``scrub.run``: end to end (sampling, clean, baseline, scrub, bootstrap), fresh cache.
 
@@ -51,10 +53,17 @@ from scrub._hooks import unmasked_rows_softmax
 from scrub._model import split_qkv_inputs
 from scrub.engine import FastEngine
 from scrub.engine._plan import make_plan
+from scrub.engine.cache import balanced
 
 
-def limit_passes(model, tree, pos: np.ndarray):
-    """The schedule's forward passes on the plain model: (tokens, stop, final) triples."""
+def limit_passes(model, tree, pos: np.ndarray, rows_per_pass: int | None = None):
+    """The schedule's forward passes on the plain model: (tokens, stop, positions) triples,
+    ``positions`` the metric's positions of the rows to unembed (final passes) or ``None``.
+
+    Each pass is split as the engine splits its own (at most ``rows_per_pass`` rows, by
+    default the engine's, in pieces of about one size: a pass's cost per row grows with its
+    size, so an unsplit limit would be slower than the engine it bounds)."""
+    most = rows_per_pass or FastEngine().rows_per_pass(model, tree.dataset.seq_len)
     plan = make_plan(model, [tree], kernels=True)
     tokens = tree.dataset.tokens
     out = []
@@ -65,11 +74,18 @@ def limit_passes(model, tree, pos: np.ndarray):
             depth[row] = max(depth.get(row, 0), model.stop_layer(comp))
     for stop in sorted(set(depth.values()), reverse=True):
         rows = np.array(sorted(r for r, d in depth.items() if d == stop))
-        out.append((tokens[torch.as_tensor(rows)], stop, False))
+        step = balanced(len(rows), most)
+        for start in range(0, len(rows), step):
+            out.append((tokens[torch.as_tensor(rows[start : start + step])], stop, None))
+    n = len(pos)
     for stop, gids in plan.passes:
         stacked = [plan.groups[g] for g in gids if not plan.groups[g].virtual]
-        rows = np.concatenate([g.rows for g in stacked])
-        out.append((tokens[torch.as_tensor(rows)], stop, stop >= model.shape.n_layers))
+        step = balanced(n, max(1, most // len(stacked)))  # as the engine chunks the reference
+        final = stop >= model.shape.n_layers
+        for start in range(0, n, step):
+            part = slice(start, start + step)
+            rows = np.concatenate([g.rows[part] for g in stacked])
+            out.append((tokens[torch.as_tensor(rows)], stop, pos[part] if final else None))
     return out
 
 
@@ -104,9 +120,9 @@ def run_limit(model, passes, pos: np.ndarray) -> None:
     # The engine's passes skip the compatibility mode's fully-masked-row softmax guards
     # (unpadded causal rows have none), so the limit does too.
     with split_qkv_inputs(model.bridge, False), unmasked_rows_softmax(model.bridge):
-        for toks, stop, final in passes:
-            if final:  # the root groups' rows only are unembedded (here: the final pass)
-                unembed_at(model, final_resid(model, toks), pos)
+        for toks, stop, at in passes:
+            if at is not None:  # the root groups' rows only are unembedded (the final pass)
+                unembed_at(model, final_resid(model, toks), at)
             else:
                 model.bridge(toks, stop_at_layer=stop)
 
@@ -138,15 +154,19 @@ def measure(case: str, n: int, repeat: int, raw: bool = False, warmup: int = 1) 
     tokens = be.plain_tokens(tree)
     passes = limit_passes(model, tree, pos)
     x = tree.rows(tree.root)
+    step = balanced(len(x), FastEngine().rows_per_pass(model, dataset.seq_len))
 
     @torch.inference_mode()
     def clean_and_baseline() -> None:
         # scrub.run's clean pass (the reference rows) and baseline (uncond other rows); both
         # skip the softmax guards in scrub.run (the baseline runs in the engine)
+        # (split as scrub.run splits its clean pass, at most the engine's rows a pass)
         with split_qkv_inputs(model.bridge, False), unmasked_rows_softmax(model.bridge):
             for rows in (x, tree.rows(tree.root)):
-                toks = dataset.tokens[torch.as_tensor(rows)]
-                unembed_at(model, final_resid(model, toks), pos)
+                for start in range(0, len(rows), step):
+                    part = slice(start, start + step)
+                    toks = dataset.tokens[torch.as_tensor(rows[part])]
+                    unembed_at(model, final_resid(model, toks), pos[part])
 
     fns = {}
     if raw:

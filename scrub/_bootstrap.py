@@ -7,9 +7,23 @@ the same draws from the same generator, and differs only in how it gathers: ``np
 of fancy indexing (same values, about 3× faster on the 2000 × n resampled arrays), a paired
 resample's index array used as it is (scipy gathers it from ``arange(n)``, which is itself),
 and the jackknife's leave-one-out indices built arithmetically instead of through a boolean
-mask. At n = 1000 that is most of a run's bootstrap time. ``tests/test_bootstrap.py`` checks
-it against ``scipy.stats.bootstrap`` bit for bit (so a scipy that changes its algorithm fails
-there, not silently).
+mask. ``tests/test_bootstrap.py`` checks it against ``scipy.stats.bootstrap`` bit for bit (so a
+scipy that changes its algorithm fails there, not silently).
+
+:class:`MeanResamples` goes further for the intervals one ``scrub.run`` reports, which are all
+statistics of sample **means** over the same examples (each metric's mean, the fraction
+recovered): each interval still takes its own draw from the generator, in turn, exactly as
+successive ``scipy.stats.bootstrap`` calls on it would (so every number is the one the
+one-call-per-interval code gave), but a paired statistic gathers each sample once, and each
+sample's jackknife (its n leave-one-out means, the BCa acceleration's input) is computed once
+for every interval that reads it (the mean's and the fraction's), with the leave-one-out
+index built once.
+
+Pitfall: the statistic must be computed from the means exactly as the original statistic
+computes it (:func:`scrub._result.recovered_of` is ``recovered_from_means`` of ``np.mean``), or
+the bits differ; the draws cannot be shared between intervals without changing every interval
+the results and the README report (measured: five intervals at n = 1000 from one draw cost a
+third of five draws, but e.g. the parens table's CIs move in the third decimal).
 """
 
 from __future__ import annotations
@@ -19,7 +33,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import special, stats
 
-__all__ = ["interval"]
+__all__ = ["MeanResamples", "interval"]
 
 
 def interval(
@@ -50,9 +64,100 @@ def interval(
     # index sample arange(n)[..., i] is i itself
     i = rng.integers(0, n, (n_resamples, n), dtype="int64")
     theta_b = stat(i if paired else np.take(sample, i), axis=-1)
+    theta_hat = np.expand_dims(stat(sample, axis=-1), axis=-1)
+    leave_out = _leave_one_out(n) if method.lower() == "bca" else None
+    jackknife = None
+    if leave_out is not None:
+        jackknife = stat(leave_out if paired else np.take(sample, leave_out), axis=-1)
+    return _interval(theta_hat, theta_b, jackknife, confidence)
+
+
+class MeanResamples:
+    """Bootstrap intervals of statistics of means over ``n`` examples, one draw each.
+
+    ``samples``: the 1-D per-example arrays (each ``n`` long) the intervals' statistics read.
+    Each :meth:`interval` draws ``rng.integers(0, n, (n_resamples, n))`` as scipy does; each
+    sample's leave-one-out means (BCa) are computed once, when an interval first reads them.
+    """
+
+    def __init__(
+        self, samples: Sequence[np.ndarray], *, n_resamples: int, rng: np.random.Generator
+    ) -> None:
+        self.samples = [np.asarray(s) for s in samples]
+        self.n = self.samples[0].shape[-1]
+        self.n_resamples = n_resamples
+        self.rng = rng
+        self._leave_out: np.ndarray | None = None
+        self._jackknife: dict[int, np.ndarray] = {}
+
+    def interval(
+        self,
+        statistic: Callable[..., np.ndarray],
+        which: Sequence[int],
+        *,
+        confidence: float,
+        method: str,
+    ) -> tuple[float, float]:
+        """``scipy.stats.bootstrap([samples[k] for k in which], s, paired=len(which) > 1,
+        vectorized=True, method=method, random_state=rng, ...)``'s interval, where
+        ``s(*arrays, axis) == statistic(*(np.mean(a, axis) for a in arrays))``."""
+        means = [np.mean(self.samples[k], axis=-1) for k in which]
+        theta_hat = np.expand_dims(statistic(*means), axis=-1)
+        # scipy: one index array for one sample or several paired ones (arange(n)[..., i])
+        index = self.rng.integers(0, self.n, (self.n_resamples, self.n), dtype="int64")
+        theta_b = statistic(*(_take_means(self.samples[k], index) for k in which))
+        jackknife = None
+        if method.lower() == "bca":
+            jackknife = statistic(*(self._leave_one_out_means(k) for k in which))
+        return _interval(theta_hat, theta_b, jackknife, confidence)
+
+    def _leave_one_out_means(self, k: int) -> np.ndarray:
+        if self._leave_out is None:
+            self._leave_out = _leave_one_out(self.n)
+        if k not in self._jackknife:
+            self._jackknife[k] = _take_means(self.samples[k], self._leave_out)
+        return self._jackknife[k]
+
+
+_BLOCK = 2**16
+"""Elements gathered at a time by :func:`_take_means` (512 KiB of float64)."""
+
+
+def _take_means(x: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``np.mean(np.take(x, index), axis=-1)`` for a 2-D ``index``, bit for bit, gathered a
+    block of rows at a time into one reused buffer: each row's mean is reduced on its own
+    (the same pairwise sum whatever the other rows), and the 2000 × n gathered array is never
+    made whole (16 MB at n = 1000: fresh pages to fault in, and out of the CPU's caches)."""
+    rows = max(1, _BLOCK // max(1, index.shape[-1]))
+    if rows >= len(index):
+        return np.mean(np.take(x, index), axis=-1)
+    out = np.empty(len(index), dtype=np.result_type(x.dtype, np.float64))
+    buf = np.empty((rows, index.shape[-1]), dtype=x.dtype)
+    for start in range(0, len(index), rows):
+        part = index[start : start + rows]
+        block = buf[: len(part)]
+        np.take(x, part, out=block, mode="clip")  # in range: "raise" would buffer `out`
+        out[start : start + len(part)] = np.mean(block, axis=-1)
+    return out
+
+
+def _leave_one_out(n: int) -> np.ndarray:
+    """Row r: ``0..n-1`` without r (scipy: ``arange(n)`` masked off the diagonal)."""
+    cols = np.arange(n - 1)
+    return cols + (cols[None, :] >= np.arange(n)[:, None])
+
+
+def _interval(
+    theta_hat: np.ndarray,
+    theta_b: np.ndarray,
+    jackknife: np.ndarray | None,
+    confidence: float,
+) -> tuple[float, float]:
+    """The interval from the statistic, its resampled values and, for BCa, its jackknife
+    values (``None``: percentile), as scipy's ``bootstrap`` computes it."""
     alpha = (1 - confidence) / 2
-    if method.lower() == "bca":
-        alpha_1, alpha_2 = _bca(sample, stat, theta_b, alpha, paired=paired)
+    if jackknife is not None:
+        alpha_1, alpha_2 = _bca(theta_hat, theta_b, jackknife, alpha)
         probabilities = np.stack((alpha_1, alpha_2), axis=-1)
     else:
         a = np.asarray(alpha, dtype=theta_b.dtype)
@@ -62,20 +167,14 @@ def interval(
 
 
 def _bca(
-    sample: np.ndarray, stat: Callable, theta_b: np.ndarray, alpha: float, *, paired: bool
+    theta_hat: np.ndarray, theta_b: np.ndarray, theta_hat_i: np.ndarray, alpha: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """scipy's ``_bca_interval`` for one (possibly index) sample and a batch of ``n``."""
-    theta_hat = np.expand_dims(stat(sample, axis=-1), axis=-1)
+    """scipy's ``_bca_interval`` from the statistic, its resamples and its jackknife."""
     count = np.count_nonzero(theta_b < theta_hat, axis=-1) + np.count_nonzero(
         theta_b <= theta_hat, axis=-1
     )
     percentile = np.asarray(count.astype(theta_hat.dtype) / (2 * theta_b.shape[-1]))
     z0_hat = special.ndtri(percentile.astype(theta_hat.dtype))
-    n = sample.shape[-1]
-    # leave-one-out: row r is 0..n-1 without r (scipy: arange(n) masked off the diagonal)
-    cols = np.arange(n - 1)
-    leave_out = cols + (cols[None, :] >= np.arange(n)[:, None])
-    theta_hat_i = stat(leave_out if paired else np.take(sample, leave_out), axis=-1)
     theta_hat_i = np.concatenate([theta_hat_i], axis=-1)
     n_j = float(theta_hat_i.shape[-1])
     theta_hat_dot = np.mean(theta_hat_i, axis=-1, keepdims=True)

@@ -28,14 +28,30 @@ from typing import Any
 
 import numpy as np
 
-from scrub._bootstrap import interval
+from scrub._bootstrap import MeanResamples, interval
 
-__all__ = ["ScrubResult", "bootstrap_ci", "methodology", "recovered_of"]
+__all__ = [
+    "N_RESAMPLES",
+    "ScrubResult",
+    "bootstrap_ci",
+    "mean_ci",
+    "methodology",
+    "recovered_from_means",
+    "recovered_of",
+]
+
+
+N_RESAMPLES = 2000
+"""Bootstrap resamples of every interval a result reports."""
 
 
 def recovered_of(clean, baseline, scrubbed, axis: int = -1):
     """Fraction recovered from per-example arrays (vectorised over leading axes)."""
-    c, b, s = (np.mean(a, axis=axis) for a in (clean, baseline, scrubbed))
+    return recovered_from_means(*(np.mean(a, axis=axis) for a in (clean, baseline, scrubbed)))
+
+
+def recovered_from_means(c, b, s):
+    """Fraction recovered from the three means (what :func:`recovered_of` computes)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         return (s - b) / (c - b) + 0.0  # + 0.0 turns -0.0 (nothing recovered) into 0.0
 
@@ -46,7 +62,7 @@ def bootstrap_ci(
     *,
     rng: np.random.Generator,
     confidence: float = 0.95,
-    n_resamples: int = 2000,
+    n_resamples: int = N_RESAMPLES,
 ) -> tuple[float, float]:
     """A paired bootstrap CI of ``statistic(*data, axis=-1)``; ``(nan, nan)`` if undefined."""
     if len(data[0]) < 2:
@@ -68,6 +84,28 @@ def bootstrap_ci(
         if math.isfinite(low) and math.isfinite(high):
             return (low, high)
     value = float(statistic(*data, axis=-1))
+    if math.isfinite(value) and all(np.all(d == d[0]) for d in data):
+        return (value, value)  # constant data: the interval is the point
+    return (math.nan, math.nan)
+
+
+def mean_ci(
+    resamples: MeanResamples, statistic, which: tuple[int, ...], *, confidence: float = 0.95
+) -> tuple[float, float]:
+    """:func:`bootstrap_ci`'s interval of ``statistic`` of the means of ``resamples``'
+    samples ``which`` (:class:`scrub._bootstrap.MeanResamples`), the same numbers from the
+    same draws: BCa, else percentile (a draw of its own), else the point of constant data."""
+    data = [resamples.samples[k] for k in which]
+    if len(data[0]) < 2:
+        return (math.nan, math.nan)
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            low, high = resamples.interval(statistic, which, confidence=confidence, method=method)
+        if math.isfinite(low) and math.isfinite(high):
+            return (low, high)
+    with np.errstate(all="ignore"):
+        value = float(statistic(*(np.mean(d, axis=-1) for d in data)))
     if math.isfinite(value) and all(np.all(d == d[0]) for d in data):
         return (value, value)  # constant data: the interval is the point
     return (math.nan, math.nan)

@@ -38,19 +38,29 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from scrub._bind import bind, load_model_for, make_dataset_for
+from scrub._bootstrap import MeanResamples
 from scrub._errors import ScrubWarning
+from scrub._gc import no_gc
 from scrub._hooks import unmasked_rows_softmax
 from scrub._hypothesis import Hypothesis, load_hypothesis
 from scrub._metrics import per_example_metric
 from scrub._model import ScrubModel
 from scrub._positions import resolve_positions
 from scrub._precision import check_precision
-from scrub._result import ScrubResult, bootstrap_ci, methodology, recovered_of
+from scrub._result import (
+    N_RESAMPLES,
+    ScrubResult,
+    mean_ci,
+    methodology,
+    recovered_from_means,
+    recovered_of,
+)
 from scrub._tree import MAX_TREE_NODES, SampledTree, sample_tree, stream
 from scrub.data import Dataset
 from scrub.engine import ActivationCache, FastEngine, baseline_for, evaluate_reference
 from scrub.engine._ablation import Ablation, ablation_for
 from scrub.engine.baseline import BaselineContext
+from scrub.engine.cache import balanced, pass_rows
 
 __all__ = ["ENGINES", "run"]
 
@@ -60,6 +70,7 @@ ENGINES = ("fast", "reference")
 Evaluate = Callable[..., Tensor]
 
 
+@no_gc()  # a run's many small objects would set off full collections (scrub._gc)
 def run(
     hypothesis: Hypothesis | str | Path,
     *,
@@ -101,7 +112,7 @@ def run(
         confidence: confidence level of the bootstrap intervals.
         progress: show a progress bar on stderr (``None``: only if stderr is a terminal).
         max_memory: activation budget of one forward pass in bytes (fast engine): each pass
-            takes the most rows that fit, at most ``max_batch_rows`` (``None``: 128 MiB; see
+            takes the most rows that fit, at most ``max_batch_rows`` (``None``: 32 MiB; see
             :func:`scrub.engine.cache.pass_rows`). Results do not depend on it.
         device: where to load ``model`` (``cpu`` by default, ``cuda``, ``cuda:N``).
         dtype: the type to load ``model`` in (``float32`` by default, ``bfloat16``,
@@ -159,6 +170,8 @@ def run(
     clean_pos = resolve_positions(spec.metric.positions, dataset, x)
     root_pos = resolve_positions(spec.metric.positions, dataset, o_root)
     stages = ("clean", "baseline", "scrubbed")
+    # the clean pass split as the engine's passes are (a pass's cost per row grows past them)
+    clean_rows = min(max_batch_rows, pass_rows(model, dataset.seq_len, max_memory=max_memory))
     bar = tqdm(  # cleared when closed, so it never shares a line with the table
         total=len(stages),
         desc=f"scrub {hyp.name}",
@@ -176,7 +189,7 @@ def run(
             model,
             dataset,
             ("clean", x.tobytes(), clean_pos.tobytes()),
-            lambda: _clean(model, dataset, x, clean_pos, max_batch_rows),
+            lambda: _clean(model, dataset, x, clean_pos, clean_rows),
         )
         bar.update()
         bar.set_postfix_str(stages[1])
@@ -237,18 +250,20 @@ def run(
                 "as null in JSON)"
             )
 
-    rng = stream(seed, "bootstrap")
+    # each interval its own draw from the stream, in turn (scrub._bootstrap.MeanResamples:
+    # the numbers of one scipy.stats.bootstrap call each, for less work)
+    resamples = MeanResamples(
+        (clean, baseline_values, scrubbed), n_resamples=N_RESAMPLES, rng=stream(seed, "bootstrap")
+    )
 
-    def ci(values: np.ndarray) -> tuple[float, float]:
-        return bootstrap_ci((values,), np.mean, rng=rng, confidence=confidence)
+    def ci(statistic: Callable, *which: int) -> tuple[float, float]:
+        return mean_ci(resamples, statistic, which, confidence=confidence)
 
-    clean_ci, baseline_ci, scrubbed_ci = ci(clean), ci(baseline_values), ci(scrubbed)
+    clean_ci, baseline_ci, scrubbed_ci = ci(_mean, 0), ci(_mean, 1), ci(_mean, 2)
     reason = _undefined_reason(clean, baseline_values, scrubbed, seed=seed, confidence=confidence)
     if reason is None:
         recovered: float | None = float(recovered_of(clean, baseline_values, scrubbed))
-        recovered_ci = bootstrap_ci(
-            (clean, baseline_values, scrubbed), recovered_of, rng=rng, confidence=confidence
-        )
+        recovered_ci = ci(recovered_from_means, 0, 1, 2)
     else:
         recovered, recovered_ci = None, (math.nan, math.nan)
         messages.append(f"the fraction recovered is undefined: {reason}")
@@ -311,6 +326,11 @@ def _no_bar(progress: bool | None) -> bool | None:
     return None if progress is None else not progress
 
 
+def _mean(m: np.ndarray) -> np.ndarray:
+    """The statistic of a sample's mean, from its mean (:func:`scrub._result.mean_ci`)."""
+    return m
+
+
 def _undefined_reason(
     clean: np.ndarray, baseline: np.ndarray, scrubbed: np.ndarray, *, seed: int, confidence: float
 ) -> str | None:
@@ -325,12 +345,12 @@ def _undefined_reason(
         return f"n = {len(clean)}: too few examples to tell clean from baseline"
     # the paired CI of mean(clean - baseline): one sample of differences resamples the same
     # rows and gives the same numbers, bit for bit, for less work
-    lo, hi = bootstrap_ci(
+    difference = MeanResamples(
         (clean - baseline,),
-        np.mean,
+        n_resamples=N_RESAMPLES,
         rng=stream(seed, "bootstrap", "clean-baseline"),
-        confidence=confidence,
     )
+    lo, hi = mean_ci(difference, _mean, (0,), confidence=confidence)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return "the confidence interval of clean − baseline is undefined"
     if lo <= 0 <= hi:
@@ -387,7 +407,8 @@ class _Final(Exception):
 def _clean(
     model: ScrubModel, dataset: Dataset, rows: np.ndarray, positions: np.ndarray, chunk: int
 ) -> Tensor:
-    """The clean model's logits on ``rows`` at ``positions``: ``(batch, K, vocab)``.
+    """The clean model's logits on ``rows`` at ``positions``: ``(batch, K, vocab)``, in
+    passes of at most ``chunk`` rows.
 
     As the engine computes its root's logits: the final residual stream read at
     ``ln_final.hook_in`` (which ends the pass), unembedded only at ``positions``, the softmax
@@ -404,8 +425,9 @@ def _clean(
     resids = []
     bridge = model.bridge
     with bridge.hooks(fwd_hooks=[("ln_final.hook_in", final)]), unmasked_rows_softmax(bridge):
-        for start in range(0, len(rows), chunk):
-            part = slice(start, start + chunk)
+        step = balanced(len(rows), chunk)  # pieces of about one size
+        for start in range(0, len(rows), step):
+            part = slice(start, start + step)
             got.clear()
             with contextlib.suppress(_Final):
                 model.run(dataset.tokens[torch.as_tensor(rows[part])])

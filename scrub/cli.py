@@ -68,7 +68,7 @@ def _add_max_memory(parser: argparse.ArgumentParser) -> None:
         type=_POSITIVE,
         metavar="MIB",
         help="activation budget of one forward pass in MiB: each pass takes the most rows that "
-        "fit (default 128; results do not change)",
+        "fit (default 32; results do not change)",
     )
 
 

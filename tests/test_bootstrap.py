@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from scrub._bootstrap import interval
-from scrub._result import bootstrap_ci, recovered_of
+from scrub._bootstrap import MeanResamples, interval
+from scrub._result import bootstrap_ci, recovered_from_means, recovered_of
 
 
 def _scipy(data, statistic, *, paired, method, seed, confidence, n_resamples):
@@ -102,3 +103,75 @@ def test_several_unpaired_samples_are_refused():
             method="BCa",
             rng=np.random.default_rng(0),
         )
+
+
+@pytest.mark.parametrize("method", ["BCa", "percentile"])
+@pytest.mark.parametrize("kind", ["normal", "ties"])
+@pytest.mark.parametrize("n", [2, 17, 400])
+def test_mean_resamples_give_scipys_intervals_in_turn_bit_for_bit(method, kind, n):
+    """Several intervals on one generator: each is the scipy call that would come next."""
+    x = _data(n, n, kind)
+    c, b, s = x[0] + 3, x[1], x[2] + 1
+    resamples = MeanResamples((c, b, s), n_resamples=999, rng=np.random.default_rng(5))
+    ref = np.random.default_rng(5)
+    cases = [
+        ((c,), np.mean, lambda m: m, (0,)),
+        ((b,), np.mean, lambda m: m, (1,)),
+        ((c, b, s), recovered_of, recovered_from_means, (0, 1, 2)),
+        ((s,), np.mean, lambda m: m, (2,)),
+        ((c, b, s), recovered_of, recovered_from_means, (0, 1, 2)),
+    ]
+    for data, statistic, of_means, which in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = stats.bootstrap(
+                data,
+                statistic,
+                paired=len(data) > 1,
+                vectorized=True,
+                confidence_level=0.9,
+                n_resamples=999,
+                method=method,
+                random_state=ref,
+            )
+        want = (float(res.confidence_interval.low), float(res.confidence_interval.high))
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            got = resamples.interval(of_means, which, confidence=0.9, method=method)
+        np.testing.assert_array_equal(np.array(got), np.array(want))
+
+
+def test_a_runs_intervals_are_scipys_in_turn_on_its_bootstrap_stream():
+    """``scrub.run``'s intervals: scipy.stats.bootstrap (BCa) called on ``stream(seed,
+    "bootstrap")`` for clean, baseline, scrubbed, then the fraction, bit for bit."""
+    import scrub
+    from scrub._tree import stream
+
+    kcomp = Path(__file__).resolve().parents[1] / "hypotheses" / "induction" / "kcomp.yaml"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = scrub.run(kcomp, n=60, seed=3)
+    c, b, s = (np.array(result.per_example_clean), np.array(result.per_example_baseline),
+               np.array(result.per_example))  # fmt: skip
+    assert result.recovered is not None
+    ref = stream(3, "bootstrap")
+
+    def scipy_ci(data, statistic):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = stats.bootstrap(
+                data,
+                statistic,
+                paired=len(data) > 1,
+                vectorized=True,
+                n_resamples=2000,
+                method="BCa",
+                random_state=ref,
+            )
+        return (float(res.confidence_interval.low), float(res.confidence_interval.high))
+
+    assert result.clean_ci == scipy_ci((c,), np.mean)
+    assert result.baseline_ci == scipy_ci((b,), np.mean)
+    assert result.scrubbed_ci == scipy_ci((s,), np.mean)
+    assert result.recovered_ci == scipy_ci((c, b, s), recovered_of)
+    assert np.isfinite(result.recovered_ci).all()

@@ -18,7 +18,7 @@ import scrub
 from scrub.engine import ActivationCache, FastEngine, evaluate_reference
 from scrub.engine._kernels import kernels_for
 from scrub.engine._plan import make_plan
-from scrub.engine.cache import pass_rows
+from scrub.engine.cache import balanced, pass_rows
 from tests.test_fast_engine import MULTI_LAYER, logprobs, sampled
 
 FUSED = {  # a node of one layer's heads, fed through q and v: treeified in its reading group
@@ -81,6 +81,40 @@ def test_memory_budget_caps_every_pass_and_leaves_results_unchanged(tiny_model):
     assert sizes and max(sizes) <= 6
     whole = FastEngine()(tiny_model, tree)
     torch.testing.assert_close(capped, whole, atol=1e-5, rtol=0)
+
+
+def test_a_node_of_one_layers_heads_stops_at_that_blocks_input(tiny_model):
+    """Its heads come from the kernels on block 1's input, and nothing else of its group is
+    read: block 1 runs for the root's rows only (not for the node's), same result."""
+    tree = sampled(tiny_model, FUSED, n=9)
+    plan = make_plan(tiny_model, tree, kernels=True)
+    node = next(g for g in plan.groups if g.node.name == "h")
+    assert node.fused and node.stop == 1 and plan.groups[plan.root].stop > 1
+    FastEngine()(tiny_model, tree)  # the one-off checks of the kernels, late start, last block
+    rows: list[int] = []
+
+    def count(module, args, kwargs):
+        rows.append((args[0] if args else kwargs["hidden_states"]).shape[0])
+
+    # the attention's (the block itself is entered by a pass that stops at its input hook)
+    hook = tiny_model.bridge.blocks[1].attn.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        got = FastEngine()(tiny_model, tree)
+    finally:
+        hook.remove()
+    assert sum(rows) == 9  # the root's group alone (the node's group stopped before block 1)
+    ref = evaluate_reference(tiny_model, tree)
+    torch.testing.assert_close(logprobs(got), logprobs(ref), atol=1e-4, rtol=0)
+
+
+def test_balanced_pieces_are_as_few_as_the_cap_allows_and_about_equal():
+    for n in range(1, 60):
+        for most in range(1, 25):
+            step = balanced(n, most)
+            sizes = [min(step, n - s) for s in range(0, n, step)]
+            assert max(sizes) <= most and len(sizes) == -(-n // most)
+            assert max(sizes) - min(sizes) <= len(sizes)  # no small last piece
+    assert balanced(1000, 296) == 250
 
 
 def test_gelu_new_is_torch_tanh_gelu_in_eval_mode(tiny_model):

@@ -402,7 +402,9 @@ class ChunkRun:
                     elif group.fused:
                         heads.setdefault(comp, {})[ch] = assembled[group.gid, comp, ch]
                 for comp, z in self.kernels.heads(heads).items():
-                    if group.virtual:
+                    # virtual, or the group's pass ends here (plan: "kernel heads stop at the
+                    # block input"): no hook_z of this block runs for it
+                    if group.virtual or group.stop <= comp.layer:
                         self.store[group.gid, comp] = z
                     else:
                         self.z_override[group.gid, comp] = z

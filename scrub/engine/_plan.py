@@ -62,6 +62,11 @@ parent's group changes the residual stream at or before the child's components. 
 (sender → receiver → logits, all on the base run) becomes one group, as in TransformerLens.
 Refused under grouped-query attention, where a head's k/v input slot is shared by other heads.
 
+**Kernel heads stop at the block input**: a fused group of layer L's heads (head kernels, no
+mean / zero ablation) whose other reads are all before L stops at block L's input (``stop =
+L``): its heads' ``z`` come from the kernels there (kcomp's induction node). Starting late at
+L (cached there), it runs block L after all.
+
 **Dead patches** (``read_at``): the logits are often read at a few positions only (the
 metric's). A component's output at position p reaches the residual stream at positions >= p
 only (causal attention), and a last-layer component's only at p. A root's activation patch
@@ -358,6 +363,8 @@ def make_plan(
         roots.append(root)
     if fuse and ablation is None and model.shape.kv_group == 1:
         _fuse_children(model, groups)
+    if kernels and ablation is None and model.shape.kv_group == 1:
+        _stop_at_block_inputs(model, groups)
     _check_stops(groups, n_layers)
     if late_start:
         filled = {src.rows.tobytes() for src, _ in leaves if src.known is None}
@@ -377,6 +384,20 @@ def make_plan(
         signatures=signatures,
         outputs=outputs,
     )
+
+
+def _stop_at_block_inputs(model: ScrubModel, groups: list[Group]) -> None:
+    """Module docstring, "kernel heads stop at the block input"."""
+    for group in groups:
+        comps = {c for c, _ in group.targets}
+        layers = {c.layer for c in comps}
+        if not group.fused or group.virtual or group.into is not None or len(layers) != 1:
+            continue
+        layer = layers.pop()
+        later = [m.component for m in group.patches] + list(group.record - comps)
+        heads = layer >= 1 and all(c.kind == "head" for c in comps)
+        if heads and all(model.stop_layer(c) <= layer for c in later):  # nothing read at L+
+            group.stop = layer
 
 
 def _check_stops(groups: list[Group], n_layers: int) -> None:
@@ -417,6 +438,11 @@ def _set_starts(
     for late in on_rows.values():
         if len(late) == 1 and not cached(late[0].start, late[0].rows):
             late[0].start = 0
+    # A group stopped at a block's input that would start there (that residual stream cached)
+    # runs that block after all, as it would have without the early stop.
+    for group in groups:
+        if group.into is None and group.start >= group.stop < n_layers:
+            group.stop = group.start + 1
     # Groups of one stop that read each other run in one pass: they share the lowest start.
     parent = list(range(len(groups)))
 

@@ -36,7 +36,14 @@ from scrub._hooks import unmasked_rows_softmax
 from scrub._model import ScrubModel, select, split_qkv_inputs
 from scrub.data import Dataset
 
-__all__ = ["PASS_MEMORY", "ActivationCache", "Residual", "pass_rows", "split_qkv_inputs"]
+__all__ = [
+    "PASS_MEMORY",
+    "ActivationCache",
+    "Residual",
+    "balanced",
+    "pass_rows",
+    "split_qkv_inputs",
+]
 
 
 @dataclass(frozen=True)
@@ -59,10 +66,27 @@ class _Done(Exception):
     """Raised at the final residual stream of a filling pass (no logits needed)."""
 
 
-PASS_MEMORY = 128 * 2**20
-"""Default activation budget of one pass, in bytes. Past a few hundred MiB of activations a
-pass's cost per row grows (measured: 1.5x per row on the induction model from 2048 to 4096 rows
-of 29 tokens), so by default passes are capped well below that; results do not depend on it."""
+PASS_MEMORY = 32 * 2**20
+"""Default activation budget of one pass, in bytes.
+
+Context: a pass's cost per row grows with the pass once its activations outgrow the CPU's
+caches. Measured on this project's CPU machine (one thread, the induction model, 29 tokens):
+the attention softmax costs 3.3 µs a row at 1000 rows, 3.9 at 2000 and 8.5 at 4000, and the
+schedule's own limit (the plain model on the plan's rows × layers, kcomp at n = 1000) takes
+0.29 s in 2000-row passes, 0.24 s in 1000-row ones and 0.21 s in 250–500-row ones. The fast
+engine on kcomp at n = 1000 took 0.42 s with 128 MiB (2370-row passes), 0.32–0.34 s with 24–32
+MiB (590-row passes), no less with 16; at n = 200 (400-row passes) and on the GPT-2-shaped
+model (B = 8 and 32: 41 instead of 164 rows a pass) it was the same within noise.
+
+Pitfall: smaller is not always better: every pass pays its hooks' fixed cost, which dominates
+small models at a few rows. Results do not depend on the budget beyond float rounding."""
+
+
+def balanced(n: int, most: int) -> int:
+    """Rows per piece to split ``n`` rows into as few pieces of at most ``most`` as possible,
+    all of about one size (1000 rows at most 296 a piece: 4 × 250, not 3 × 296 + 112)."""
+    pieces = -(-n // max(1, most))
+    return -(-n // max(1, pieces)) if n else max(1, most)
 
 
 def pass_rows(model: ScrubModel, seq_len: int, *, max_memory: int | None = None) -> int:
@@ -101,7 +125,8 @@ class ActivationCache:
         self.subtrees = subtrees
         # held, so ids cannot be reused; with the model's device and dtype when bound
         self._owner: tuple[ScrubModel, Dataset, torch.device, torch.dtype] | None = None
-        self._values: dict[Key, Tensor] = {}
+        # each key's cached values, in pieces (one per filling pass) whose slots follow on
+        self._values: dict[Key, list[Tensor]] = {}
         self._slots: dict[Key, np.ndarray] = {}  # row -> slot in _values (-1: none)
         self._memo: dict[Any, Any] = {}
         self._subtrees: dict[str, dict[Component, Tensor]] = {}  # signature -> outputs
@@ -172,23 +197,46 @@ class ActivationCache:
         """
         self._bind(model, dataset)
         needs = list(needs)
-        missing: dict[int, set[int]] = {}  # stop layer -> rows a component that deep lacks
+        # each key's rows not yet cached, in the order first asked for (so that one leaf's
+        # rows get consecutive slots and are served as a view, not gathered)
+        lacking: dict[Key, dict[int, None]] = {}
         for comp, rows in needs:
             slots = self._grow(comp, model, dataset)
-            lacking = np.unique(rows[slots[rows] < 0]).tolist()
-            missing.setdefault(_depth(model, comp), set()).update(lacking)
-        comps = sorted({c for c, _ in needs}, key=repr)
+            lacking.setdefault(comp, {}).update(dict.fromkeys(rows[slots[rows] < 0].tolist()))
+        by_stop: dict[int, dict[int, None]] = {}  # stop layer -> rows a key that deep lacks
+        for key, wanted in lacking.items():
+            by_stop.setdefault(_depth(model, key), {}).update(wanted)
         done: set[int] = set()
-        for stop in sorted(missing, reverse=True):
-            todo = missing[stop] - done
-            if not todo:
+        for stop in sorted(by_stop, reverse=True):
+            todo = np.array([r for r in by_stop[stop] if r not in done], dtype=np.int64)
+            if not len(todo):
                 continue
-            shallower = [c for c in comps if _depth(model, c) <= stop]
-            self._fill(model, dataset, shallower, np.array(sorted(todo)))
-            done |= todo
+            # every key this deep or shallower records the rows it lacks that this pass runs
+            record = {
+                key: np.isin(todo, np.fromiter(wanted, dtype=np.int64, count=len(wanted)))
+                for key, wanted in lacking.items()
+                if wanted and _depth(model, key) <= stop
+            }
+            self._fill(model, dataset, {k: m for k, m in record.items() if m.any()}, todo)
+            done.update(todo.tolist())
             if on_pass:
                 on_pass()
-        return [_take(self._values[comp], self._slots[comp][rows]) for comp, rows in needs]
+        return [self._serve(comp, self._slots[comp][rows]) for comp, rows in needs]
+
+    def _serve(self, key: Key, slots: np.ndarray) -> Tensor:
+        """The cached values at ``slots``: a view of one piece where they are consecutive slots
+        within it (one leaf's rows of one filling pass), else gathered (the pieces joined into
+        one first, once)."""
+        pieces = self._values[key]
+        if len(slots) and slots[-1] - slots[0] == len(slots) - 1 and np.all(np.diff(slots) == 1):
+            offset = 0
+            for piece in pieces:
+                if offset <= slots[0] and slots[-1] < offset + len(piece):
+                    return piece[int(slots[0]) - offset : int(slots[-1]) + 1 - offset]
+                offset += len(piece)
+        if len(pieces) > 1:
+            pieces[:] = [torch.cat(pieces)]
+        return _take(pieces[0], slots)
 
     def _grow(self, comp: Key, model: ScrubModel, dataset: Dataset) -> np.ndarray:
         """The row -> slot index of ``comp`` (``-1``: not cached), covering every row."""
@@ -205,23 +253,42 @@ class ActivationCache:
                     if isinstance(comp, Residual)
                     else model.output_width(comp)
                 )
-                self._values[comp] = torch.empty(
-                    0, dataset.seq_len, width, device=model.device, dtype=model.dtype
-                )
+                self._values[comp] = [
+                    torch.empty(0, dataset.seq_len, width, device=model.device, dtype=model.dtype)
+                ]
         return self._slots[comp]
 
-    def _fill(self, model: ScrubModel, dataset: Dataset, keys: list[Key], rows: np.ndarray) -> None:
+    def _fill(
+        self, model: ScrubModel, dataset: Dataset, record: dict[Key, np.ndarray], rows: np.ndarray
+    ) -> None:
+        """Plain passes over ``rows`` (in pieces within the pass budget) that record each key
+        of ``record`` on the rows its mask marks.
+
+        Context: what a filling pass reads is the hooked tensor itself for an embedding, an
+        MLP or a residual stream, and nothing in the pass writes to it after the hook (the
+        bridge's blocks add into new tensors, and a filling pass has no other hooks), so it is
+        kept as it is; only a head's slice of ``z`` is copied (a strided view of every head's
+        ``z``). Each pass's values are kept as a piece of their own (:meth:`_serve` joins the
+        pieces only to gather across them). A pass that stops before the first block
+        (embeddings only) is not split by the blocks' budget.
+
+        Pitfall: appending each piece to one cached tensor as it comes would copy everything
+        cached so far once per piece (quadratic in the number of pieces).
+        """
         n_layers = model.shape.n_layers
+        keys = list(record)
         stop = max(_depth(model, k) for k in keys)
-        step = min(
-            self.max_batch_rows, pass_rows(model, dataset.seq_len, max_memory=self.max_memory)
-        )
+        most = min(self.max_batch_rows, self._pass_rows(model, dataset.seq_len, stop))
+        step = balanced(len(rows), most)
         outs: dict[Key, Tensor] = {}
 
         def reader(read: list[Key]) -> Callable:
             def hook(t: Tensor, hook=None) -> Tensor:
                 for key in read:
-                    outs[key] = t.clone() if isinstance(key, Residual) else select(t, key).clone()
+                    if isinstance(key, Component) and key.kind == "head":
+                        outs[key] = select(t, key).clone()
+                    else:
+                        outs[key] = t  # the hooked tensor itself: see the docstring
                 if any(isinstance(k, Residual) and k.layer >= n_layers for k in read):
                     raise _Done
                 return t
@@ -233,6 +300,9 @@ class ActivationCache:
             name = key.hook(n_layers) if isinstance(key, Residual) else model.output_hook(key)
             by_hook.setdefault(name, []).append(key)
         hooks = [(name, reader(read)) for name, read in by_hook.items()]
+        pieces: dict[Key, list[Tensor]] = {key: [] for key in keys}
+        # slots taken, this pass's pieces included
+        count = {key: sum(len(p) for p in self._values[key]) for key in keys}
         for start in range(0, len(rows), step):
             chunk = rows[start : start + step]
             tokens = dataset.tokens[torch.as_tensor(chunk)]
@@ -246,18 +316,27 @@ class ActivationCache:
             ):
                 model.run(tokens, stop_at_layer=stop)
             self.rows_computed += len(chunk)
-            for comp in keys:
-                slots = self._slots[comp]
-                new = slots[chunk] < 0
-                start_slot = len(self._values[comp])
-                slots[chunk[new]] = start_slot + np.arange(int(new.sum()))
-                if new.all():
-                    fresh = outs[comp]
+            for key in keys:
+                mask = record[key][start : start + step]
+                fresh = int(mask.sum())
+                if not fresh:
+                    continue
+                self._slots[key][chunk[mask]] = count[key] + np.arange(fresh)
+                count[key] += fresh
+                if fresh == len(chunk):
+                    pieces[key].append(outs[key])
                 else:
-                    fresh = outs[comp][torch.as_tensor(new, device=model.device)]
-                if start_slot:
-                    fresh = torch.cat([self._values[comp], fresh])
-                self._values[comp] = fresh
+                    pieces[key].append(outs[key][torch.as_tensor(mask, device=model.device)])
+        for key in keys:
+            self._values[key].extend(pieces[key])
+
+    def _pass_rows(self, model: ScrubModel, seq_len: int, stop: int) -> int:
+        """The rows of one filling pass that stops at ``stop``: :func:`pass_rows`, or for the
+        embeddings only (``stop == 0``) the rows whose three ``d_model``-wide embeddings fit."""
+        if stop > 0:
+            return pass_rows(model, seq_len, max_memory=self.max_memory)
+        per_row = 3 * seq_len * model.bridge.cfg.d_model * model.dtype.itemsize
+        return max(1, (PASS_MEMORY if self.max_memory is None else self.max_memory) // per_row)
 
 
 def _depth(model: ScrubModel, key: Key) -> int:

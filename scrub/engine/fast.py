@@ -53,7 +53,7 @@ from scrub.engine._plan import Plan, make_plan
 from scrub.engine._start import late_start_works
 from scrub.engine._suffix import SuffixBlocks, suffix_blocks_for
 from scrub.engine._suffix_pass import plain_keys, suffix_roots
-from scrub.engine.cache import ActivationCache, Key, Residual, pass_rows
+from scrub.engine.cache import ActivationCache, Key, Residual, balanced, pass_rows
 
 __all__ = ["Evaluated", "FastEngine"]
 
@@ -270,8 +270,9 @@ class FastEngine:
             if src.known is not None:
                 leaves[src.leaf_key(comp)] = cache.subtree(src.known, comp)
         reads = _pattern_groups(plan, trees, patterns)
-        chunk = max(1, self.rows_per_pass(model, dataset.seq_len) // _widest(plan))
         n = len(trees[0].reference)
+        # chunks of about one size: a small last chunk would pay a pass's fixed cost for little
+        chunk = balanced(n, max(1, self.rows_per_pass(model, dataset.seq_len) // _widest(plan)))
         # A cache made for this call alone would never be read again.
         keep = self.cache is not None and self.cache.subtrees
         pieces: list[list[Tensor]] = []
