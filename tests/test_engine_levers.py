@@ -52,6 +52,8 @@ def test_head_splices_run_joint_qkv_passes_and_match_the_reference(tiny_model):
         tree = sampled(tiny_model, nodes, n=9)
         plan = make_plan(tiny_model, tree, kernels=True)
         assert any(getattr(g, role) and g.node.name == "h" for g in plan.groups)
+        FastEngine()(tiny_model, tree)  # the once-per-model checks (late start, last block,
+        # suffix blocks) run their own passes on the bridge as loaded: not what is measured
         got: list[torch.Tensor] = []
         modes = _split_modes(
             tiny_model, lambda tree=tree, got=got: got.append(FastEngine()(tiny_model, tree))

@@ -38,6 +38,7 @@ import torch
 
 from scrub._bind import _register_feature, load_model_field
 from scrub._errors import HypothesisError
+from scrub._gc import no_gc
 from scrub._hypothesis import _sampler
 from scrub._metrics import per_example_metric
 from scrub._model import ScrubModel, load_model
@@ -56,7 +57,6 @@ from scrub.experiments._cells import (
     Cell,
     activation_cells,
     components_of,
-    no_gc,
     path_cells,
     trees_of,
 )
