@@ -155,7 +155,7 @@ def run(
         check_precision(model, device=device, dtype=dtype)
     if dataset is None:
         dataset = make_dataset_for(hyp, seed=seed)
-    bound = bind(hyp, model, dataset)
+    bound = bind(hyp, model, dataset, cache=cache)  # dataset-only checks kept in it
     tree = sample_tree(
         bound, n=n, seed=seed, max_tree_nodes=max_tree_nodes, reference_seed=reference_seed
     )
