@@ -214,7 +214,7 @@ def _once(cache: ActivationCache | None, model: ScrubModel, ds: Dataset) -> Once
 
     def once(key: tuple, check: Callable[[], None]) -> None:
         if cache is not None:
-            cache.memo(model, ds, ("bind",) + key, check)
+            cache.memo(model, ds, ("bind", *key), check)
         elif key not in passed:
             check()
             passed.add(key)
