@@ -79,7 +79,9 @@ def intervals(
     if reason is None:
         lo, hi = memo(
             ("interval: clean - baseline", *samples),
-            lambda: _difference_ci(clean, baseline, seed=seed, confidence=confidence),
+            lambda: _difference_ci(
+                clean, baseline, seed=seed, confidence=confidence, like=resamples
+            ),
         )
         reason = _indistinct(lo, hi, confidence)
     if reason is not None:
@@ -118,13 +120,22 @@ def _undefined_reason(clean: np.ndarray, baseline: np.ndarray, scrubbed: np.ndar
     return None
 
 
-def _difference_ci(clean: np.ndarray, baseline: np.ndarray, *, seed: int, confidence: float) -> CI:
+def _difference_ci(
+    clean: np.ndarray,
+    baseline: np.ndarray,
+    *,
+    seed: int,
+    confidence: float,
+    like: MeanResamples,
+) -> CI:
     """The paired CI of mean(clean − baseline): one sample of differences resamples the same
-    rows and gives the same numbers, bit for bit, for less work."""
+    rows and gives the same numbers, bit for bit, for less work (and the run's leave-one-out
+    index, ``like``'s)."""
     difference = MeanResamples(
         (clean - baseline,),
         n_resamples=N_RESAMPLES,
         rng=stream(seed, "bootstrap", "clean-baseline"),
+        like=like,
     )
     return mean_ci(difference, _mean, (0,), confidence=confidence)
 

@@ -47,6 +47,7 @@ from scrub._model import ScrubModel
 from scrub._positions import resolve_positions
 from scrub._precision import check_precision
 from scrub._result import ScrubResult, methodology
+from scrub._schema import MetricSpec
 from scrub._tree import MAX_TREE_NODES, SampledTree, sample_tree
 from scrub.data import Dataset
 from scrub.engine import ActivationCache, FastEngine, baseline_for, evaluate_reference
@@ -209,18 +210,15 @@ def run(
     finally:
         bar.close()
 
-    def metric(logits: Tensor) -> np.ndarray:
+    def metric(logits: Tensor, reference: np.ndarray = x, of: Tensor = clean_logits) -> np.ndarray:
         return per_example_metric(
-            spec.metric, logits, reference=x, dataset=dataset, clean_logits=clean_logits
+            spec.metric, logits, reference=reference, dataset=dataset, clean_logits=of
         )
 
-    clean = metric(clean_logits)
-    baseline_values = per_example_metric(
-        spec.metric,
-        baseline_logits,
-        reference=labelled,
-        dataset=dataset,
-        clean_logits=baseline_clean,
+    # the clean and baseline outputs come from the cache: so do their metrics (_held_metric)
+    clean = _held_metric(cache, model, dataset, spec.metric, metric, clean_logits, x, clean_logits)
+    baseline_values = _held_metric(
+        cache, model, dataset, spec.metric, metric, baseline_logits, labelled, baseline_clean
     )
     scrubbed = metric(scrubbed_logits)
 
@@ -311,6 +309,40 @@ def _count(name: str, value: Any, *, minimum: int) -> int:
 def _no_bar(progress: bool | None) -> bool | None:
     """tqdm's ``disable``: ``None`` lets tqdm hide the bar when stderr is not a terminal."""
     return None if progress is None else not progress
+
+
+def _held_metric(
+    cache: ActivationCache,
+    model: ScrubModel,
+    dataset: Dataset,
+    spec: MetricSpec,
+    metric: Callable[[Tensor, np.ndarray, Tensor], np.ndarray],
+    logits: Tensor,
+    reference: np.ndarray,
+    clean_logits: Tensor,
+) -> np.ndarray:
+    """``metric(logits, reference, clean_logits)``, once for every hypothesis that reads the
+    same tensors (the clean and baseline outputs the cache holds) with the same metric.
+
+    Remembered in the cache with the tensors it read, under their ids: an id names one live
+    object, and they live while the entry does (checked with ``is`` all the same); the values
+    are read-only. Measured: 0.3 ms a metric on the induction model at n = 64.
+    """
+    key = ("metric", spec.model_dump_json(), id(logits), id(clean_logits), _bytes(reference))
+
+    def compute() -> tuple[Tensor, Tensor, np.ndarray]:
+        values = metric(logits, reference, clean_logits)
+        values.flags.writeable = False
+        return logits, clean_logits, values
+
+    held = cache.memo(model, dataset, key, compute)
+    if held[0] is not logits or held[1] is not clean_logits:
+        return metric(logits, reference, clean_logits)
+    return held[2]
+
+
+def _bytes(a: np.ndarray) -> tuple:
+    return (a.dtype.str, a.shape, a.tobytes())
 
 
 def _relative_to_file(path: str | None, file: str | None) -> str | None:
