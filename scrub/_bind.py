@@ -19,12 +19,24 @@ rest, with errors that name the file, the key and a fix:
   the same component into the same channel at the same position of any example, and an
   all-paths input never claims paths through a sibling's components;
 - no position is named twice in one example's positions (overlapping position sets).
+
+Levers (what a run pays to bind, measured on the induction model, 2000 pool rows): a position
+spec's pool-wide check is resolved once per bind however many components and inputs name it
+(13 checks → 3); with an :class:`~scrub.engine.ActivationCache` (``scrub.run``'s ``cache``), the
+checks that read only the dataset, the model's shape and one spec (sequence length and token
+ids, again once generated rows are appended; each position spec and the metric's labels,
+which read the pool only) are remembered in it for that model and dataset,
+as the cache keeps their activations (the pool's rows never change; a cache bound to another
+model or dataset forgets them). A check that fails is never remembered: it fails again, where it
+did. Bind: 2.6 → 0.8 ms alone, → 0.3 ms with a warm cache.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,6 +52,9 @@ from scrub._positions import PositionSpec, format_positions, resolve_positions
 from scrub._samplers import CondSampler, FixedSampler, GenerateSampler
 from scrub._schema import MetricSpec, ModelRefSpec
 from scrub.data import Dataset, make_dataset
+
+if TYPE_CHECKING:
+    from scrub.engine import ActivationCache
 
 __all__ = ["BoundHypothesis", "bind", "load_model_for", "make_dataset_for"]
 
@@ -164,47 +179,66 @@ def make_dataset_for(hypothesis: Hypothesis, *, seed: int) -> Dataset:
         raise hypothesis.locate(located) from None
 
 
-def bind(hypothesis: Hypothesis, model: ScrubModel, dataset: Dataset) -> BoundHypothesis:
+def bind(
+    hypothesis: Hypothesis,
+    model: ScrubModel,
+    dataset: Dataset,
+    *,
+    cache: ActivationCache | None = None,
+) -> BoundHypothesis:
     """Check ``hypothesis`` against ``model`` and ``dataset`` (see the module docstring).
+
+    ``cache``: remember the checks that read only the dataset, the model's shape and one spec
+    for the next hypothesis bound on this model and dataset (the same checks, done once).
 
     Raises:
         HypothesisError: located in the hypothesis file.
     """
     try:
         hypothesis = adapt_hypothesis(hypothesis, model.architecture)
-        _check(hypothesis, model, dataset)
+        _check(hypothesis, model, dataset, _once(cache, model, dataset))
         check_paths(hypothesis, model.shape)
     except HypothesisError as exc:
         raise hypothesis.locate(exc.with_context(file=hypothesis.file)) from None
     return BoundHypothesis(hypothesis, model, dataset)
 
 
-def _check(hyp: Hypothesis, model: ScrubModel, ds: Dataset) -> None:
+Once = Callable[[tuple, Callable[[], None]], None]
+"""``once(key, check)``: run ``check`` unless it passed under ``key`` before (:func:`_once`)."""
+
+
+def _once(cache: ActivationCache | None, model: ScrubModel, ds: Dataset) -> Once:
+    """Checks remembered in ``cache`` for ``model`` and ``ds`` once passed, else in this bind
+    only. ``check`` raises to fail; nothing is remembered then."""
+    passed: set[tuple] = set()
+
+    def once(key: tuple, check: Callable[[], None]) -> None:
+        if cache is not None:
+            cache.memo(model, ds, ("bind", *key), check)
+        elif key not in passed:
+            check()
+            passed.add(key)
+
+    return once
+
+
+def _check(hyp: Hypothesis, model: ScrubModel, ds: Dataset, once: Once) -> None:
     pool = np.arange(ds.n_base)
-    if ds.seq_len > model.shape.n_ctx:
-        raise HypothesisError(
-            f"dataset sequences have {ds.seq_len} tokens, but {model.shape.name} reads at most "
-            f"{model.shape.n_ctx}",
-            key=("dataset", "params"),
-            hint="make shorter sequences (the generator's length params) or use a model with a "
-            "longer context",
-        )
-    max_token = int(ds.tokens.max())
-    if max_token >= model.shape.d_vocab:
-        raise HypothesisError(
-            f"dataset uses token id {max_token}, but {model.shape.name} has a vocabulary of "
-            f"{model.shape.d_vocab}",
-            key=("dataset", "params"),
-            hint="use the dataset made for this model (its vocabulary), or the model made for "
-            "this dataset",
-        )
+
+    def distinct(spec: PositionSpec) -> None:
+        # the same for every component and input naming ``spec`` (one dataset, one pool):
+        # checked at its first occurrence, so a failing spec still fails where it did
+        once(("positions", spec), lambda: _distinct(resolve_positions(spec, ds, pool), spec))
+
+    # every row's tokens: checked again once the dataset has grown (generated rows)
+    once(("dataset", len(ds)), lambda: _check_dataset(model, ds))
     for name in hyp.graph:
         node = hyp.node(name)
         for i, mc in enumerate(node.components):
             key = ("nodes", name, "components", i)
             try:
                 model.shape.check(mc.component)
-                _distinct(resolve_positions(mc.positions, ds, pool), mc.positions)
+                distinct(mc.positions)
             except HypothesisError as exc:
                 raise exc.with_context(key_prefix=key) from None
         for role, sampler in (("sampler", node.sampler), ("other", node.other)):
@@ -227,13 +261,35 @@ def _check(hyp: Hypothesis, model: ScrubModel, ds: Dataset) -> None:
         corr = hyp.edge(child, parent)
         idx = hyp.children(parent).index(child)
         try:
-            _distinct(resolve_positions(corr.positions, ds, pool), corr.positions)
+            distinct(corr.positions)
         except HypothesisError as exc:
             raise exc.with_context(
                 key_prefix=("nodes", parent, "inputs", idx, "positions")
             ) from None
     check_claims(hyp, ds, n_layers=model.shape.n_layers, parallel=model.shape.parallel)
-    _check_metric(hyp, ds, model)
+    metric = hyp.spec.metric
+    once(("metric", metric.model_dump_json()), lambda: _check_metric(metric, ds, model))
+
+
+def _check_dataset(model: ScrubModel, ds: Dataset) -> None:
+    """The dataset fits the model: its sequence length and token ids."""
+    if ds.seq_len > model.shape.n_ctx:
+        raise HypothesisError(
+            f"dataset sequences have {ds.seq_len} tokens, but {model.shape.name} reads at most "
+            f"{model.shape.n_ctx}",
+            key=("dataset", "params"),
+            hint="make shorter sequences (the generator's length params) or use a model with a "
+            "longer context",
+        )
+    max_token = int(ds.tokens.max())
+    if max_token >= model.shape.d_vocab:
+        raise HypothesisError(
+            f"dataset uses token id {max_token}, but {model.shape.name} has a vocabulary of "
+            f"{model.shape.d_vocab}",
+            key=("dataset", "params"),
+            hint="use the dataset made for this model (its vocabulary), or the model made for "
+            "this dataset",
+        )
 
 
 def _distinct(resolved: np.ndarray, spec: PositionSpec) -> None:
@@ -294,8 +350,7 @@ def _try_feature(name: str, ds: Dataset) -> None:
         )
 
 
-def _check_metric(hyp: Hypothesis, ds: Dataset, model: ScrubModel) -> None:
-    metric = hyp.spec.metric
+def _check_metric(metric: MetricSpec, ds: Dataset, model: ScrubModel) -> None:
     pool = np.arange(ds.n_base)
     try:
         positions = resolve_positions(metric.positions, ds, pool)

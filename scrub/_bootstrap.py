@@ -19,6 +19,13 @@ sample's jackknife (its n leave-one-out means, the BCa acceleration's input) is 
 for every interval that reads it (the mean's and the fraction's), with the leave-one-out
 index built once.
 
+The interval's two quantiles of the resampled statistic are ``scipy.stats.quantile``'s
+(``method="linear"``) computed by :func:`_quantile` in the same operations and order, without
+``quantile``'s array-API input validation and broadcasting, which cost 0.2 ms a call, ~90% of
+it (five a run: a quarter of the bootstrap's time at n = 64). Where the inputs are not the
+plain case it handles (1-D float64 resamples without NaN, two float64 probabilities in
+[0, 1]) it calls ``scipy.stats.quantile`` itself.
+
 Pitfall: the statistic must be computed from the means exactly as the original statistic
 computes it (:func:`scrub._result.recovered_of` is ``recovered_from_means`` of ``np.mean``), or
 the bits differ; the draws cannot be shared between intervals without changing every interval
@@ -78,15 +85,23 @@ class MeanResamples:
     ``samples``: the 1-D per-example arrays (each ``n`` long) the intervals' statistics read.
     Each :meth:`interval` draws ``rng.integers(0, n, (n_resamples, n))`` as scipy does; each
     sample's leave-one-out means (BCa) are computed once, when an interval first reads them.
+    ``like``: another ``MeanResamples`` over ``n`` examples whose leave-one-out index this one
+    reuses (the index, ``n × (n − 1)``, costs 2.3 ms to build at n = 1000).
     """
 
     def __init__(
-        self, samples: Sequence[np.ndarray], *, n_resamples: int, rng: np.random.Generator
+        self,
+        samples: Sequence[np.ndarray],
+        *,
+        n_resamples: int,
+        rng: np.random.Generator,
+        like: MeanResamples | None = None,
     ) -> None:
         self.samples = [np.asarray(s) for s in samples]
         self.n = self.samples[0].shape[-1]
         self.n_resamples = n_resamples
         self.rng = rng
+        self._like = like if like is not None and like.n == self.n else None
         self._leave_out: np.ndarray | None = None
         self._jackknife: dict[int, np.ndarray] = {}
 
@@ -111,11 +126,16 @@ class MeanResamples:
             jackknife = statistic(*(self._leave_one_out_means(k) for k in which))
         return _interval(theta_hat, theta_b, jackknife, confidence)
 
-    def _leave_one_out_means(self, k: int) -> np.ndarray:
+    def leave_one_out(self) -> np.ndarray:
+        """Row r: ``0..n-1`` without r, built once (or ``like``'s)."""
         if self._leave_out is None:
-            self._leave_out = _leave_one_out(self.n)
+            like = self._like
+            self._leave_out = like.leave_one_out() if like is not None else _leave_one_out(self.n)
+        return self._leave_out
+
+    def _leave_one_out_means(self, k: int) -> np.ndarray:
         if k not in self._jackknife:
-            self._jackknife[k] = _take_means(self.samples[k], self._leave_out)
+            self._jackknife[k] = _take_means(self.samples[k], self.leave_one_out())
         return self._jackknife[k]
 
 
@@ -162,8 +182,38 @@ def _interval(
     else:
         a = np.asarray(alpha, dtype=theta_b.dtype)
         probabilities = np.stack((a, 1 - a), axis=-1)
-    ci = stats.quantile(theta_b, probabilities, axis=-1)
+    ci = _quantile(theta_b, probabilities)
     return float(ci[..., 0]), float(ci[..., 1])
+
+
+def _quantile(x: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """``scipy.stats.quantile(x, p, axis=-1)`` (``method="linear"``), bit for bit.
+
+    The plain case, 1-D float64 ``x`` without NaN and 1-D float64 ``p`` in [0, 1], is
+    computed here as scipy's ``_quantile_hf`` computes it (the same sort, the same
+    ``p * n + (1 - p)`` and floor, the same interpolation); anything else goes to scipy.
+    """
+    plain = (
+        x.ndim == 1
+        and p.ndim == 1
+        and len(x) > 0
+        and x.dtype == np.float64
+        and p.dtype == np.float64
+        and not np.isnan(x).any()
+        and bool(((p >= 0) & (p <= 1)).all())  # False for NaN
+    )
+    if not plain:
+        return stats.quantile(x, p, axis=-1)
+    y = np.sort(x)  # scipy: xp.sort(stable=False), numpy's default sort
+    n = np.asarray(len(y), dtype=np.float64)
+    jg = p * n + (1 - p)  # scipy: m = 1 - p for "linear"; jg = p * n + m
+    jp1 = jg // 1
+    j = jp1 - 1
+    g = jg % 1
+    g[j < 0] = 0
+    j = np.clip(j, 0.0, n - 1)
+    jp1 = np.clip(jp1, 0.0, n - 1)
+    return (1 - g) * y[j.astype(np.int64)] + g * y[jp1.astype(np.int64)]
 
 
 def _bca(

@@ -175,3 +175,35 @@ def test_a_runs_intervals_are_scipys_in_turn_on_its_bootstrap_stream():
     assert result.scrubbed_ci == scipy_ci((s,), np.mean)
     assert result.recovered_ci == scipy_ci((c, b, s), recovered_of)
     assert np.isfinite(result.recovered_ci).all()
+
+
+def test_the_intervals_quantile_is_scipys_bit_for_bit():
+    from scrub._bootstrap import _quantile
+
+    rng = np.random.default_rng(3)
+    samples = [
+        rng.normal(size=2000),
+        np.round(rng.normal(size=999)),  # ties
+        np.full(7, 2.5),
+        np.array([1.0]),
+        np.array([-0.0, 0.0, 0.0, -0.0, 1.0]),
+        np.array([-np.inf, 0.0, 1.0, np.inf]),
+        np.array([1.0, np.nan, 2.0]),  # scipy's NaN handling (not the fast path)
+        rng.normal(size=100).astype(np.float32),  # scipy's promotion (not the fast path)
+    ]
+    probabilities = [
+        np.array([0.025, 0.975]),
+        np.array([0.0, 1.0]),
+        np.array([0.5, 0.5]),
+        rng.uniform(size=2),
+        np.array([np.nan, 0.3]),
+        np.array([-0.1, 1.2]),
+        1 / 3 + np.zeros(2),
+    ]
+    for x in samples:
+        for p in probabilities:
+            want = stats.quantile(x, p, axis=-1)
+            got = _quantile(x, p)
+            assert got.dtype == want.dtype and got.shape == want.shape
+            assert np.array_equal(got, want, equal_nan=True)
+            assert np.array_equal(np.signbit(got), np.signbit(want))

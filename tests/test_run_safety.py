@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 import scrub
-from scrub._run import _undefined_reason
+from scrub._intervals import intervals
 from scrub._samplers import self_draw_fraction
 from scrub._tree import path_key, stream, tree_size
 from scrub.cli import console, main
@@ -372,14 +372,14 @@ def test_format_result_prints_undefined_with_its_reason(tiny_model_dir, tiny_mod
     ],
 )
 def test_undefined_reasons(clean, baseline, fragment):
-    reason = _undefined_reason(clean, baseline, baseline, seed=0, confidence=0.95)
+    reason = intervals(clean, baseline, baseline, seed=0, confidence=0.95).reason
     assert reason is not None and fragment in reason
 
 
 def test_distinguishable_clean_and_baseline_are_defined():
     rng = np.random.default_rng(0)
     clean, base = rng.normal(1, 0.1, 50), rng.normal(3, 0.1, 50)
-    assert _undefined_reason(clean, base, clean, seed=0, confidence=0.95) is None
+    assert intervals(clean, base, clean, seed=0, confidence=0.95).reason is None
 
 
 def test_json_is_strict_for_non_finite_values(tiny_model_dir, tiny_model):
