@@ -26,7 +26,7 @@ from scrub._positions import PositionSpec, resolve_positions
 from scrub.data import Dataset
 from scrub.engine._ablation import Ablation
 from scrub.engine._kernels import Kernels
-from scrub.engine._last import LastBlock, reads_only_before
+from scrub.engine._last import LastBlock, last_block_applies
 from scrub.engine._plan import Group, Move, Plan
 from scrub.engine._reads import query_columns, restricted
 from scrub.engine._start import late_pass
@@ -182,7 +182,7 @@ class ChunkRun:
                 continue
             final = stop >= n_layers
             hooks = self.hooks(groups, final=final)
-            if final and self._last_block_applies(groups, stacked, hooks):
+            if final and last_block_applies(self, stacked, hooks):
                 layer = n_layers - 1
                 first = hooks.pop(f"blocks.{layer}.hook_resid_pre", None)  # the kernels' heads
                 hooks.pop(f"blocks.{layer}.attn.hook_z", None)  # their z: see the hook
@@ -431,7 +431,9 @@ class ChunkRun:
                 # heads only stored here are computed at the positions they are read at
                 at = cols[group.gid]
                 given = at is not None and not group.sets and group.gid not in consumed
-                reads = None if at is None else dict.fromkeys(heads, at)
+                reads: dict[Component, Tensor | None] | None = None
+                if at is not None:
+                    reads = dict.fromkeys(heads, at)
                 for comp, z in self.kernels.heads(heads, reads, q_at=given).items():
                     # virtual, or the group's pass ends here (plan: "kernel heads stop at the
                     # block input"): no hook_z of this block runs for it
@@ -461,28 +463,6 @@ class ChunkRun:
         if ch == "v":  # the bridge reads q, k, then v
             q, k = (self.pending.pop((group.gid, comp, c)) for c in ("q", "k"))
             self.store[group.gid, comp] = self.kernels.head(comp, q, k, value)
-
-    def _last_block_applies(self, groups: list[Group], stacked: list[Group], hooks: dict) -> bool:
-        """Whether this final pass reads nothing after the last block's input but the roots'
-        final residual streams at the metric's positions (:mod:`scrub.engine._last`): every
-        stacked group a root, no hook of the last block but the kernels' heads (computed from
-        the block's input; their ``z`` replaces the block's own), nothing patched, ablated or
-        recorded there but the kernels' heads (whose ``z`` is the kernels' value)."""
-        if self.last_block is None or self.positions is None:
-            return False
-        layer = self.model.shape.n_layers - 1
-        roots = set(self.plan.roots)
-        if not all(g.gid in roots for g in stacked):
-            return False
-        for group in stacked:
-            touched = [m.component for m in group.patches] + list(group.ablate)
-            own = {c for c, _ in group.targets if c.kind == "head"} if self.head_kernels else set()
-            touched += list(group.record - set(group.served) - own)
-            if any(c.kind in ("head", "mlp") and c.layer == layer for c in touched):
-                return False
-        kernel_heads = (f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.attn.hook_z")
-        names = [name for name in hooks if name not in kernel_heads]
-        return reads_only_before(names, layer)
 
     def _last_block_hook(self, groups: list[Group], first: Callable | None) -> Callable:
         """At the last block's input: the block at the read positions only, then the roots'
