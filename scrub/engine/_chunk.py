@@ -406,7 +406,12 @@ class ChunkRun:
             assembled: dict[tuple[int, Component, Channel], Tensor] = {}
             memo: dict[tuple, Tensor] = {}
             consumed = {gid for g in groups for gid in g.sets.values()}
-            cols = {g.gid: self._query_cols(g, targets) for g in groups}
+            cols = {  # where the heads each group computes here are read (_reads.py)
+                g.gid: None
+                if g.gid in self.whole
+                else query_columns(self.plan, g, targets, self.resolve, self._columns)
+                for g in groups
+            }
             for group in groups:
                 if group.sets:
                     continue
@@ -431,9 +436,7 @@ class ChunkRun:
                 # heads only stored here are computed at the positions they are read at
                 at = cols[group.gid]
                 given = at is not None and not group.sets and group.gid not in consumed
-                reads: dict[Component, Tensor | None] | None = None
-                if at is not None:
-                    reads = dict.fromkeys(heads, at)
+                reads = None if at is None else dict.fromkeys(heads, at)
                 for comp, z in self.kernels.heads(heads, reads, q_at=given).items():
                     # virtual, or the group's pass ends here (plan: "kernel heads stop at the
                     # block input"): no hook_z of this block runs for it
@@ -444,13 +447,6 @@ class ChunkRun:
             return t
 
         return hook
-
-    def _query_cols(self, group: Group, targets: set) -> Tensor | None:
-        """Where the heads ``group`` computes here are read (:func:`query_columns`)."""
-        whole = group.gid in self.whole
-        return (
-            None if whole else query_columns(self.plan, group, targets, self.resolve, self._columns)
-        )
 
     def compute(self, group: Group, target: tuple[Component, Channel], value: Tensor) -> None:
         """Collect a virtual group's input; on a component's last channel, compute its output."""

@@ -23,6 +23,7 @@ its 1e-4 tolerance means the same in every dtype; the kernels then compute in th
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
@@ -131,7 +132,7 @@ class Kernels:
     def heads(
         self,
         inputs: dict[Component, dict[Channel, Tensor]],
-        at: dict[Component, Tensor | None] | None = None,
+        at: Mapping[Component, Tensor | None] | None = None,
         *,
         q_at: bool = False,
     ) -> dict[Component, Tensor]:
