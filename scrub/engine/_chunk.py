@@ -26,8 +26,9 @@ from scrub._positions import PositionSpec, resolve_positions
 from scrub.data import Dataset
 from scrub.engine._ablation import Ablation
 from scrub.engine._kernels import Kernels
-from scrub.engine._last import LastBlock, reads_only_before
+from scrub.engine._last import LastBlock, last_block_applies
 from scrub.engine._plan import Group, Move, Plan
+from scrub.engine._reads import query_columns, restricted
 from scrub.engine._start import late_pass
 from scrub.engine._suffix import SuffixBlocks
 from scrub.engine._suffix_pass import evaluate_suffix
@@ -79,6 +80,7 @@ class ChunkRun:
         self.where: dict[int, slice] = {}  # gid -> its rows in the current pass
         self._resolved: dict[tuple[PositionSpec, int], Tensor] = {}
         self._columns: dict[int, Tensor] = {}  # id(resolved) -> its one row, if all rows agree
+        self._ranges: dict[int, slice] = {}  # id(resolved) -> that row, if one range
         self.joint_qkv = False
         self.final_resid: dict[int, Tensor] = {}  # root gid -> its assembled final residual
         # Heads whose q/k/v inputs a group assembles are recomputed by the kernels from the
@@ -90,6 +92,7 @@ class ChunkRun:
         self.start_resid: dict[int, Tensor] = {}  # late group -> its residual at its start
         self.last_block: LastBlock | None = None  # the last block at the read positions only
         self.suffix: tuple[SuffixBlocks, dict[int, int], dict] | None = None
+        self.whole: set[int] = set()  # groups whose outputs are kept whole (subtree cache)
 
     def use_suffix(
         self, blocks: SuffixBlocks, begins: dict[int, int], streams: dict[tuple[bytes, Key], Tensor]
@@ -115,17 +118,25 @@ class ChunkRun:
             self._resolved[key] = tensor
             if len(pos) and bool((pos == pos[:1]).all()):  # the same positions in every row
                 self._columns[id(tensor)] = tensor[0]
+                if len(pos[0]) and bool((np.diff(pos[0]) == 1).all()):  # and consecutive
+                    self._ranges[id(tensor)] = slice(int(pos[0, 0]), int(pos[0, -1]) + 1)
         return self._resolved[key]
 
     def at(self, x: Tensor, pos: Tensor) -> Tensor:
-        """``x[b, pos[b, k]]`` for each row b: ``(rows, K, ...)``."""
+        """``x[b, pos[b, k]]`` for each row b: ``(rows, K, ...)``; a view where ``pos`` is
+        one range of positions in every row (REP, A1_NEXT), else a gather."""
         cols = self._columns.get(id(pos))
-        return x[self.batch, pos] if cols is None else x.index_select(1, cols)
+        if cols is None:
+            return x[self.batch, pos]
+        span = self._ranges.get(id(pos))
+        return x.index_select(1, cols) if span is None else x[:, span]
 
     def add_at(self, value: Tensor, pos: Tensor, delta: Tensor) -> None:
         """``value[b, pos[b, k]] += delta[b, k]`` in place (repeated positions add up)."""
         cols = self._columns.get(id(pos))
-        if cols is None:
+        if id(pos) in self._ranges:  # one range: distinct positions, an in-place add
+            value[:, self._ranges[id(pos)]] += delta
+        elif cols is None:
             value.index_put_((self.batch.expand_as(pos), pos), delta, accumulate=True)
         else:
             value.index_add_(1, cols, delta)
@@ -171,7 +182,7 @@ class ChunkRun:
                 continue
             final = stop >= n_layers
             hooks = self.hooks(groups, final=final)
-            if final and self._last_block_applies(groups, stacked, hooks):
+            if final and last_block_applies(self, stacked, hooks):
                 layer = n_layers - 1
                 first = hooks.pop(f"blocks.{layer}.hook_resid_pre", None)  # the kernels' heads
                 hooks.pop(f"blocks.{layer}.attn.hook_z", None)  # their z: see the hook
@@ -307,9 +318,18 @@ class ChunkRun:
 
         return hook
 
-    def assemble(self, group: Group, target: tuple[Component, Channel], resid: Tensor) -> Tensor:
-        """A target's input in a reading group: its residual plus the direct-path deltas."""
+    def assemble(
+        self,
+        group: Group,
+        target: tuple[Component, Channel],
+        resid: Tensor,
+        at: Tensor | None = None,
+    ) -> Tensor:
+        """A target's input in a reading group: its residual plus the direct-path deltas;
+        with ``at`` (sorted positions), only at those positions (``rows × len(at) × d``)."""
         moves = group.splices[target]
+        if at is not None:
+            return restricted(self, group, target, resid, at, self._columns)
         if not moves:
             return resid
         value = resid.clone()  # one copy per target; the deltas are added in place
@@ -317,9 +337,10 @@ class ChunkRun:
             src = self.resolve(move.spec, move.source.rows)
             dst = self.resolve(move.spec, group.rows)
             comp = move.component
-            new = self.model.contribution(comp, self.at(self.source_output(move, None), src))
-            old = self.model.contribution(comp, self.at(self.store[group.gid, comp], dst))
-            self.add_at(value, dst, new - old)
+            new = self.at(self.source_output(move, None), src)
+            # (new - old) @ W_O for a head: one projection, the difference taken on z
+            delta = self.model.contribution(comp, new - self.at(self.store[group.gid, comp], dst))
+            self.add_at(value, dst, delta)
         return value
 
     def assemble_shared(
@@ -328,13 +349,14 @@ class ChunkRun:
         group: Group,
         target: tuple[Component, Channel],
         resid: Tensor,
+        at: Tensor | None = None,
     ) -> Tensor:
         """:meth:`assemble`, once per group, residual and set of splices: the targets of one
         block input that the same children reach (a node's heads, each read through the same
         channel) share one tensor, which the kernels then normalise once."""
-        key = (group.gid, id(resid), *(_move_key(m) for m in group.splices[target]))
+        key = (group.gid, id(resid), at is None, *(_move_key(m) for m in group.splices[target]))
         if key not in memo:
-            memo[key] = self.assemble(group, target, resid)
+            memo[key] = self.assemble(group, target, resid, at)
         return memo[key]
 
     def _input_hook(self, groups: list[Group], targets: set[tuple[Component, Channel]]) -> Callable:
@@ -383,13 +405,23 @@ class ChunkRun:
             assert self.kernels is not None
             assembled: dict[tuple[int, Component, Channel], Tensor] = {}
             memo: dict[tuple, Tensor] = {}
+            consumed = {gid for g in groups for gid in g.sets.values()}
+            cols = {  # where the heads each group computes here are read (_reads.py)
+                g.gid: None
+                if g.gid in self.whole
+                else query_columns(self.plan, g, targets, self.resolve, self._columns)
+                for g in groups
+            }
             for group in groups:
                 if group.sets:
                     continue
                 resid = t[self.where[group.gid]]
+                # a group's own queries, read only at cols: assembled there only
+                at = None if group.gid in consumed else cols[group.gid]
                 for target in group.splices:
                     if target in targets:
-                        value = self.assemble_shared(memo, group, target, resid)
+                        q_at = at if target[1] == "q" else None
+                        value = self.assemble_shared(memo, group, target, resid, q_at)
                         assembled[group.gid, *target] = value
             for group in groups:
                 heads: dict[Component, dict[Channel, Tensor]] = {}
@@ -401,7 +433,11 @@ class ChunkRun:
                         heads.setdefault(comp, {})[ch] = assembled[group.sets[target], comp, ch]
                     elif group.fused:
                         heads.setdefault(comp, {})[ch] = assembled[group.gid, comp, ch]
-                for comp, z in self.kernels.heads(heads).items():
+                # heads only stored here are computed at the positions they are read at
+                at = cols[group.gid]
+                given = at is not None and not group.sets and group.gid not in consumed
+                reads = None if at is None else dict.fromkeys(heads, at)
+                for comp, z in self.kernels.heads(heads, reads, q_at=given).items():
                     # virtual, or the group's pass ends here (plan: "kernel heads stop at the
                     # block input"): no hook_z of this block runs for it
                     if group.virtual or group.stop <= comp.layer:
@@ -423,28 +459,6 @@ class ChunkRun:
         if ch == "v":  # the bridge reads q, k, then v
             q, k = (self.pending.pop((group.gid, comp, c)) for c in ("q", "k"))
             self.store[group.gid, comp] = self.kernels.head(comp, q, k, value)
-
-    def _last_block_applies(self, groups: list[Group], stacked: list[Group], hooks: dict) -> bool:
-        """Whether this final pass reads nothing after the last block's input but the roots'
-        final residual streams at the metric's positions (:mod:`scrub.engine._last`): every
-        stacked group a root, no hook of the last block but the kernels' heads (computed from
-        the block's input; their ``z`` replaces the block's own), nothing patched, ablated or
-        recorded there but the kernels' heads (whose ``z`` is the kernels' value)."""
-        if self.last_block is None or self.positions is None:
-            return False
-        layer = self.model.shape.n_layers - 1
-        roots = set(self.plan.roots)
-        if not all(g.gid in roots for g in stacked):
-            return False
-        for group in stacked:
-            touched = [m.component for m in group.patches] + list(group.ablate)
-            own = {c for c, _ in group.targets if c.kind == "head"} if self.head_kernels else set()
-            touched += list(group.record - set(group.served) - own)
-            if any(c.kind in ("head", "mlp") and c.layer == layer for c in touched):
-                return False
-        kernel_heads = (f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.attn.hook_z")
-        names = [name for name in hooks if name not in kernel_heads]
-        return reads_only_before(names, layer)
 
     def _last_block_hook(self, groups: list[Group], first: Callable | None) -> Callable:
         """At the last block's input: the block at the read positions only, then the roots'

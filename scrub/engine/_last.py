@@ -27,6 +27,7 @@ engine then runs the last block in full.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,7 +35,7 @@ from torch import Tensor
 from scrub._model import ScrubModel
 from scrub.engine._kernels import Kernels, kernels_for
 
-__all__ = ["LastBlock", "last_block_for", "reads_only_before"]
+__all__ = ["LastBlock", "last_block_applies", "last_block_for", "reads_only_before"]
 
 
 class LastBlock:
@@ -170,3 +171,27 @@ def _verified(model: ScrubModel) -> LastBlock | None:
         return None
     want = seen[names[1]][torch.arange(2, device=model.device)[:, None], pos]
     return block if torch.allclose(got, want, atol=1e-4, rtol=1e-4) else None
+
+
+def last_block_applies(run: Any, stacked: list, hooks: dict) -> bool:
+    """Whether a :class:`scrub.engine._chunk.ChunkRun`'s (``run``) final pass reads nothing
+    after the last block's input but the roots' final residual streams at the metric's
+    positions: every
+    stacked group a root, no hook of the last block but the kernels' heads (computed from
+    the block's input; their ``z`` replaces the block's own), nothing patched, ablated or
+    recorded there but the kernels' heads (whose ``z`` is the kernels' value)."""
+    if run.last_block is None or run.positions is None:
+        return False
+    layer = run.model.shape.n_layers - 1
+    roots = set(run.plan.roots)
+    if not all(g.gid in roots for g in stacked):
+        return False
+    for group in stacked:
+        touched = [m.component for m in group.patches] + list(group.ablate)
+        own = {c for c, _ in group.targets if c.kind == "head"} if run.head_kernels else set()
+        touched += list(group.record - set(group.served) - own)
+        if any(c.kind in ("head", "mlp") and c.layer == layer for c in touched):
+            return False
+    kernel_heads = (f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.attn.hook_z")
+    names = [name for name in hooks if name not in kernel_heads]
+    return reads_only_before(names, layer)

@@ -286,6 +286,8 @@ class FastEngine:
             )
             run.start_from({key: v[rows] for key, v in early.items()})
             run.joint_qkv = self.joint_qkv
+            if keep:  # kept subtrees' outputs whole: later calls may read them anywhere
+                run.whole = {_owner(plan, g) for g in plan.signatures}
             if self.last_block and kernels is not None and positions is not None:
                 run.last_block = last_block_for(model)
             if suffix:
@@ -294,8 +296,7 @@ class FastEngine:
             pieces.append(run.evaluate(tick))
             read.append(run.patterns)
             for gid in plan.signatures if keep else ():
-                owner = plan.groups[gid].into  # a fused child's outputs are its parent's
-                owner = gid if owner is None else owner
+                owner = _owner(plan, gid)
                 for mc in plan.groups[gid].node.interp.components:
                     kept.setdefault((gid, mc.component), []).append(run.store[owner, mc.component])
         for gid, sig in plan.signatures.items() if keep else ():
@@ -337,6 +338,12 @@ class Evaluated:
 
     logits: list[Any]
     patterns: list[dict[Component, Tensor]]
+
+
+def _owner(plan: Plan, gid: int) -> int:
+    """The group that computes ``gid``'s outputs: a fused child's are its parent's."""
+    into = plan.groups[gid].into
+    return gid if into is None else into
 
 
 def _widest(plan: Plan) -> int:
