@@ -19,6 +19,7 @@ import scrub.engine.cache
 import scrub.engine.fast
 from scrub.cli import main
 from scrub.experiments import patch
+from scrub.experiments.patching import GRID_PASS_MEMORY
 
 ROOT = Path(__file__).resolve().parent.parent
 KCOMP = str(ROOT / "hypotheses" / "induction" / "kcomp.yaml")
@@ -66,14 +67,16 @@ def _same_numbers(a: Path, b: Path) -> None:
         assert (math.isnan(x) and math.isnan(y)) or x == pytest.approx(y, rel=1e-4, abs=1e-5), key
 
 
-def _capped_and_plain(argv: list[str], out_flag: str, tmp_path: Path, budgets) -> None:
+def _capped_and_plain(
+    argv: list[str], out_flag: str, tmp_path: Path, budgets, default: int | None = None
+) -> None:
     capped, plain = tmp_path / "capped", tmp_path / "plain"
     assert main([*argv, "--max-memory", "1", out_flag, str(capped)]) == 0
     assert budgets and {m for m, _ in budgets} == {MIB}
     small = max(rows for _, rows in budgets)
     budgets.clear()
     assert main([*argv, out_flag, str(plain)]) == 0
-    assert budgets and {m for m, _ in budgets} == {None}
+    assert budgets and {m for m, _ in budgets} == {default}  # no flag: the command's default
     assert small < min(rows for _, rows in budgets)  # the cap did cut the passes
     if capped.is_dir():
         capped, plain = (next(p.glob("*.json")) for p in (capped, plain))
@@ -89,10 +92,16 @@ def test_diagnose_max_memory_reaches_the_engine(tmp_path, budgets, capsys) -> No
     _capped_and_plain(["diagnose", NAIVE, "--n", "6"], "--out", tmp_path, budgets)
 
 
-@pytest.mark.parametrize("experiment", [PATH_EXP, ATTENTION_EXP], ids=["path", "attention"])
-def test_patch_max_memory_reaches_the_engine(experiment, tmp_path, budgets, capsys) -> None:
+@pytest.mark.parametrize(
+    ("experiment", "default"),
+    [(PATH_EXP, GRID_PASS_MEMORY), (ATTENTION_EXP, None)],  # grids: their own pass budget
+    ids=["path", "attention"],
+)
+def test_patch_max_memory_reaches_the_engine(
+    experiment, default, tmp_path, budgets, capsys
+) -> None:
     argv = ["patch", experiment, "--n", "4", "--no-figures"]
-    _capped_and_plain(argv, "--out", tmp_path, budgets)
+    _capped_and_plain(argv, "--out", tmp_path, budgets, default)
 
 
 @pytest.mark.parametrize("command", ["compare", "diagnose", "patch"])
