@@ -237,6 +237,13 @@ class ScrubModel:
         self.memo: dict[str, Any] = {}
         """What engines work out once per model (e.g. whether their kernels reproduce it)."""
 
+    def checked_once(self, key: str, check: Callable[[ScrubModel], Any]) -> Any:
+        """``check(self)``, computed on the first call for ``key`` and remembered in
+        :attr:`memo` (cleared when the model is cast to another dtype)."""
+        if key not in self.memo:
+            self.memo[key] = check(self)
+        return self.memo[key]
+
     @property
     def precision(self) -> dict[str, str]:
         """Where and in which type the model runs, as results record it."""

@@ -136,9 +136,7 @@ def reads_only_before(names: list[str], layer: int) -> bool:
 def last_block_for(model: ScrubModel) -> LastBlock | None:
     """The last block at given positions for ``model`` if it reproduces the model (checked
     once per model), else ``None``."""
-    if "last_block" not in model.memo:
-        model.memo["last_block"] = _verified(model)
-    return model.memo["last_block"]
+    return model.checked_once("last_block", _verified)
 
 
 @torch.inference_mode()

@@ -59,9 +59,7 @@ def late_pass(model: ScrubModel, resid: Tensor, start: int, stop: int | None) ->
 
 def late_start_works(model: ScrubModel) -> bool:
     """Whether :func:`late_pass` reproduces a full pass on ``model`` (checked once)."""
-    if "late_start" not in model.memo:
-        model.memo["late_start"] = _check(model)
-    return model.memo["late_start"]
+    return model.checked_once("late_start", _check)
 
 
 @torch.inference_mode()

@@ -284,9 +284,7 @@ def write_patch(
 def suffix_blocks_for(model: ScrubModel) -> SuffixBlocks | None:
     """The suffix blocks of ``model`` if a patched chain of them reproduces the model's own
     patched pass (checked once per model), else ``None``."""
-    if "suffix_blocks" not in model.memo:
-        model.memo["suffix_blocks"] = _verified(model)
-    return model.memo["suffix_blocks"]
+    return model.checked_once("suffix_blocks", _verified)
 
 
 @torch.inference_mode()
