@@ -27,6 +27,7 @@ from scrub._components import Channel, Component
 
 __all__ = [
     "OutputPatch",
+    "keeping",
     "select",
     "split_qkv_inputs",
     "unmasked_rows_softmax",
@@ -93,6 +94,20 @@ def unmasked_rows_softmax(bridge) -> Iterator[None]:
     finally:
         for attn in attns:
             attn.compatibility_mode = True
+
+
+def keeping(store: dict[str, Tensor]) -> Callable[[str], Callable]:
+    """``keep(name)``: a forward hook that stores a copy of what passes through under ``name``
+    in ``store`` and leaves the pass unchanged (the once-per-model checks read passes so)."""
+
+    def keep(name: str) -> Callable:
+        def hook(t: Tensor, hook=None) -> Tensor:
+            store[name] = t.clone()
+            return t
+
+        return hook
+
+    return keep
 
 
 def _chain(fns: list[Callable]) -> Callable:

@@ -97,16 +97,3 @@ def shipped_hypotheses() -> list:
         marks = [pytest.mark.slow] if key in SLOW_SHIPPED else []
         params.append(pytest.param(path, id=key, marks=marks))
     return params
-
-
-def keeping(store: dict):
-    """``keep(name)``: a forward hook that stores a copy of what passes through under ``name``."""
-
-    def keep(name):
-        def hook(t, hook=None):
-            store[name] = t.clone()
-            return t
-
-        return hook
-
-    return keep

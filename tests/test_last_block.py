@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from scrub._components import Component
+from scrub._hooks import keeping
 from scrub.engine import ActivationCache, FastEngine, evaluate_reference
 from scrub.engine._last import last_block_for, reads_only_before
 from scrub.experiments._cells import activation_cells
-from tests.conftest import keeping
 from tests.test_late_start import FAMILIES, _block_rows, _grid_trees, _path_trees, _random_tree
 from tests.test_late_start import models as late_start_models
 

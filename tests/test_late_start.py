@@ -21,13 +21,14 @@ import torch
 import scrub
 from scrub._bind import make_dataset_for
 from scrub._components import Component
+from scrub._hooks import keeping
 from scrub.engine import ActivationCache, FastEngine, evaluate_reference
 from scrub.engine._plan import make_plan
 from scrub.engine._start import late_pass, late_start_works
 from scrub.engine.cache import Residual
 from scrub.experiments._cells import Cell
 from scrub.testing import save_random_model
-from tests.conftest import base_spec, keeping
+from tests.conftest import base_spec
 from tests.random_hypotheses import random_nodes
 
 FAMILIES = ("gpt2", "pythia", "llama")

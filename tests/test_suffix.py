@@ -18,12 +18,12 @@ import pytest
 import torch
 
 from scrub._components import Component
+from scrub._hooks import keeping
 from scrub.engine import ActivationCache, FastEngine, _chunk, evaluate_reference
 from scrub.engine._plan import make_plan
 from scrub.engine._suffix import SuffixBlocks, suffix_blocks_for, write_patch
 from scrub.engine._suffix_pass import suffix_roots
 from scrub.experiments._cells import activation_cells
-from tests.conftest import keeping
 from tests.test_late_start import (
     FAMILIES,
     _block_rows,

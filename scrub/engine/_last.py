@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from scrub._hooks import keeping
 from scrub._model import ScrubModel
 from scrub.engine._kernels import Kernels, kernels_for
 
@@ -151,12 +152,7 @@ def _verified(model: ScrubModel) -> LastBlock | None:
     tokens = torch.randint(0, cfg.d_vocab, (2, n), generator=generator).to(model.device)
     seen: dict[str, Tensor] = {}
 
-    def keep(name: str):
-        def hook(t: Tensor, hook=None) -> Tensor:
-            seen[name] = t.clone()
-            return t
-
-        return hook
+    keep = keeping(seen)
 
     names = [f"blocks.{layer}.hook_resid_pre", "ln_final.hook_in"]
     try:

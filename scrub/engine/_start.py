@@ -23,6 +23,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from scrub._hooks import keeping
 from scrub._model import ScrubModel
 
 __all__ = ["late_pass", "late_start_works"]
@@ -74,12 +75,7 @@ def _check(model: ScrubModel) -> bool:
     seen: dict[str, Tensor] = {}
     fired: list[Tensor] = []
 
-    def keep(name: str):
-        def hook(t: Tensor, hook=None) -> Tensor:
-            seen[name] = t.clone()
-            return t
-
-        return hook
+    keep = keeping(seen)
 
     start = n_layers - 1
     names = [f"blocks.{start}.hook_resid_pre", "ln_final.hook_in"]

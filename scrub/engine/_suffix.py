@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from scrub._components import Component
+from scrub._hooks import keeping
 from scrub._model import ScrubModel
 from scrub.engine._kernels import Kernels, _rotate_half, kernels_for
 
@@ -318,12 +319,7 @@ def _verified(model: ScrubModel) -> SuffixBlocks | None:
     batch = torch.arange(2, device=model.device)[:, None]
     seen: dict[str, Tensor] = {}
 
-    def keep(name: str):
-        def hook(t: Tensor, hook=None) -> Tensor:
-            seen[name] = t.clone()
-            return t
-
-        return hook
+    keep = keeping(seen)
 
     def patched_pass(patches: list[tuple[int, int | None, int]], values: list[Tensor]) -> Tensor:
         """The model's own final residual stream with ``patches``."""
